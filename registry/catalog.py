@@ -1,0 +1,309 @@
+"""Writes to the catalog and reference resolution. Every function takes an open Session in a transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from registry import models as m
+from registry.basemodel import BaseModelDescription
+from registry.compat import shape_mismatches, summarise
+from registry.errors import (
+    AdapterNotFound,
+    BaseModelNotFound,
+    ConflictError,
+    IncompatibleBaseModel,
+)
+from registry.manifest import AdapterManifest
+from registry.refs import Ref, check_slug, check_tag
+
+
+@dataclass(frozen=True)
+class ParentSpec:
+    """One lineage edge to write for a new version."""
+
+    parent_id: int
+    relation: str
+    weight: float | None = None
+    position: int = 0
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def _insert_ignore(session: Session, model: type[m.Base], values: dict[str, Any], keys: list[str]) -> None:
+    """INSERT that does nothing if a row with the same unique ``keys`` exists (race-free get-or-create)."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(model).values(**values).on_conflict_do_nothing(index_elements=keys))
+
+
+def upsert_base(
+    session: Session,
+    name: str,
+    revision: str | None,
+    description: BaseModelDescription | None = None,
+    local_path: Path | None = None,
+) -> m.BaseModelRecord:
+    """Get or create the base-model record ``name@revision``, filling in what ``description`` knows.
+
+    A description whose config hash differs from the one on record is a conflict: the same name and
+    revision cannot be two different models.
+    """
+    _insert_ignore(
+        session, m.BaseModelRecord,
+        {"name": name, "revision": revision, "revision_key": revision or "", "module_shapes": {},
+         "trust_remote_code": False, "created_at": m.utcnow()},
+        ["name", "revision_key"],
+    )
+    base = session.scalars(
+        select(m.BaseModelRecord).where(
+            m.BaseModelRecord.name == name, m.BaseModelRecord.revision_key == (revision or "")
+        )
+    ).one()
+    if description is not None:
+        if base.config_hash and base.config_hash != description.config_hash:
+            raise ConflictError(
+                f"base model {name!r} (revision {revision or 'unpinned'}) is already recorded with a "
+                f"different config (hash {base.config_hash[:12]} vs {description.config_hash[:12]})",
+                hint="register the adapter against a distinct --base name or a pinned revision",
+            )
+        base.architecture = description.architecture
+        base.model_type = description.model_type
+        base.config_hash = description.config_hash
+        base.vocab_size = description.vocab_size
+        base.module_shapes = description.module_shapes
+        if local_path is not None:
+            base.local_path = str(local_path)
+    return base
+
+
+def find_base(session: Session, name_or_path: str) -> m.BaseModelRecord:
+    """A base model by name (``name`` or ``name@revision``) or by the local folder it was read from."""
+    candidates = [name_or_path]
+    if Path(name_or_path).expanduser().exists():
+        candidates.append(str(Path(name_or_path).expanduser().resolve()))
+    rows = session.scalars(
+        select(m.BaseModelRecord).where(
+            m.BaseModelRecord.name.in_(candidates) | m.BaseModelRecord.local_path.in_(candidates)
+        ).order_by(m.BaseModelRecord.id)
+    ).all()
+    if not rows and "@" in name_or_path:
+        name, _, rev = name_or_path.rpartition("@")
+        rows = session.scalars(
+            select(m.BaseModelRecord).where(m.BaseModelRecord.name == name, m.BaseModelRecord.revision == rev)
+        ).all()
+    if not rows:
+        raise BaseModelNotFound(f"no base model {name_or_path!r} in the catalog", hint="see `adreg base list`")
+    return rows[0]
+
+
+def _adapter(session: Session, name: str, *, create: bool) -> m.Adapter | None:
+    if create:
+        _insert_ignore(
+            session, m.Adapter, {"name": name, "latest_version": 0, "created_at": m.utcnow()}, ["name"]
+        )
+    return session.scalars(select(m.Adapter).where(m.Adapter.name == name)).one_or_none()
+
+
+def register_version(
+    session: Session,
+    name: str,
+    manifest: AdapterManifest,
+    storage_path: str,
+    base: m.BaseModelRecord | None,
+    *,
+    tags: dict[str, str] | None = None,
+    source_uri: str | None = None,
+    description: str | None = None,
+    parents: list[ParentSpec] | None = None,
+) -> tuple[m.AdapterVersion, bool]:
+    """Create version N+1 of ``name`` (or return the version that already holds these weights).
+
+    Returns ``(row, created)``. Version numbers come from one atomic ``UPDATE ... RETURNING`` on the
+    adapter row, so concurrent registrations get distinct consecutive numbers.
+    """
+    check_slug(name)
+    for key, value in (tags or {}).items():
+        check_tag(key, value)
+    if base is not None and base.module_shapes:
+        problems = shape_mismatches(manifest, base.module_shapes)
+        if problems:
+            raise IncompatibleBaseModel(
+                f"the adapter does not fit base model {base.name!r}: {len(problems)} module(s) differ:\n"
+                + summarise(problems)
+            )
+    adapter = _adapter(session, name, create=True)
+    assert adapter is not None
+    existing = _version_by_sha(session, adapter.id, manifest.weights_sha256)
+    if existing is not None:
+        return existing, False
+
+    number = session.execute(
+        update(m.Adapter.__table__)
+        .where(m.Adapter.__table__.c.id == adapter.id)
+        .values(latest_version=m.Adapter.__table__.c.latest_version + 1)
+        .returning(m.Adapter.__table__.c.latest_version)
+    ).scalar_one()
+    row = m.AdapterVersion(
+        adapter_id=adapter.id,
+        version=number,
+        base_model_id=base.id if base is not None else None,
+        status="ready",
+        peft_type=manifest.peft_type,
+        task_type=manifest.task_type,
+        r=manifest.r,
+        lora_alpha=manifest.lora_alpha,
+        use_rslora=manifest.use_rslora,
+        use_dora=manifest.use_dora,
+        fan_in_fan_out=manifest.fan_in_fan_out,
+        rank_pattern=manifest.rank_pattern,
+        alpha_pattern=manifest.alpha_pattern,
+        target_modules=manifest.target_modules,
+        modules_to_save=manifest.modules_to_save,
+        peft_version=manifest.peft_version,
+        adapter_config=manifest.config,
+        weights_sha256=manifest.weights_sha256,
+        size_bytes=manifest.size_bytes,
+        param_count=manifest.param_count,
+        dtypes=manifest.dtypes,
+        module_tensors={k: v.model_dump() for k, v in manifest.modules.items()},
+        storage_path=storage_path,
+        source_uri=source_uri,
+        description=description,
+        created_at=m.utcnow(),
+    )
+    session.add(row)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        # Another process registered the same weights under this name between our check and insert.
+        existing = _version_by_sha(session, adapter.id, manifest.weights_sha256)
+        if existing is None:
+            raise
+        return existing, False
+    session.add_all(m.TargetModule(version_id=row.id, module=t) for t in manifest.target_modules)
+    session.add_all(m.Tag(version_id=row.id, key=k, value=v) for k, v in (tags or {}).items())
+    session.add_all(
+        m.LineageEdge(child_id=row.id, parent_id=p.parent_id, relation=p.relation, weight=p.weight,
+                      position=p.position, params=p.params)
+        for p in parents or []
+    )
+    if base is not None:
+        _record_compatibility(session, row, manifest, base)
+    session.flush()
+    return row, True
+
+
+def _version_by_sha(session: Session, adapter_id: int, sha256: str) -> m.AdapterVersion | None:
+    return session.scalars(
+        select(m.AdapterVersion).where(
+            m.AdapterVersion.adapter_id == adapter_id, m.AdapterVersion.weights_sha256 == sha256
+        )
+    ).one_or_none()
+
+
+def _record_compatibility(
+    session: Session, row: m.AdapterVersion, manifest: AdapterManifest, declared: m.BaseModelRecord
+) -> None:
+    """``exact`` for the declared base; ``shape`` for every other recorded base whose modules fit."""
+    session.add(m.Compatibility(
+        version_id=row.id, base_model_id=declared.id, level="exact",
+        evidence={"declared": True, "shapes_checked": bool(declared.module_shapes),
+                  "modules": len(manifest.modules)},
+    ))
+    if not declared.model_type:
+        return
+    others = session.scalars(
+        select(m.BaseModelRecord).where(
+            m.BaseModelRecord.model_type == declared.model_type, m.BaseModelRecord.id != declared.id
+        )
+    ).all()
+    for other in others:
+        if other.module_shapes and not shape_mismatches(manifest, other.module_shapes):
+            session.add(m.Compatibility(
+                version_id=row.id, base_model_id=other.id, level="shape",
+                evidence={"same_config": other.config_hash == declared.config_hash,
+                          "modules": len(manifest.modules)},
+            ))
+
+
+def resolve(session: Session, ref: Ref) -> m.AdapterVersion:
+    """The version a catalog reference names (``name``: the latest ready version)."""
+    if not ref.is_catalog:
+        raise AdapterNotFound(f"{ref} is not a catalog reference (name, name:N or name@alias)")
+    adapter = _adapter(session, ref.name or "", create=False)
+    if adapter is None:
+        raise AdapterNotFound(f"no adapter named {ref.name!r}", hint="see `adreg list`")
+    query = select(m.AdapterVersion).where(m.AdapterVersion.adapter_id == adapter.id)
+    if ref.version is not None:
+        row = session.scalars(query.where(m.AdapterVersion.version == ref.version)).one_or_none()
+        if row is None:
+            raise AdapterNotFound(
+                f"{ref.name!r} has no version {ref.version} (latest is {adapter.latest_version or 'none'})"
+            )
+        return row
+    if ref.alias is not None:
+        row = session.scalars(
+            query.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
+                m.Alias.adapter_id == adapter.id, m.Alias.name == ref.alias
+            )
+        ).one_or_none()
+        if row is None:
+            known = session.scalars(select(m.Alias.name).where(m.Alias.adapter_id == adapter.id)).all()
+            raise AdapterNotFound(
+                f"{ref.name!r} has no alias {ref.alias!r}"
+                + (f" (aliases: {', '.join(sorted(known))})" if known else " (it has no aliases)")
+            )
+        return row
+    row = session.scalars(
+        query.where(m.AdapterVersion.status == "ready").order_by(m.AdapterVersion.version.desc()).limit(1)
+    ).first()
+    if row is None:
+        raise AdapterNotFound(f"{ref.name!r} has no ready version")
+    return row
+
+
+def set_alias(session: Session, row: m.AdapterVersion, alias: str) -> None:
+    """Point ``alias`` of the version's adapter at ``row`` (creating or moving it)."""
+    check_slug(alias, "alias")
+    _insert_ignore(
+        session, m.Alias,
+        {"adapter_id": row.adapter_id, "name": alias, "version_id": row.id, "updated_at": m.utcnow()},
+        ["adapter_id", "name"],
+    )
+    session.execute(
+        update(m.Alias.__table__)
+        .where(m.Alias.__table__.c.adapter_id == row.adapter_id, m.Alias.__table__.c.name == alias)
+        .values(version_id=row.id, updated_at=m.utcnow())
+    )
+
+
+def remove_alias(session: Session, adapter_name: str, alias: str) -> None:
+    adapter = _adapter(session, check_slug(adapter_name), create=False)
+    if adapter is None:
+        raise AdapterNotFound(f"no adapter named {adapter_name!r}")
+    gone = session.execute(
+        delete(m.Alias).where(m.Alias.adapter_id == adapter.id, m.Alias.name == alias)
+    ).rowcount
+    if not gone:
+        raise AdapterNotFound(f"{adapter_name!r} has no alias {alias!r}")
+
+
+def set_tags(session: Session, row: m.AdapterVersion, tags: dict[str, str]) -> None:
+    """Set (or overwrite) tags on a version."""
+    for key, value in tags.items():
+        check_tag(key, value)
+        session.execute(delete(m.Tag).where(m.Tag.version_id == row.id, m.Tag.key == key))
+        session.add(m.Tag(version_id=row.id, key=key, value=value))
+    session.flush()
+
+
+def remove_tags(session: Session, row: m.AdapterVersion, keys: list[str]) -> None:
+    session.execute(delete(m.Tag).where(m.Tag.version_id == row.id, m.Tag.key.in_(keys)))

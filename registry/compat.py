@@ -1,0 +1,33 @@
+"""Static compatibility rules: does an adapter fit a base model? (Merge rules: ``registry.merge_rules``.)"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from registry.manifest import AdapterManifest
+
+MAX_LISTED = 5
+
+
+def shape_mismatches(manifest: AdapterManifest, base_shapes: dict[str, dict[str, Any]]) -> list[str]:
+    """Every module of the adapter that the base lacks or whose shape differs, as readable lines."""
+    problems: list[str] = []
+    for module, tensors in manifest.modules.items():
+        shape = base_shapes.get(module)
+        if shape is None:
+            problems.append(f"{module}: no such module in the base model")
+        elif shape["kind"] != tensors.kind:
+            problems.append(f"{module}: the base has a {shape['kind']} module, the adapter a {tensors.kind} one")
+        elif (shape["in"], shape["out"]) != (tensors.in_features, tensors.out_features):
+            problems.append(
+                f"{module}: the adapter expects in={tensors.in_features}, out={tensors.out_features}; "
+                f"the base has in={shape['in']}, out={shape['out']}"
+            )
+    return problems
+
+
+def summarise(problems: list[str]) -> str:
+    """The first few problems, then how many more."""
+    shown = problems[:MAX_LISTED]
+    more = len(problems) - len(shown)
+    return "\n".join(f"  - {p}" for p in shown) + (f"\n  ... and {more} more" if more else "")

@@ -1,0 +1,65 @@
+"""Typed errors of the SDK. Each carries what a user needs to act; the CLI prints ``str(err)`` and exits 1."""
+
+from __future__ import annotations
+
+
+class RegistryError(Exception):
+    """Base class of every error caused by user input or catalog state (never a bug)."""
+
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class InvalidReference(RegistryError):
+    """A reference string (``name``, ``name:3``, ``name@alias``, ``hf://...``, path) does not parse."""
+
+
+class InvalidName(RegistryError):
+    """A name, alias or tag key is not a safe slug."""
+
+
+class AdapterNotFound(RegistryError):
+    """No adapter, version or alias matches the reference."""
+
+
+class BaseModelNotFound(RegistryError):
+    """No base model record matches."""
+
+
+class InvalidAdapter(RegistryError):
+    """An adapter folder or its tensors fail validation; ``problems`` lists every issue found."""
+
+    def __init__(self, source: str, problems: list[str], *, hint: str | None = None) -> None:
+        self.source = source
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{source} is not a valid LoRA adapter:\n{lines}", hint=hint)
+
+
+class IncompatibleAdapters(RegistryError):
+    """Adapters cannot be combined (or applied) as asked; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"the merge is not valid ({len(self.problems)} problem(s)):\n{lines}")
+
+
+class IncompatibleBaseModel(RegistryError):
+    """An adapter's tensors do not fit a base model's module shapes."""
+
+
+class UnsafePath(RegistryError):
+    """A path would read or write outside the place it is confined to."""
+
+
+class SchemaOutdated(RegistryError):
+    """The catalog's schema is behind the code's migrations."""
+
+
+class ConflictError(RegistryError):
+    """The catalog already holds something that contradicts the request."""

@@ -1,0 +1,193 @@
+"""ORM tables of the catalog (SQLAlchemy 2.x typed mappings). Changing them needs a migration."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSONType, list[Any]: JSONType}
+
+
+class BaseModelRecord(Base):
+    """A base model an adapter can be applied to, identified by name (or Hub id) and revision."""
+
+    __tablename__ = "base_models"
+    __table_args__ = (UniqueConstraint("name", "revision_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    revision: Mapped[str | None] = mapped_column(String(255))
+    # ``revision`` with NULL folded to '' so that the unique constraint also holds for "no revision".
+    revision_key: Mapped[str] = mapped_column(String(255), default="")
+    local_path: Mapped[str | None] = mapped_column(Text)
+    architecture: Mapped[str | None] = mapped_column(String(255))
+    model_type: Mapped[str | None] = mapped_column(String(128), index=True)
+    config_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    vocab_size: Mapped[int | None] = mapped_column(Integer)
+    # module path -> {"kind": "linear"|"embedding"|"conv", "in": int, "out": int}
+    module_shapes: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    trust_remote_code: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Adapter(Base):
+    """A named adapter: a series of versions."""
+
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    # Last version number handed out; bumped with one UPDATE so concurrent registrations serialise.
+    latest_version: Mapped[int] = mapped_column(Integer, default=0)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    versions: Mapped[list[AdapterVersion]] = relationship(back_populates="adapter")
+
+
+class AdapterVersion(Base):
+    """One immutable version of an adapter, its weights identified by sha256."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (
+        UniqueConstraint("adapter_id", "version"),
+        UniqueConstraint("adapter_id", "weights_sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    base_model_id: Mapped[int | None] = mapped_column(ForeignKey("base_models.id"), index=True)
+    status: Mapped[str] = mapped_column(String(32), default="ready", index=True)
+    peft_type: Mapped[str] = mapped_column(String(32), index=True)
+    task_type: Mapped[str | None] = mapped_column(String(64), index=True)
+    r: Mapped[int] = mapped_column(Integer, index=True)
+    lora_alpha: Mapped[float] = mapped_column(Float)
+    use_rslora: Mapped[bool] = mapped_column(Boolean, default=False)
+    use_dora: Mapped[bool] = mapped_column(Boolean, default=False)
+    fan_in_fan_out: Mapped[bool] = mapped_column(Boolean, default=False)
+    rank_pattern: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    alpha_pattern: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    target_modules: Mapped[list[Any]] = mapped_column(default=list)
+    modules_to_save: Mapped[list[Any]] = mapped_column(default=list)
+    peft_version: Mapped[str | None] = mapped_column(String(32))
+    adapter_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    weights_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    param_count: Mapped[int] = mapped_column(BigInteger)
+    dtypes: Mapped[list[Any]] = mapped_column(default=list)
+    # module path -> ModuleTensors fields (kind, rank, in/out features, A/B shapes, dtype, flags)
+    module_tensors: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    storage_path: Mapped[str] = mapped_column(Text)  # relative to the artifact store's root
+    source_uri: Mapped[str | None] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+    adapter: Mapped[Adapter] = relationship(back_populates="versions")
+    base_model: Mapped[BaseModelRecord | None] = relationship()
+
+
+class TargetModule(Base):
+    """One explicit target-module name of a version (for ``--target`` searches)."""
+
+    __tablename__ = "version_targets"
+
+    version_id: Mapped[int] = mapped_column(
+        ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    module: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
+
+
+class Tag(Base):
+    """A key/value label on a version; one value per key."""
+
+    __tablename__ = "tags"
+    __table_args__ = (
+        UniqueConstraint("version_id", "key"),
+        Index("ix_tags_key_value", "key", "value", "version_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(64))
+    value: Mapped[str] = mapped_column(String(255))
+
+
+class Alias(Base):
+    """A movable name (``production``) pointing at one version of an adapter."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("adapter_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class LineageEdge(Base):
+    """``child`` was made from ``parent`` by ``relation`` (merge, finetune, ...)."""
+
+    __tablename__ = "lineage_edges"
+    __table_args__ = (
+        UniqueConstraint("child_id", "parent_id", "relation"),
+        Index("ix_lineage_edges_parent_child", "parent_id", "child_id"),
+        Index("ix_lineage_edges_child_parent", "child_id", "parent_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    child_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"))
+    parent_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"))
+    relation: Mapped[str] = mapped_column(String(32))
+    weight: Mapped[float | None] = mapped_column(Float)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Compatibility(Base):
+    """Evidence that a version fits a base model, at level ``exact``, ``shape`` or ``validated``."""
+
+    __tablename__ = "compatibility"
+    __table_args__ = (UniqueConstraint("version_id", "base_model_id", "level"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), index=True)
+    base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id", ondelete="CASCADE"), index=True)
+    level: Mapped[str] = mapped_column(String(16))
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

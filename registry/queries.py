@@ -1,0 +1,187 @@
+"""Read-side queries: search, detail views and lineage (one recursive CTE per direction)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, select, union
+from sqlalchemy.orm import Session, aliased
+
+from registry import models as m
+from registry import types as t
+from registry.catalog import find_base
+
+SORT_KEYS = {
+    "created": m.AdapterVersion.created_at,
+    "name": m.Adapter.name,
+    "version": m.AdapterVersion.version,
+    "rank": m.AdapterVersion.r,
+    "size": m.AdapterVersion.size_bytes,
+}
+
+
+@dataclass
+class SearchFilters:
+    """What ``Registry.search`` and ``adreg list`` filter on; every set field is ANDed."""
+
+    base_model: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    task_type: str | None = None
+    peft_type: str | None = None
+    min_rank: int | None = None
+    max_rank: int | None = None
+    target_module: str | None = None
+    name_like: str | None = None
+    status: str | None = "ready"
+    sort: str = "created"
+    descending: bool = True
+    limit: int = 50
+    offset: int = 0
+
+
+def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
+    v = m.AdapterVersion
+    conds: list[ColumnElement[bool]] = []
+    if f.base_model:
+        base = find_base(session, f.base_model)
+        conds.append(v.base_model_id == base.id)
+    for key, value in f.tags.items():
+        conds.append(exists().where(m.Tag.version_id == v.id, m.Tag.key == key, m.Tag.value == value))
+    if f.task_type:
+        conds.append(v.task_type == f.task_type.upper())
+    if f.peft_type:
+        conds.append(v.peft_type == f.peft_type.upper())
+    if f.min_rank is not None:
+        conds.append(v.r >= f.min_rank)
+    if f.max_rank is not None:
+        conds.append(v.r <= f.max_rank)
+    if f.target_module:
+        conds.append(exists().where(m.TargetModule.version_id == v.id, m.TargetModule.module == f.target_module))
+    if f.name_like:
+        escaped = f.name_like.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        conds.append(m.Adapter.name.like(f"%{escaped}%", escape="\\"))
+    if f.status:
+        conds.append(v.status == f.status)
+    return conds
+
+
+def search(session: Session, f: SearchFilters) -> tuple[list[m.AdapterVersion], int]:
+    """One page of matching versions and the total count."""
+    if f.sort not in SORT_KEYS:
+        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
+    conds = _where(session, f)
+    base: Select = select(m.AdapterVersion).join(m.Adapter).where(and_(*conds))
+    total = session.scalar(select(func.count()).select_from(base.subquery())) or 0
+    key = SORT_KEYS[f.sort]
+    order = [key.desc() if f.descending else key.asc(), m.AdapterVersion.id.desc()]
+    rows = session.scalars(base.order_by(*order).limit(f.limit).offset(f.offset)).all()
+    return list(rows), int(total)
+
+
+def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path, *, full: bool) -> list[t.AdapterVersion]:
+    """Turn rows into SDK objects, loading tags/aliases (and with ``full`` parents/compat) in bulk."""
+    ids = [r.id for r in rows]
+    if not ids:
+        return []
+    names = dict(session.execute(
+        select(m.Adapter.id, m.Adapter.name).where(m.Adapter.id.in_({r.adapter_id for r in rows}))
+    ).all())
+    bases = {b.id: b for b in session.scalars(
+        select(m.BaseModelRecord).where(m.BaseModelRecord.id.in_({r.base_model_id for r in rows if r.base_model_id}))
+    )}
+    tags: dict[int, dict[str, str]] = defaultdict(dict)
+    tag_rows = session.execute(select(m.Tag.version_id, m.Tag.key, m.Tag.value).where(m.Tag.version_id.in_(ids)))
+    for vid, key, value in tag_rows:
+        tags[vid][key] = value
+    aliases: dict[int, list[str]] = defaultdict(list)
+    for vid, name in session.execute(
+        select(m.Alias.version_id, m.Alias.name).where(m.Alias.version_id.in_(ids)).order_by(m.Alias.name)
+    ):
+        aliases[vid].append(name)
+    parents: dict[int, list[t.ParentLink]] = defaultdict(list)
+    compat: dict[int, list[t.CompatInfo]] = defaultdict(list)
+    if full:
+        p_ver, p_ad = aliased(m.AdapterVersion), aliased(m.Adapter)
+        for e, pname, pversion in session.execute(
+            select(m.LineageEdge, p_ad.name, p_ver.version)
+            .join(p_ver, p_ver.id == m.LineageEdge.parent_id).join(p_ad, p_ad.id == p_ver.adapter_id)
+            .where(m.LineageEdge.child_id.in_(ids)).order_by(m.LineageEdge.position)
+        ):
+            parents[e.child_id].append(t.ParentLink(
+                ref=f"{pname}:{pversion}", relation=e.relation, weight=e.weight, position=e.position,
+                params=e.params or {},
+            ))
+        for c, bname, brev in session.execute(
+            select(m.Compatibility, m.BaseModelRecord.name, m.BaseModelRecord.revision)
+            .join(m.BaseModelRecord, m.BaseModelRecord.id == m.Compatibility.base_model_id)
+            .where(m.Compatibility.version_id.in_(ids)).order_by(m.Compatibility.id)
+        ):
+            compat[c.version_id].append(
+                t.CompatInfo(base_model=bname, revision=brev, level=c.level, evidence=c.evidence or {})
+            )
+
+    out = []
+    for r in rows:
+        base = bases.get(r.base_model_id) if r.base_model_id else None
+        name = names[r.adapter_id]
+        out.append(t.AdapterVersion(
+            id=r.id, name=name, version=r.version, ref=f"{name}:{r.version}", status=r.status,
+            base_model=base.name if base else None, base_revision=base.revision if base else None,
+            peft_type=r.peft_type, task_type=r.task_type, r=r.r, lora_alpha=r.lora_alpha,
+            use_rslora=r.use_rslora, use_dora=r.use_dora, target_modules=list(r.target_modules or []),
+            modules_to_save=list(r.modules_to_save or []), rank_pattern=dict(r.rank_pattern or {}),
+            alpha_pattern=dict(r.alpha_pattern or {}), fan_in_fan_out=r.fan_in_fan_out,
+            peft_version=r.peft_version, weights_sha256=r.weights_sha256, size_bytes=r.size_bytes,
+            param_count=r.param_count, dtypes=list(r.dtypes or []), module_count=len(r.module_tensors or {}),
+            path=str(store_root / r.storage_path), source_uri=r.source_uri, created_at=r.created_at,
+            tags=dict(tags.get(r.id, {})), aliases=aliases.get(r.id, []), parents=parents.get(r.id, []),
+            compatible=compat.get(r.id, []),
+        ))
+    return out
+
+
+def lineage(session: Session, version_id: int) -> t.LineageGraph:
+    """Every ancestor and descendant of ``version_id`` (and itself), and the edges among them.
+
+    Two recursive CTEs (up and down) in one statement; ``UNION`` (not ``UNION ALL``) makes them
+    terminate on any DAG.
+    """
+    e = m.LineageEdge
+    up = select(literal(version_id).label("id")).cte("ancestors", recursive=True)
+    up = up.union(select(e.parent_id).join(up, e.child_id == up.c.id))
+    down = select(literal(version_id).label("id")).cte("descendants", recursive=True)
+    down = down.union(select(e.child_id).join(down, e.parent_id == down.c.id))
+    ids = union(select(up.c.id), select(down.c.id)).subquery()
+    rows = session.execute(
+        select(m.AdapterVersion.id, m.Adapter.name, m.AdapterVersion.version,
+               m.AdapterVersion.weights_sha256, m.AdapterVersion.created_at)
+        .join(m.Adapter).where(m.AdapterVersion.id.in_(select(ids.c.id)))
+        .order_by(m.AdapterVersion.created_at, m.AdapterVersion.id)
+    ).all()
+    refs = {r.id: f"{r.name}:{r.version}" for r in rows}
+    edges = session.scalars(
+        select(e).where(e.child_id.in_(refs), e.parent_id.in_(refs)).order_by(e.child_id, e.position)
+    ).all()
+    return t.LineageGraph(
+        root=refs[version_id],
+        nodes=[t.LineageNode(id=r.id, ref=refs[r.id], weights_sha256=r.weights_sha256, created_at=r.created_at)
+               for r in rows],
+        edges=[t.LineageEdgeInfo(child=refs[x.child_id], parent=refs[x.parent_id], relation=x.relation,
+                                 weight=x.weight, position=x.position, params=x.params or {}) for x in edges],
+    )
+
+
+def base_models(session: Session) -> list[t.BaseModelInfo]:
+    counts = dict(session.execute(
+        select(m.AdapterVersion.base_model_id, func.count()).group_by(m.AdapterVersion.base_model_id)
+    ).all())
+    return [
+        t.BaseModelInfo(
+            id=b.id, name=b.name, revision=b.revision, local_path=b.local_path, architecture=b.architecture,
+            model_type=b.model_type, config_hash=b.config_hash, vocab_size=b.vocab_size,
+            module_count=len(b.module_shapes or {}), adapter_versions=int(counts.get(b.id, 0)),
+        )
+        for b in session.scalars(select(m.BaseModelRecord).order_by(m.BaseModelRecord.name, m.BaseModelRecord.id))
+    ]

@@ -1,0 +1,195 @@
+"""The ``Registry`` facade: the one object users (and the CLI) talk to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from registry import catalog, queries
+from registry import models as m
+from registry import types as t
+from registry.basemodel import describe_base
+from registry.config import Settings
+from registry.db import ensure_schema, make_engine, session_factory, transaction, upgrade
+from registry.errors import InvalidAdapter, InvalidReference, RegistryError
+from registry.inspect import inspect_adapter, weights_path
+from registry.refs import Ref, check_slug, check_tag, parse_ref
+from registry.store import ArtifactStore
+
+
+class Registry:
+    """A catalog of LoRA adapters.
+
+    ``Registry()`` opens the embedded SQLite catalog under ``$ADREG_HOME`` (default ``~/.adreg``),
+    creating it on first use; ``Registry("postgresql+psycopg://host/db")`` (or ``ADREG_DATABASE_URL``)
+    opens a shared one, which must have been created with ``adreg init``.
+    """
+
+    def __init__(self, database_url: str | None = None, *, home: str | Path | None = None) -> None:
+        self.settings = Settings.from_env(database_url, home)
+        self.engine = make_engine(self.settings.database_url)
+        ensure_schema(self.engine)
+        self._sessions = session_factory(self.engine)
+        self.store = ArtifactStore(self.settings.artifact_dir)
+
+    @staticmethod
+    def init(database_url: str | None = None, *, home: str | Path | None = None) -> str:
+        """Create or upgrade the catalog's schema to the newest revision; return the database URL."""
+        settings = Settings.from_env(database_url, home)
+        engine = make_engine(settings.database_url)
+        try:
+            upgrade(engine)
+        finally:
+            engine.dispose()
+        return engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- registration -------------------------------------------------------------------------
+
+    def register(
+        self,
+        source: str | Path,
+        *,
+        name: str,
+        tags: dict[str, str] | None = None,
+        base: str | None = None,
+        base_path: str | Path | None = None,
+        revision: str | None = None,
+        description: str | None = None,
+        parents: list[catalog.ParentSpec] | None = None,
+    ) -> t.AdapterVersion:
+        """Register the adapter folder ``source`` as the next version of ``name``.
+
+        The base model is ``base`` or the adapter config's ``base_model_name_or_path`` (at ``revision``
+        or the config's); its architecture and module shapes are read from ``base_path`` (or from the
+        base name itself when it is a local folder). Registering the same weights under the same name
+        again returns the existing version (with any new tags applied).
+        """
+        check_slug(name)
+        for key, value in (tags or {}).items():
+            check_tag(key, value)
+        ref = parse_ref(str(source)) if isinstance(source, str) else Ref(path=Path(source))
+        if ref.hub_repo:
+            raise RegistryError(f"{ref}: registering from the Hub is not available in this version")
+        if ref.path is None:
+            raise InvalidReference(f"{source!r} is not a folder path (write ./{source} for a local folder)")
+        folder = ref.path
+        manifest = inspect_adapter(folder)
+        base_name = base or manifest.base_model_name_or_path
+        if not base_name:
+            raise InvalidAdapter(
+                str(folder), ["adapter_config.json has no base_model_name_or_path"], hint="pass --base NAME"
+            )
+        if base_path is None and Path(base_name).expanduser().is_dir():
+            base_path = base_name
+        if base_path is not None:
+            base_path = Path(base_path).expanduser().resolve()
+            if Path(base_name).expanduser().is_dir():
+                base_name = str(Path(base_name).expanduser().resolve())
+        description_of_base = describe_base(base_path) if base_path is not None else None
+        storage = self.store.put_adapter(weights_path(folder), manifest.weights_sha256, manifest.config)
+        with transaction(self._sessions) as session:
+            base_row = catalog.upsert_base(
+                session, base_name, revision or manifest.revision, description_of_base, base_path
+            )
+            row, created = catalog.register_version(
+                session, name, manifest, storage, base_row, tags=tags,
+                source_uri=str(folder.resolve()), description=description, parents=parents,
+            )
+            if not created and tags:
+                catalog.set_tags(session, row, tags)
+            return queries.describe(session, [row], self.store.root, full=True)[0]
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def get(self, ref: str) -> t.AdapterVersion:
+        """The version ``ref`` names: ``name`` (latest), ``name:3`` or ``name@alias``."""
+        with transaction(self._sessions) as session:
+            row = catalog.resolve(session, parse_ref(ref))
+            return queries.describe(session, [row], self.store.root, full=True)[0]
+
+    def search_page(self, filters: queries.SearchFilters) -> t.SearchPage:
+        with transaction(self._sessions) as session:
+            rows, total = queries.search(session, filters)
+            items = queries.describe(session, rows, self.store.root, full=False)
+            return t.SearchPage(items=items, total=total, limit=filters.limit, offset=filters.offset)
+
+    def search(
+        self,
+        *,
+        base_model: str | None = None,
+        tags: dict[str, str] | None = None,
+        task_type: str | None = None,
+        peft_type: str | None = None,
+        min_rank: int | None = None,
+        max_rank: int | None = None,
+        target_module: str | None = None,
+        name_like: str | None = None,
+        status: str | None = "ready",
+        sort: str = "created",
+        descending: bool = True,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[t.AdapterVersion]:
+        """Versions matching every given filter (tags are ANDed), newest first by default."""
+        filters = queries.SearchFilters(
+            base_model=base_model, tags=dict(tags or {}), task_type=task_type, peft_type=peft_type,
+            min_rank=min_rank, max_rank=max_rank, target_module=target_module, name_like=name_like,
+            status=status, sort=sort, descending=descending, limit=limit, offset=offset,
+        )
+        return self.search_page(filters).items
+
+    def lineage(self, ref: str) -> t.LineageGraph:
+        """All ancestors and descendants of a version, as nodes and edges."""
+        with transaction(self._sessions) as session:
+            row = catalog.resolve(session, parse_ref(ref))
+            return queries.lineage(session, row.id)
+
+    def base_models(self) -> list[t.BaseModelInfo]:
+        with transaction(self._sessions) as session:
+            return queries.base_models(session)
+
+    def versions_of(self, name: str) -> list[t.AdapterVersion]:
+        """Every version of one adapter, oldest first."""
+        with transaction(self._sessions) as session:
+            rows = session.scalars(
+                select(m.AdapterVersion).join(m.Adapter)
+                .where(m.Adapter.name == check_slug(name)).order_by(m.AdapterVersion.version)
+            ).all()
+            return queries.describe(session, list(rows), self.store.root, full=False)
+
+    # -- labels ---------------------------------------------------------------------------------
+
+    def set_alias(self, ref: str, alias: str) -> t.AdapterVersion:
+        """Point ``alias`` (e.g. ``production``) at the version ``ref`` names; moves it if it exists."""
+        with transaction(self._sessions) as session:
+            row = catalog.resolve(session, parse_ref(ref))
+            catalog.set_alias(session, row, alias)
+            session.flush()
+            return queries.describe(session, [row], self.store.root, full=True)[0]
+
+    def remove_alias(self, name: str, alias: str) -> None:
+        with transaction(self._sessions) as session:
+            catalog.remove_alias(session, name, alias)
+
+    def tag(self, ref: str, tags: dict[str, str]) -> t.AdapterVersion:
+        """Set tags (key -> value) on a version, overwriting existing values of the same keys."""
+        with transaction(self._sessions) as session:
+            row = catalog.resolve(session, parse_ref(ref))
+            catalog.set_tags(session, row, tags)
+            return queries.describe(session, [row], self.store.root, full=True)[0]
+
+    def untag(self, ref: str, keys: list[str]) -> t.AdapterVersion:
+        with transaction(self._sessions) as session:
+            row = catalog.resolve(session, parse_ref(ref))
+            catalog.remove_tags(session, row, keys)
+            return queries.describe(session, [row], self.store.root, full=True)[0]
