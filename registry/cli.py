@@ -32,6 +32,7 @@ def _main(
     db: str | None = typer.Option(None, "--db", envvar="ADREG_DATABASE_URL", help="Catalog database URL."),
     home: Path | None = typer.Option(None, "--home", envvar="ADREG_HOME", help="Embedded catalog folder."),
 ) -> None:
+    _state.clear()
     _state.update(db=db, home=home)
 
 
@@ -167,7 +168,9 @@ def list_(
 
 @app.command()
 @emits(_render_version)
-def show(ref: str = typer.Argument(..., help="name, name:3 or name@alias"), json_output: bool = JSON) -> t.AdapterVersion:
+def show(
+    ref: str = typer.Argument(..., help="name, name:3 or name@alias"), json_output: bool = JSON
+) -> t.AdapterVersion:
     """Show one version: base, rank, targets, size, sha256, tags, aliases, parents, compatibility."""
     return _registry().get(ref)
 

@@ -81,8 +81,8 @@ def parse_ref(text: str) -> Ref:
     if not text:
         raise InvalidReference("empty reference")
     if text.startswith("hf://"):
-        repo, _, rev = text[5:].partition("@")
-        if not _HF_REPO.match(repo) or (rev and not _REVISION.match(rev)) or ".." in repo:
+        repo, at, rev = text[5:].partition("@")
+        if not _HF_REPO.match(repo) or (at and not _REVISION.match(rev)) or ".." in repo:
             raise InvalidReference(f"{text!r} is not a Hub reference of the form hf://org/repo[@revision]")
         return Ref(hub_repo=repo, hub_revision=rev or None)
     if looks_like_path(text):

@@ -1,0 +1,89 @@
+"""Shared fixtures: real SQLite and PostgreSQL catalogs, tiny models and adapters built locally.
+
+PostgreSQL: ``ADREG_TEST_PG_URL`` (default ``postgresql+psycopg://postgres@127.0.0.1:5432/test``). Each
+test that asks for a PostgreSQL catalog gets a fresh schema, dropped afterwards, so runs never see each
+other's rows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+import factories
+
+PG_URL = os.environ.get("ADREG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes the user's ~/.adreg or a database URL from the environment."""
+    monkeypatch.setenv("ADREG_HOME", str(tmp_path / "adreg-home"))
+    monkeypatch.delenv("ADREG_DATABASE_URL", raising=False)
+    monkeypatch.delenv("ADREG_ARTIFACT_DIR", raising=False)
+    monkeypatch.delenv("ADREG_BROKER_URL", raising=False)
+
+
+@pytest.fixture(scope="session")
+def pg_admin():  # type: ignore[no-untyped-def]
+    engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # pragma: no cover - the suite requires the real service
+        pytest.fail(f"PostgreSQL is not reachable at {PG_URL}: {exc}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_schema_url(pg_admin) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A URL whose connections live in a fresh, empty schema of the test database."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in PG_URL else "?"
+    yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+    with pg_admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty catalog URL on each real database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalog.db'}"
+    return request.getfixturevalue("pg_schema_url")
+
+
+@pytest.fixture
+def registry(db_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from registry import Registry
+
+    if db_url.startswith("postgresql"):
+        Registry.init(db_url, home=tmp_path / "home")
+    reg = Registry(db_url, home=tmp_path / "home")
+    yield reg
+    reg.close()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny Llama base, a second base of the same shape, a GPT-2 base and a few adapters, built once."""
+    root = tmp_path_factory.mktemp("tiny")
+    llama = factories.build_base(root / "llama-base", "llama", seed=0)
+    gpt2 = factories.build_base(root / "gpt2-base", "gpt2", seed=0)
+    return {
+        "llama": llama,
+        "llama_twin": factories.build_base(root / "llama-twin", "llama", seed=1),  # same shapes, other weights
+        "gpt2": gpt2,
+        "tone": factories.build_adapter(llama, root / "tone", r=4, alpha=8, seed=1),
+        "tone2": factories.build_adapter(llama, root / "tone2", r=4, alpha=8, seed=2),
+        "legal": factories.build_adapter(llama, root / "legal", r=8, alpha=16, targets=factories.LLAMA_TARGETS, seed=3),
+        "gpt2_attn": factories.build_adapter(gpt2, root / "gpt2-attn", r=4, alpha=8, targets=["c_attn"], seed=4),
+    }
