@@ -222,6 +222,29 @@ def base_list(json_output: bool = JSON) -> list[t.BaseModelInfo]:
     return _registry().base_models()
 
 
+def _render_demo(report: Any) -> None:
+    table("adreg demo", ["step", "seconds"], [[s["step"], f"{s['seconds']:.2f}"] for s in report.steps])
+    graph = report.lineage
+    if graph.get("edges"):
+        table(f"lineage of {graph['root']}", ["child", "relation", "parent", "weight"],
+              [[e["child"], e["relation"], e["parent"], e["weight"]] for e in graph["edges"]])
+    stdout.print(f"catalog:   {report.catalog}\nartifacts: {report.artifacts}\ndemo files: {report.workdir}")
+    stdout.print("next: [bold]adreg list[/], [bold]adreg show demo-legal@production[/]")
+
+
+@app.command()
+@emits(_render_demo)
+def demo(json_output: bool = JSON) -> Any:
+    """Build a tiny base and three adapters with PEFT, register and merge them, show the lineage."""
+    from workers.demo import run_demo
+
+    reg = _registry()
+    if json_output:
+        return run_demo(reg)
+    with stdout.status("starting") as status:
+        return run_demo(reg, say=lambda msg: status.update(msg))
+
+
 def main() -> None:
     app()
 

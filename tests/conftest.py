@@ -12,10 +12,9 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import factories
 import pytest
 from sqlalchemy import create_engine, text
-
-import factories
 
 PG_URL = os.environ.get("ADREG_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 

@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
 from sqlalchemy import func, select
 
@@ -50,7 +49,8 @@ def test_register_reads_metadata_and_records_exact_compatibility(registry, tiny)
     assert v.tags == {"team": "law"}
     # the stored folder is a PEFT adapter whose weights are byte-identical to the source
     stored = Path(v.path)
-    assert (stored / "adapter_model.safetensors").read_bytes() == (tiny["legal"] / "adapter_model.safetensors").read_bytes()
+    source_bytes = (tiny["legal"] / "adapter_model.safetensors").read_bytes()
+    assert (stored / "adapter_model.safetensors").read_bytes() == source_bytes
     assert json.loads((stored / "adapter_config.json").read_text())["r"] == 8
 
 

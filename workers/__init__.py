@@ -1,0 +1,4 @@
+"""Everything that touches tensors: merges, runtime validation, training, Hub I/O.
+
+Imports registry, never the reverse (the local executor imports workers lazily).
+"""

@@ -1,0 +1,112 @@
+"""Tiny base models and PEFT adapters built locally (no downloads): for `adreg demo`, tests and benchmarks.
+
+Every model is built from a config with a fixed seed and saved with safetensors; every adapter is
+made by PEFT itself (``get_peft_model`` + ``save_pretrained``) with its LoRA B matrices randomised so
+that the adapter is not a no-op.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
+
+LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def quiet_hf() -> None:
+    """Silence transformers' progress bars and deprecation chatter (for demos and benchmarks)."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+
+
+def tiny_llama_config(**overrides: Any) -> LlamaConfig:
+    kw: dict[str, Any] = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    kw.update(overrides)
+    return LlamaConfig(**kw)
+
+
+def build_base(path: Path, arch: str = "llama", seed: int = 0, **overrides: Any) -> Path:
+    """Save a tiny randomly initialised causal LM of ``arch`` (llama, gpt2, qwen2) to ``path``."""
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = LlamaForCausalLM(tiny_llama_config(**overrides))
+    elif arch == "gpt2":
+        cfg = dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0)
+        cfg.update(overrides)
+        model = GPT2LMHeadModel(GPT2Config(**cfg))
+    elif arch == "qwen2":
+        cfg = dict(
+            vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+            tie_word_embeddings=False,
+        )
+        cfg.update(overrides)
+        model = Qwen2ForCausalLM(Qwen2Config(**cfg))
+    else:
+        raise ValueError(arch)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+def load_base(path: Path) -> torch.nn.Module:
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
+def build_adapter(
+    base_path: Path,
+    out: Path,
+    *,
+    r: int = 4,
+    alpha: int = 8,
+    targets: list[str] | str | None = None,
+    seed: int = 1,
+    dtype: torch.dtype | None = None,
+    **lora_kwargs: Any,
+) -> Path:
+    """Make a LoRA adapter on the base at ``base_path`` with PEFT and save it to ``out``.
+
+    The adapter's ``base_model_name_or_path`` is the base folder. Both A and B are random (PEFT
+    initialises B to zero), so the adapter changes the model's output.
+    """
+    if targets is None:
+        targets = ["q_proj", "v_proj"]
+    base = load_base(base_path)
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, task_type="CAUSAL_LM", **lora_kwargs)
+    model = get_peft_model(base, config)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.save_pretrained(out)
+    return out
