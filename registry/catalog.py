@@ -307,3 +307,27 @@ def set_tags(session: Session, row: m.AdapterVersion, tags: dict[str, str]) -> N
 
 def remove_tags(session: Session, row: m.AdapterVersion, keys: list[str]) -> None:
     session.execute(delete(m.Tag).where(m.Tag.version_id == row.id, m.Tag.key.in_(keys)))
+
+
+def manifest_of(session: Session, row: m.AdapterVersion) -> AdapterManifest:
+    """Rebuild a version's manifest from stored metadata (no file is read).
+
+    The base identity is the catalog's base record (name and revision), not the config's free text.
+    """
+    from registry.manifest import ModuleTensors
+
+    base = session.get(m.BaseModelRecord, row.base_model_id) if row.base_model_id else None
+    config = row.adapter_config or {}
+    return AdapterManifest(
+        peft_type=row.peft_type, task_type=row.task_type,
+        base_model_name_or_path=base.name if base else config.get("base_model_name_or_path"),
+        revision=base.revision if base else config.get("revision"),
+        r=row.r, lora_alpha=row.lora_alpha, use_rslora=row.use_rslora, use_dora=row.use_dora,
+        lora_bias=bool(config.get("lora_bias")), fan_in_fan_out=row.fan_in_fan_out,
+        rank_pattern=row.rank_pattern or {}, alpha_pattern=row.alpha_pattern or {},
+        target_modules=list(row.target_modules or []), target_parameters=config.get("target_parameters"),
+        modules_to_save=list(row.modules_to_save or []), peft_version=row.peft_version, config=config,
+        modules={k: ModuleTensors(**v) for k, v in (row.module_tensors or {}).items()},
+        weights_sha256=row.weights_sha256, size_bytes=row.size_bytes, param_count=row.param_count,
+        dtypes=list(row.dtypes or []),
+    )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from registry import types as t
-from registry.cli_output import emits, human_size, stdout, table
+from registry.cli_output import emits, human_size, stderr, stdout, table
 from registry.queries import SearchFilters
 from registry.refs import parse_tag
 
@@ -243,6 +247,243 @@ def demo(json_output: bool = JSON) -> Any:
         return run_demo(reg)
     with stdout.status("starting") as status:
         return run_demo(reg, say=lambda msg: status.update(msg))
+
+
+# -- merges and jobs ------------------------------------------------------------------------------
+
+
+class _MultiValueCommand(TyperCommand):
+    """Lets ``--weights 0.5 0.3 0.2`` (space-separated, as people write it) mean ``--weights 0.5,0.3,0.2``."""
+
+    multi = ("--weights",)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        out: list[str] = []
+        i = 0
+        while i < len(args):
+            out.append(args[i])
+            if args[i] in self.multi:
+                values = []
+                i += 1
+                while i < len(args) and not args[i].startswith("--") and _is_number(args[i]):
+                    values.append(args[i])
+                    i += 1
+                out.append(",".join(values))
+                continue
+            i += 1
+        return super().parse_args(ctx, out)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _floats(text: str) -> list[float]:
+    from registry.errors import RegistryError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise RegistryError(f"--weights must be numbers (got {text!r})") from None
+
+
+def _render_job(job: Any) -> None:
+    rows = [["job", job.id], ["kind", job.kind], ["status", job.status], ["queue", job.queue],
+            ["progress", f"{job.progress:.0%}" + (f" ({job.message})" if job.message else "")],
+            ["attempts", job.attempts], ["created", job.created_at]]
+    if job.result_ref:
+        rows.append(["result", job.result_ref])
+    if job.error:
+        rows.append(["error", f"{job.error_type}: {job.error}"])
+    overall = job.report.get("overall") if isinstance(job.report, dict) else None
+    if overall:
+        rows.append(["merge error", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in overall.items())])
+    for key in ("layer_status", "logits", "distance_from_parents", "exact_check"):
+        if key in job.report:
+            rows.append([key.replace("_", " "), json.dumps(job.report[key], default=str)])
+    table(None, ["field", "value"], rows)
+
+
+def _render_jobs(items: list[Any]) -> None:
+    table(None, ["job", "kind", "status", "progress", "result", "created", "error"],
+          [[j.id, j.kind, j.status, f"{j.progress:.0%}", j.result_ref or "", j.created_at.strftime("%H:%M:%S"),
+            (j.error or "")[:60]] for j in items])
+
+
+def _wait(job: Any, show_progress: bool) -> Any:
+    from registry.jobs import JobFailed
+
+    try:
+        if not show_progress:
+            return job.wait()
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("job {task.fields[job]}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                      TextColumn("{task.description}"), TimeElapsedColumn(), console=stderr) as bar:
+            task = bar.add_task(job.message or job.status, total=1.0, job=job.id, completed=job.progress)
+            job.wait(on_progress=lambda j: bar.update(task, completed=j.progress, description=j.message or j.status))
+            bar.update(task, completed=1.0)
+        return job
+    except JobFailed:
+        return job.refresh()
+
+
+def _merge_report_render(data: Any) -> None:
+    if hasattr(data, "kind"):  # a catalog job
+        _render_job(data)
+        return
+    overall = data.get("overall", {})
+    stdout.print(f"merged into {data.get('out')}")
+    table(None, ["metric", "value"], [[k, v] for k, v in overall.items()])
+
+
+@app.command(cls=_MultiValueCommand)
+@emits(_merge_report_render)
+def merge(
+    sources: list[str] = typer.Argument(..., help="Catalog references (name:2, name@alias) or adapter folders."),
+    weights: str = typer.Option(..., "--weights", "-w", help="One weight per source: 0.5 0.3 0.2 (or 0.5,0.3,0.2)."),
+    method: str = typer.Option("svd", "--method", "-m", help="Combination type (see docs/merge.md)."),
+    density: float | None = typer.Option(None, "--density", help="Kept fraction for ties/dare/magnitude_prune."),
+    svd_rank: int | None = typer.Option(None, "--svd-rank", help="Output rank for the *svd methods."),
+    svd_clamp: float | None = typer.Option(None, "--svd-clamp", help="Quantile clamp for the *svd methods."),
+    majority_sign_method: str = typer.Option("total", "--majority-sign-method", help="total or frequency."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for dare_* (reproducible runs)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (default: inputs')."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this folder; no catalog involved."),
+    name: str | None = typer.Option(None, "--name", "-n", help="Register the result as the next version of NAME."),
+    tag: list[str] = typer.Option(None, "--tag", "-t", help="key=value on the new version; repeatable."),
+    allow_cross_base: bool = typer.Option(False, "--allow-cross-base", help="Allow different base revisions."),
+    validate: bool = typer.Option(False, "--validate", help="Queue a runtime validation of the result."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the job (catalog mode)."),
+    json_output: bool = JSON,
+) -> Any:
+    """Merge adapters: folders into --out, or catalog versions into a new version --name."""
+    from registry.errors import RegistryError
+
+    weight_list = _floats(weights)
+    if (out is None) == (name is None):
+        raise RegistryError("give exactly one of --out (merge folders) or --name (merge catalog versions)")
+    params = dict(density=density, svd_rank=svd_rank, svd_clamp=svd_clamp,
+                  majority_sign_method=majority_sign_method, seed=seed)
+    if out is not None:
+        return _merge_folders(sources, weight_list, method, out, dtype, params, quiet=json_output)
+    job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,
+                            tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate, **params)
+    if wait and not job.done:
+        job = _wait(job, show_progress=not json_output)
+    if job.status == "failed":
+        raise RegistryError(f"merge job {job.id} failed: {job.error}")
+    return job
+
+
+def _merge_folders(sources: list[str], weights: list[float], method: str, out: Path, dtype: str | None,
+                   params: dict[str, Any], quiet: bool) -> dict[str, Any]:
+    from registry.inspect import inspect_adapter
+    from registry.merge_rules import check_merge
+    from workers.merge import merge_adapters
+
+    manifests = [inspect_adapter(Path(src)) for src in sources]
+    given = {k: v for k, v in params.items() if v is not None}
+    check_merge(manifests, weights, method, given, labels=list(sources))
+    with stderr.status(f"merging {len(sources)} adapters by {method}") as status:
+        report = merge_adapters(
+            [Path(s) for s in sources], weights, method, out=out, dtype=dtype,
+            progress=None if quiet else (lambda f, msg=None: status.update(f"{method}: {f:.0%} {msg or ''}")),
+            **given,
+        )
+    data = report.to_dict() if hasattr(report, "to_dict") else report.model_dump(mode="json")
+    data["out"] = str(out)
+    return data
+
+
+@app.command("validate")
+@emits(_render_job)
+def validate_cmd(
+    ref: str = typer.Argument(..., help="Version to load on its base model and check."),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    json_output: bool = JSON,
+) -> Any:
+    """Validate a version at run time against its base model's real weights (PEFT, logits probes)."""
+    job = _registry().validate(ref)
+    if wait and not job.done:
+        job = _wait(job, show_progress=not json_output)
+    return job
+
+
+@app.command("jobs")
+@emits(_render_jobs)
+def jobs_cmd(
+    status: str | None = typer.Option(None, "--status", help="queued, running, succeeded, failed, cancelled"),
+    kind: str | None = typer.Option(None, "--kind", help="merge, validate, ..."),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000),
+    json_output: bool = JSON,
+) -> Any:
+    """Recent jobs, newest first."""
+    return _registry().jobs(status=status, kind=kind, limit=limit)
+
+
+@app.command("job")
+@emits(_render_job)
+def job_cmd(
+    job_id: int = typer.Argument(...),
+    wait: bool = typer.Option(False, "--wait", help="Wait for it to finish, with a progress bar."),
+    json_output: bool = JSON,
+) -> Any:
+    """Show one job (its progress, error, report and result)."""
+    from registry.errors import RegistryError
+
+    job = _registry().job(job_id)
+    if wait and not job.done:
+        job = _wait(job, show_progress=not json_output)
+    if wait and job.status != "succeeded":
+        if json_output:
+            sys.stdout.write(json.dumps(job.to_dict(), indent=2) + "\n")
+            raise typer.Exit(1)
+        raise RegistryError(f"job {job.id} {job.status}: {job.error or ''}")
+    return job
+
+
+@app.command("cancel")
+@emits(lambda d: stdout.print(f"job {d['job']}: {d['status']}"))
+def cancel_cmd(job_id: int = typer.Argument(...), json_output: bool = JSON) -> Any:
+    """Cancel a queued job, or ask a running one to stop at its next check."""
+    return {"job": job_id, "status": _registry().cancel(job_id)}
+
+
+@app.command()
+def worker(
+    queues: str = typer.Option("cpu", "--queues", "-Q", help="Comma-separated: cpu, gpu."),
+    concurrency: int = typer.Option(1, "--concurrency", "-c", min=1),
+    pool: str | None = typer.Option(None, "--pool", help="prefork (default for cpu) or solo (default with gpu)."),
+    loglevel: str = typer.Option("INFO", "--loglevel", "-l"),
+) -> None:
+    """Run a Celery worker for the catalog's jobs (needs ADREG_BROKER_URL)."""
+    import os
+
+    from registry.errors import RegistryError
+
+    if not os.environ.get("ADREG_BROKER_URL"):
+        from registry.cli_output import fail
+
+        fail(RegistryError("ADREG_BROKER_URL is not set", hint="export ADREG_BROKER_URL=redis://127.0.0.1:6379/0"))
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    if not names or any(q not in ("cpu", "gpu") for q in names):
+        from registry.cli_output import fail
+
+        fail(RegistryError(f"--queues must list cpu and/or gpu (got {queues!r})"))
+    # GPU workers never fork after CUDA may have been initialised: solo pool, one job at a time.
+    chosen = pool or ("solo" if "gpu" in names else "prefork")
+    from workers.celery_app import app as celery_app
+
+    celery_app.worker_main([
+        "worker", "-Q", ",".join(names), "-c", str(1 if chosen == "solo" else concurrency), "-P", chosen,
+        "-l", loglevel, "-n", f"adreg-{'-'.join(names)}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
+    ])
 
 
 def main() -> None:

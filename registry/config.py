@@ -6,6 +6,7 @@
 | ``ADREG_DATABASE_URL``| ``sqlite:///$ADREG_HOME/catalog.db`` |
 | ``ADREG_ARTIFACT_DIR``| ``$ADREG_HOME/artifacts``            |
 | ``ADREG_BROKER_URL``  | unset: jobs run in-process           |
+| ``ADREG_GPU_FALLBACK_TO_CPU`` | unset: GPU jobs go to queue gpu |
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class Settings:
     database_url: str
     artifact_dir: Path
     broker_url: str | None = None
+    gpu_queue_fallback: bool = False  # route GPU jobs to the cpu queue (no GPU worker in this deployment)
 
     @classmethod
     def from_env(cls, database_url: str | None = None, home: str | Path | None = None) -> Settings:
@@ -34,6 +36,7 @@ class Settings:
             database_url=url,
             artifact_dir=artifacts,
             broker_url=os.environ.get("ADREG_BROKER_URL") or None,
+            gpu_queue_fallback=os.environ.get("ADREG_GPU_FALLBACK_TO_CPU", "").lower() in ("1", "true", "yes"),
         )
 
     @property

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import ValidationError
 from sqlalchemy import select
 
-from registry import catalog, queries
+from registry import catalog, jobs, queries
 from registry import models as m
 from registry import types as t
 from registry.basemodel import describe_base
@@ -32,6 +33,17 @@ class Registry:
         ensure_schema(self.engine)
         self._sessions = session_factory(self.engine)
         self.store = ArtifactStore(self.settings.artifact_dir)
+        self._executor: jobs.LocalExecutor | jobs.CeleryExecutor | None = None
+
+    @property
+    def executor(self) -> jobs.LocalExecutor | jobs.CeleryExecutor:
+        """Celery when ``ADREG_BROKER_URL`` is set, else the in-process local executor."""
+        if self._executor is None:
+            if self.settings.broker_url:
+                self._executor = jobs.CeleryExecutor(self.settings.broker_url)
+            else:
+                self._executor = jobs.LocalExecutor(self)
+        return self._executor
 
     @staticmethod
     def init(database_url: str | None = None, *, home: str | Path | None = None) -> str:
@@ -193,3 +205,101 @@ class Registry:
             row = catalog.resolve(session, parse_ref(ref))
             catalog.remove_tags(session, row, keys)
             return queries.describe(session, [row], self.store.root, full=True)[0]
+
+    # -- jobs -----------------------------------------------------------------------------------
+
+    def merge(
+        self,
+        sources: list[str],
+        *,
+        weights: list[float],
+        method: str = "svd",
+        name: str,
+        density: float | None = None,
+        svd_rank: int | None = None,
+        svd_clamp: float | None = None,
+        majority_sign_method: str = "total",
+        seed: int | None = None,
+        dtype: str | None = None,
+        tags: dict[str, str] | None = None,
+        description: str | None = None,
+        allow_cross_base: bool = False,
+        validate: bool = False,
+        idempotency_key: str | None = None,
+    ) -> jobs.Job:
+        """Merge catalog versions into a new version of ``name``; returns the job.
+
+        Every static check runs first, on stored metadata only, and reports every problem at once
+        (:class:`IncompatibleAdapters`); nothing is queued unless all pass. On the embedded default the
+        job runs in-process before this returns; with a broker, a worker runs it (``job.wait()``).
+        """
+        from registry.merge_rules import check_merge
+
+        params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
+                  "majority_sign_method": majority_sign_method, "seed": seed}
+        with transaction(self._sessions) as session:
+            rows = [catalog.resolve(session, parse_ref(ref)) for ref in sources]
+            refs = [f"{session.get(m.Adapter, r.adapter_id).name}:{r.version}" for r in rows]
+            manifests = [catalog.manifest_of(session, r) for r in rows]
+        check_merge(manifests, list(weights), method, {k: v for k, v in params.items() if v is not None},
+                    allow_cross_base=allow_cross_base, labels=refs)
+        try:
+            spec = jobs.MergeSpec(
+                sources=[jobs.SourceRef(ref=ref, version_id=r.id, weights_sha256=r.weights_sha256,
+                                        storage_path=r.storage_path) for ref, r in zip(refs, rows, strict=True)],
+                weights=list(weights), method=method, params=jobs.MergeParams(**params, dtype=dtype), name=name,
+                tags=dict(tags or {}), description=description, allow_cross_base=allow_cross_base,
+                validate_after=validate,
+            )
+        except ValidationError as exc:
+            raise RegistryError("invalid merge request: " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        return self.submit(spec, idempotency_key=idempotency_key)
+
+    def validate(self, ref: str) -> jobs.Job:
+        """Queue a runtime validation of a version against its base model's real weights."""
+        with transaction(self._sessions) as session:
+            row = catalog.resolve(session, parse_ref(ref))
+            name = session.get(m.Adapter, row.adapter_id).name
+        return self.submit(jobs.ValidateSpec(version_id=row.id, ref=f"{name}:{row.version}"))
+
+    def submit(
+        self, spec: jobs.MergeSpec | jobs.ValidateSpec, *, idempotency_key: str | None = None,
+        parent_job_id: int | None = None,
+    ) -> jobs.Job:
+        """Write the job row (committed), then hand its id to the executor."""
+        queue = jobs.DEFAULT_QUEUE[spec.kind]
+        if queue == "gpu" and self.settings.gpu_queue_fallback:
+            queue = "cpu"
+        with transaction(self._sessions) as session:
+            row, created = jobs.insert_job(
+                session, spec, queue=queue, idempotency_key=idempotency_key, parent_job_id=parent_job_id
+            )
+            job_id = row.id
+        if created:
+            self.executor.dispatch(job_id, queue)
+        return self.job(job_id)
+
+    def job(self, job_id: int) -> jobs.Job:
+        with self._sessions() as session:
+            row = session.get(m.Job, job_id)
+            if row is None:
+                raise RegistryError(f"no job {job_id}", hint="see `adreg jobs`")
+            return jobs.job_from_row(session, row, self)
+
+    def jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[jobs.Job]:
+        """Recent jobs, newest first."""
+        if status is not None and status not in jobs.STATUSES:
+            raise RegistryError(f"status must be one of {', '.join(jobs.STATUSES)}")
+        with self._sessions() as session:
+            query = select(m.Job).order_by(m.Job.id.desc()).limit(limit)
+            if status:
+                query = query.where(m.Job.status == status)
+            if kind:
+                query = query.where(m.Job.kind == kind)
+            return [jobs.job_from_row(session, r, self) for r in session.scalars(query)]
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a queued job, or ask a running one to stop; returns ``cancelled`` or ``cancelling``."""
+        with transaction(self._sessions) as session:
+            return jobs.request_cancel(session, job_id)

@@ -1,0 +1,276 @@
+"""Jobs: validated specs, submission, status and waiting; the local and Celery executors.
+
+A job is a ``jobs`` row first (committed before anything is enqueued); an executor then only carries
+its id. The same runner (``workers.runners.run_job``) executes it in-process or on a Celery worker.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from registry import models as m
+from registry.errors import RegistryError
+from registry.refs import check_slug, check_tag
+
+if TYPE_CHECKING:
+    from registry.sdk import Registry
+    from registry.types import AdapterVersion
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = ("succeeded", "failed", "cancelled")
+TASK_NAME = "adreg.run_job"
+
+
+class JobFailed(RegistryError):
+    """A job ended ``failed`` (or ``cancelled``); carries its error type and message."""
+
+    def __init__(self, job_id: int, status: str, error_type: str | None, message: str | None) -> None:
+        self.job_id = job_id
+        self.status = status
+        self.error_type = error_type
+        super().__init__(f"job {job_id} {status}: {message or error_type or 'no message'}")
+
+
+class JobTimeout(RegistryError):
+    """``Job.wait(timeout=...)`` ran out before the job finished."""
+
+
+class SourceRef(BaseModel):
+    """An exact input version, pinned by id and sha256 when the job was submitted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    ref: str
+    version_id: int
+    weights_sha256: str
+    storage_path: str
+
+
+class MergeParams(BaseModel):
+    density: float | None = None
+    svd_rank: int | None = None
+    svd_clamp: float | None = None
+    majority_sign_method: Literal["total", "frequency"] = "total"
+    seed: int | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+
+
+class MergeSpec(BaseModel):
+    """Merge ``sources`` with ``weights`` by ``method`` and register the result as ``name``."""
+
+    kind: Literal["merge"] = "merge"
+    spec_version: Literal[1] = 1
+    sources: list[SourceRef] = Field(min_length=1)
+    weights: list[float]
+    method: str
+    params: MergeParams = Field(default_factory=MergeParams)
+    name: str
+    tags: dict[str, str] = Field(default_factory=dict)
+    description: str | None = None
+    allow_cross_base: bool = False
+    validate_after: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        return check_slug(v)
+
+    @field_validator("weights")
+    @classmethod
+    def _finite(cls, v: list[float]) -> list[float]:
+        if not all(math.isfinite(w) for w in v):
+            raise ValueError("weights must be finite numbers")
+        return v
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            check_tag(key, value)
+        return v
+
+
+class ValidateSpec(BaseModel):
+    """Load a version on its base model with PEFT and check it at run time."""
+
+    kind: Literal["validate"] = "validate"
+    spec_version: Literal[1] = 1
+    version_id: int
+    ref: str
+    probe_count: int = Field(default=4, ge=1, le=64)
+    probe_length: int = Field(default=16, ge=2, le=512)
+    atol: float = Field(default=1e-3, gt=0)
+
+
+JobSpec = Annotated[MergeSpec | ValidateSpec, Field(discriminator="kind")]
+_SPEC = TypeAdapter(JobSpec)
+DEFAULT_QUEUE = {"merge": "cpu", "validate": "gpu"}
+
+
+def parse_spec(data: dict[str, Any]) -> MergeSpec | ValidateSpec:
+    return _SPEC.validate_python(data)
+
+
+@dataclass
+class Job:
+    """A handle on a job row: ``refresh()``, ``wait()``, ``result`` (the new version, once succeeded)."""
+
+    id: int
+    kind: str
+    status: str
+    queue: str
+    progress: float
+    message: str | None
+    attempts: int
+    error_type: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result_ref: str | None
+    report: dict[str, Any]
+    parent_job_id: int | None
+    spec: dict[str, Any] = field(repr=False, default_factory=dict)
+    _registry: Registry | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+    def refresh(self) -> Job:
+        assert self._registry is not None
+        fresh = self._registry.job(self.id)
+        for name in self.__dataclass_fields__:
+            if name != "_registry":
+                setattr(self, name, getattr(fresh, name))
+        return self
+
+    def wait(self, timeout: float | None = None, *, poll: float = 0.2,
+             on_progress: Callable[[Job], None] | None = None) -> Job:
+        """Block until the job finishes; raise :class:`JobFailed` unless it succeeded."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.done:
+            if deadline is not None and time.monotonic() > deadline:
+                raise JobTimeout(f"job {self.id} still {self.status} after {timeout:g}s")
+            time.sleep(poll)
+            self.refresh()
+            if on_progress is not None:
+                on_progress(self)
+        if self.status != "succeeded":
+            raise JobFailed(self.id, self.status, self.error_type, self.error)
+        return self
+
+    @property
+    def result(self) -> AdapterVersion | None:
+        """The version this job registered (None until it has succeeded, or for jobs that register none)."""
+        if self.result_ref is None or self._registry is None:
+            return None
+        return self._registry.get(self.result_ref)
+
+    def to_dict(self) -> dict[str, Any]:
+        from registry.types import _jsonable
+
+        return _jsonable({k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_registry"})
+
+
+def job_from_row(session: Session, row: m.Job, registry: Registry | None) -> Job:
+    result_ref = None
+    if row.result_version_id is not None:
+        name, version = session.execute(
+            select(m.Adapter.name, m.AdapterVersion.version).join(m.AdapterVersion)
+            .where(m.AdapterVersion.id == row.result_version_id)
+        ).one()
+        result_ref = f"{name}:{version}"
+    return Job(
+        id=row.id, kind=row.kind, status=row.status, queue=row.queue, progress=row.progress,
+        message=row.progress_message, attempts=row.attempts, error_type=row.error_type, error=row.error_message,
+        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, result_ref=result_ref,
+        report=dict(row.report or {}), parent_job_id=row.parent_job_id, spec=dict(row.spec or {}),
+        _registry=registry,
+    )
+
+
+def insert_job(
+    session: Session,
+    spec: MergeSpec | ValidateSpec,
+    *,
+    queue: str,
+    idempotency_key: str | None = None,
+    parent_job_id: int | None = None,
+) -> tuple[m.Job, bool]:
+    """Write a queued job row, or return the existing one with the same idempotency key."""
+    if idempotency_key is not None:
+        existing = session.scalars(select(m.Job).where(m.Job.idempotency_key == idempotency_key)).one_or_none()
+        if existing is not None:
+            return existing, False
+    row = m.Job(
+        kind=spec.kind, status="queued", queue=queue, spec=spec.model_dump(mode="json"),
+        spec_version=spec.spec_version, idempotency_key=idempotency_key, parent_job_id=parent_job_id,
+        attempts=0, progress=0.0, cancel_requested=False, report={}, created_at=m.utcnow(),
+    )
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def request_cancel(session: Session, job_id: int) -> str:
+    """Cancel a queued job at once; ask a running one to stop at its next check. Returns the new status."""
+    row = session.get(m.Job, job_id)
+    if row is None:
+        raise RegistryError(f"no job {job_id}")
+    if row.status in FINISHED:
+        raise RegistryError(f"job {job_id} already {row.status}")
+    done = session.execute(
+        update(m.Job.__table__)
+        .where(m.Job.__table__.c.id == job_id, m.Job.__table__.c.status == "queued")
+        .values(status="cancelled", finished_at=m.utcnow(), cancel_requested=True)
+    ).rowcount
+    if done:
+        return "cancelled"
+    session.execute(
+        update(m.Job.__table__).where(m.Job.__table__.c.id == job_id).values(cancel_requested=True)
+    )
+    return "cancelling"
+
+
+# -- executors ------------------------------------------------------------------------------------
+
+
+class LocalExecutor:
+    """Runs the job in this process, right away (the embedded default: no broker)."""
+
+    name = "local"
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def dispatch(self, job_id: int, queue: str) -> None:
+        from workers.runners import run_job  # lazy: the registry package never imports torch eagerly
+
+        run_job(job_id, self.registry)
+
+
+class CeleryExecutor:
+    """Sends the job id to a Celery queue by task name (no import of the task code)."""
+
+    name = "celery"
+
+    def __init__(self, broker_url: str, fallback_gpu_to_cpu: bool = False) -> None:
+        from workers.celery_app import make_app
+
+        self.app = make_app(broker_url)
+        self.fallback_gpu_to_cpu = fallback_gpu_to_cpu
+
+    def dispatch(self, job_id: int, queue: str) -> None:
+        if queue == "gpu" and self.fallback_gpu_to_cpu:
+            queue = "cpu"
+        self.app.send_task(TASK_NAME, args=[job_id], queue=queue)

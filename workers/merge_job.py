@@ -1,0 +1,84 @@
+"""The ``merge`` job: re-check the pinned inputs, merge them on their safetensors, register the result."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from registry import catalog
+from registry import models as m
+from registry.db import transaction
+from registry.errors import RegistryError
+from registry.inspect import inspect_adapter, sha256_file, weights_path
+from registry.jobs import MergeSpec, ValidateSpec
+from workers.runners import JobContext, complete
+
+if TYPE_CHECKING:
+    from registry.sdk import Registry
+
+
+class InputChanged(RegistryError):
+    """An input's file no longer matches the sha256 recorded in the catalog."""
+
+
+def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
+    from workers.merge import merge_adapters
+
+    ctx.progress(0.0, "checking inputs", force=True)
+    folders = []
+    for src in spec.sources:
+        folder = registry.store.path(src.storage_path)
+        actual = sha256_file(weights_path(folder))
+        if actual != src.weights_sha256:
+            raise InputChanged(
+                f"input {src.ref} changed on disk: its weights hash to {actual[:12]}, "
+                f"the catalog recorded {src.weights_sha256[:12]}; refusing to merge"
+            )
+        folders.append(folder)
+    ctx.check_cancel()
+
+    out = ctx.scratch / "merged"
+    params = spec.params.model_dump(exclude_none=True)
+    report = merge_adapters(
+        folders, spec.weights, spec.method, out=out,
+        progress=lambda f, msg=None: ctx.progress(0.05 + 0.85 * f, msg or "merging"),
+        should_cancel=ctx.should_cancel, **params,
+    )
+    ctx.check_cancel()
+    ctx.progress(0.92, "validating the merged adapter", force=True)
+    manifest = inspect_adapter(out)  # post-merge checks: consistent tensors, no NaN/Inf, PEFT layout
+    storage = registry.store.put_adapter(weights_path(out), manifest.weights_sha256, manifest.config)
+    report_data = report.to_dict() if hasattr(report, "to_dict") else report.model_dump(mode="json")
+    edge_params = {"method": spec.method, **params}
+    if spec.allow_cross_base:
+        edge_params["allow_cross_base"] = True
+
+    with transaction(registry._sessions) as s:
+        first = s.get(m.AdapterVersion, spec.sources[0].version_id)
+        if first is None:
+            raise InputChanged(f"input {spec.sources[0].ref} was deleted from the catalog")
+        base = s.get(m.BaseModelRecord, first.base_model_id) if first.base_model_id else None
+        row, _ = catalog.register_version(
+            s, spec.name, manifest, storage, base, tags=spec.tags,
+            source_uri=f"job:{ctx.job_id}", description=spec.description,
+            parents=[
+                catalog.ParentSpec(src.version_id, "merge", w, i, edge_params)
+                for i, (src, w) in enumerate(zip(spec.sources, spec.weights, strict=True))
+            ],
+        )
+        complete(registry, ctx, s, result_version_id=row.id, report=report_data, progress_message="merged")
+        ref = f"{spec.name}:{row.version}"
+        version_id = row.id
+
+    if spec.validate_after:
+        registry.submit(ValidateSpec(version_id=version_id, ref=ref), parent_job_id=ctx.job_id)
+
+
+def parent_versions(session, version_id: int) -> list[tuple[int, float | None]]:  # type: ignore[no-untyped-def]
+    """The merge parents of a version with their weights, in order."""
+    e = m.LineageEdge
+    rows = session.execute(
+        select(e.parent_id, e.weight).where(e.child_id == version_id, e.relation == "merge").order_by(e.position)
+    ).all()
+    return [(pid, w) for pid, w in rows]

@@ -1,0 +1,185 @@
+"""Run one job: claim its row, do the work, record the outcome. One code path for every executor.
+
+* Claiming is one conditional UPDATE (``queued`` -> ``running``, or a ``running`` job whose lease has
+  expired), so a redelivered message never runs a job twice at once, and a finished job is a no-op.
+* While it runs, a heartbeat thread extends the lease; progress and cooperative cancellation go through
+  the job row.
+* Outputs are built in the job's scratch folder, moved into the content-addressed store, and registered
+  in the same transaction that marks the job ``succeeded``. Any failure marks it ``failed`` and removes
+  the scratch folder: nothing half-made remains.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_, update
+
+from registry import models as m
+from registry.db import transaction
+from registry.errors import RegistryError
+from registry.jobs import parse_spec
+
+if TYPE_CHECKING:
+    from registry.sdk import Registry
+
+log = logging.getLogger("adreg.runner")
+
+
+class JobCancelled(Exception):
+    """Raised inside a job when its row asks it to stop."""
+
+
+def lease_seconds() -> float:
+    return float(os.environ.get("ADREG_JOB_LEASE_SECONDS", "120"))
+
+
+class JobContext:
+    """What a job function gets: its row's id and attempt, progress reporting, cancel checks, scratch space."""
+
+    def __init__(self, registry: Registry, job_id: int, attempt: int) -> None:
+        self.registry = registry
+        self.job_id = job_id
+        self.attempt = attempt
+        self.scratch = registry.store.root / "scratch" / f"job-{job_id}"
+        self._last_write = 0.0
+        self._last_cancel_check = 0.0
+        self._cancelled = False
+
+    def _mine(self):  # type: ignore[no-untyped-def]
+        t = m.Job.__table__
+        return (t.c.id == self.job_id) & (t.c.attempts == self.attempt) & (t.c.status == "running")
+
+    def progress(self, fraction: float, message: str | None = None, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_write < 0.5:
+            return
+        self._last_write = now
+        with transaction(self.registry._sessions) as s:
+            s.execute(update(m.Job.__table__).where(self._mine())
+                      .values(progress=max(0.0, min(1.0, fraction)), progress_message=message))
+
+    def should_cancel(self) -> bool:
+        now = time.monotonic()
+        if self._cancelled or now - self._last_cancel_check < 0.25:
+            return self._cancelled
+        self._last_cancel_check = now
+        with self.registry._sessions() as s:
+            row = s.get(m.Job, self.job_id)
+            self._cancelled = bool(row is None or row.cancel_requested or row.status != "running"
+                                   or row.attempts != self.attempt)
+        return self._cancelled
+
+    def check_cancel(self) -> None:
+        if self.should_cancel():
+            raise JobCancelled(f"job {self.job_id} was cancelled")
+
+
+def claim(registry: Registry, job_id: int) -> int | None:
+    """Take the job for this process; return the attempt number, or None if it is not ours to run."""
+    now = m.utcnow()
+    t = m.Job.__table__
+    with transaction(registry._sessions) as s:
+        attempt = s.execute(
+            update(t)
+            .where(t.c.id == job_id, t.c.cancel_requested.is_(False),
+                   or_(t.c.status == "queued", (t.c.status == "running") & (t.c.lease_expires_at < now)))
+            .values(status="running", attempts=t.c.attempts + 1, started_at=now, heartbeat_at=now,
+                    lease_expires_at=now + timedelta(seconds=lease_seconds()),
+                    worker_host=f"{socket.gethostname()}:{os.getpid()}", error_type=None, error_message=None)
+            .returning(t.c.attempts)
+        ).scalar_one_or_none()
+    return attempt
+
+
+def _heartbeat(registry: Registry, ctx: JobContext, stop: threading.Event) -> None:
+    period = max(0.5, lease_seconds() / 3)
+    while not stop.wait(period):
+        now = m.utcnow()
+        try:
+            with transaction(registry._sessions) as s:
+                s.execute(update(m.Job.__table__).where(ctx._mine())
+                          .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds())))
+        except Exception:  # a missed beat only shortens the lease; the job itself goes on
+            log.warning("heartbeat for job %s failed", ctx.job_id, exc_info=True)
+
+
+def _finish(registry: Registry, ctx: JobContext, status: str, **values: Any) -> bool:
+    with transaction(registry._sessions) as s:
+        return bool(s.execute(
+            update(m.Job.__table__).where(ctx._mine())
+            .values(status=status, finished_at=m.utcnow(), lease_expires_at=None, **values)
+        ).rowcount)
+
+
+JobFunction = Callable[["Registry", JobContext, Any], None]
+
+
+def _runners() -> dict[str, JobFunction]:
+    from workers.merge_job import run_merge
+    from workers.validate import run_validate
+
+    return {"merge": run_merge, "validate": run_validate}
+
+
+def run_job(job_id: int, registry: Registry) -> str:
+    """Claim and run job ``job_id``; return its status afterwards. Never raises for job failures."""
+    attempt = claim(registry, job_id)
+    if attempt is None:
+        with registry._sessions() as s:
+            row = s.get(m.Job, job_id)
+            return row.status if row is not None else "missing"
+    ctx = JobContext(registry, job_id, attempt)
+    stop = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(registry, ctx, stop), daemon=True)
+    beat.start()
+    try:
+        with registry._sessions() as s:
+            spec = parse_spec(s.get(m.Job, job_id).spec)  # type: ignore[union-attr]
+        shutil.rmtree(ctx.scratch, ignore_errors=True)  # leftovers of a killed attempt
+        ctx.scratch.mkdir(parents=True, exist_ok=True)
+        _runners()[spec.kind](registry, ctx, spec)
+        status = "succeeded"
+    except JobCancelled:
+        _finish(registry, ctx, "cancelled", progress_message="cancelled")
+        status = "cancelled"
+    except Exception as exc:
+        user_error = isinstance(exc, RegistryError)
+        _finish(registry, ctx, "failed", error_type=type(exc).__name__, error_message=str(exc),
+                error_traceback=None if user_error else traceback.format_exc(),
+                report=getattr(exc, "report", None) or {})
+        if not user_error:
+            log.exception("job %s failed", job_id)
+        status = "failed"
+    finally:
+        stop.set()
+        shutil.rmtree(ctx.scratch, ignore_errors=True)
+    return status
+
+
+def complete(registry: Registry, ctx: JobContext, session, **values: Any) -> None:  # type: ignore[no-untyped-def]
+    """Mark the job succeeded inside ``session`` (the caller's transaction that registers its output).
+
+    Raises JobCancelled if the row is no longer ours (cancelled, or taken over after a lost lease), so
+    the caller's transaction rolls back and nothing is registered twice.
+    """
+    done = session.execute(
+        update(m.Job.__table__).where(ctx._mine())
+        .values(status="succeeded", finished_at=m.utcnow(), progress=1.0, lease_expires_at=None, **values)
+    ).rowcount
+    if not done:
+        raise JobCancelled(f"job {ctx.job_id} is no longer held by this attempt")
+
+
+def scratch_path(ctx: JobContext, name: str) -> Path:
+    return ctx.scratch / name

@@ -1,0 +1,45 @@
+"""Celery tasks: thin wrappers that hand a job id to the runner."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery.signals import worker_process_init, worker_ready
+
+from workers.celery_app import app
+
+log = logging.getLogger("adreg.worker")
+_registry = None
+
+
+def registry():  # type: ignore[no-untyped-def]
+    """One Registry per worker process, opened after the fork (connections are never shared)."""
+    global _registry
+    if _registry is None:
+        from registry.sdk import Registry
+
+        _registry = Registry()
+    return _registry
+
+
+@worker_process_init.connect
+def _reset_after_fork(**_kwargs) -> None:  # type: ignore[no-untyped-def]
+    global _registry
+    _registry = None
+
+
+@app.task(name="adreg.run_job", acks_late=True, reject_on_worker_lost=True)
+def run_job(job_id: int) -> str:
+    from workers.runners import run_job as run
+
+    return run(int(job_id), registry())
+
+
+@worker_ready.connect
+def _start_recovery(sender=None, **_kwargs) -> None:  # type: ignore[no-untyped-def]
+    """Re-dispatch jobs the broker may have lost (expired leases, queued rows with no message)."""
+    from workers.recovery import recovery_loop
+
+    queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender is not None else None
+    threading.Thread(target=recovery_loop, args=(queues,), daemon=True, name="adreg-recovery").start()
