@@ -86,3 +86,104 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "legal": factories.build_adapter(llama, root / "legal", r=8, alpha=16, targets=factories.LLAMA_TARGETS, seed=3),
         "gpt2_attn": factories.build_adapter(gpt2, root / "gpt2-attn", r=4, alpha=8, targets=["c_attn"], seed=4),
     }
+
+
+REDIS_URL = os.environ.get("ADREG_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture
+def broker_url() -> Iterator[str]:
+    """A Redis database of its own for this test (flushed before and after)."""
+    import random
+
+    import redis
+
+    db = random.randint(1, 15)
+    client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+    client.ping()
+    client.flushdb()
+    yield f"{REDIS_URL}/{db}"
+    client.flushdb()
+
+
+class WorkerProcess:
+    """A real ``adreg worker`` subprocess whose log goes to a file."""
+
+    def __init__(self, env: dict[str, str], log: Path, queues: str, extra: list[str]) -> None:
+        import subprocess
+        import sys
+
+        self.log = log
+        self._fh = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "registry.cli", "worker", "--queues", queues, "--loglevel", "INFO", *extra],
+            env=env, stdout=self._fh, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 90) -> WorkerProcess:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if " ready." in self.log.read_text(errors="replace"):
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._fh.close()
+
+
+@pytest.fixture
+def job_env(pg_schema_url: str, broker_url: str, tmp_path: Path) -> dict[str, str]:
+    """Environment for a Celery deployment: PostgreSQL catalog (migrated), Redis broker, shared artifacts."""
+    from registry import Registry
+
+    Registry.init(pg_schema_url)
+    return {
+        **os.environ,
+        "ADREG_DATABASE_URL": pg_schema_url,
+        "ADREG_BROKER_URL": broker_url,
+        "ADREG_HOME": str(tmp_path / "home"),
+        "ADREG_JOB_LEASE_SECONDS": "3",
+        "ADREG_RECOVERY_INTERVAL": "1",
+        "ADREG_QUEUED_GRACE_SECONDS": "2",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+
+
+@pytest.fixture
+def start_worker(job_env: dict[str, str], tmp_path: Path):  # type: ignore[no-untyped-def]
+    workers: list[WorkerProcess] = []
+
+    def start(queues: str = "cpu,gpu", *extra: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        w = WorkerProcess(env or job_env, tmp_path / f"worker-{len(workers)}.log", queues, list(extra))
+        workers.append(w)
+        return w.wait_ready()
+
+    yield start
+    for w in workers:
+        w.stop()
+
+
+@pytest.fixture
+def celery_registry(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A Registry in this process that sends jobs to the Celery broker of ``job_env``."""
+    from registry import Registry
+
+    for key in ("ADREG_DATABASE_URL", "ADREG_BROKER_URL", "ADREG_HOME", "ADREG_JOB_LEASE_SECONDS"):
+        monkeypatch.setenv(key, job_env[key])
+    reg = Registry()
+    yield reg
+    reg.close()
