@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -133,3 +134,68 @@ def test_cli_jobs_and_job_json(celery_registry, start_worker, tiny, job_env):
     assert [j["id"] for j in listed] == [data["id"]]
     shown = runner.invoke(app, ["job", str(data["id"]), "--wait", "--json"], env=job_env)
     assert shown.exit_code == 0 and json.loads(shown.stdout)["result_ref"] == v.ref
+
+
+def _wait_status(job, wanted: str, timeout: float = 60):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while job.refresh().status != wanted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.status == wanted, job
+    return job
+
+
+def test_two_workers_racing_for_one_job_run_it_once(celery_registry, start_worker, tiny):
+    start_worker("cpu,gpu")
+    start_worker("cpu,gpu")
+    v = _register(celery_registry, tiny)
+    job = celery_registry.validate(v.ref)
+    celery_registry.executor.dispatch(job.id, "gpu")  # a duplicate message, as a redelivery would make
+    job.wait(timeout=120)
+    time.sleep(1.0)  # let the duplicate be consumed (a no-op)
+    assert job.refresh().attempts == 1 and job.status == "succeeded"
+    assert [c.level for c in celery_registry.get(v.ref).compatible].count("validated") == 1
+
+
+def test_cancel_while_running(celery_registry, start_worker, tiny):
+    start_worker("cpu,gpu")
+    v = _register(celery_registry, tiny)
+    job = celery_registry.validate(v.ref)
+    _wait_status(job, "running")
+    assert celery_registry.cancel(job.id) == "cancelling"
+    with pytest.raises(JobFailed, match="cancelled"):
+        job.wait(timeout=120)
+    assert "validated" not in {c.level for c in celery_registry.get(v.ref).compatible}
+
+
+def _restart_redis() -> None:
+    import subprocess
+
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    with contextlib.suppress(redis.exceptions.ConnectionError):  # the server closes the connection as it exits
+        client.shutdown(nosave=True)
+    subprocess.run(
+        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save", "",
+         "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"], check=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if client.ping():
+                return
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.1)
+    raise RuntimeError("redis did not come back")
+
+
+def test_redis_restart_loses_no_queued_job(celery_registry, start_worker, tiny):
+    """Queued messages die with a Redis that keeps nothing on disk; the catalog re-dispatches them."""
+    v = _register(celery_registry, tiny)
+    jobs = [celery_registry.validate(v.ref) for _ in range(3)]
+    assert {j.status for j in jobs} == {"queued"}
+    _restart_redis()
+    start_worker("cpu,gpu")
+    for job in jobs:
+        job.wait(timeout=180)
+        assert job.status == "succeeded"
