@@ -111,12 +111,63 @@ class ValidateSpec(BaseModel):
     atol: float = Field(default=1e-3, gt=0)
 
 
-JobSpec = Annotated[MergeSpec | ValidateSpec, Field(discriminator="kind")]
+class LoraSpec(BaseModel):
+    """A fresh adapter: explicit target module names (``all-linear`` is expanded before it gets here)."""
+
+    r: int = Field(default=16, gt=0, le=4096)
+    alpha: float = Field(default=32, gt=0)
+    targets: list[str] = Field(min_length=1)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    use_rslora: bool = False
+
+
+class DataSpec(BaseModel):
+    """A local dataset file, fingerprinted when the job was submitted."""
+
+    path: str
+    sha256: str
+    format: Literal["json", "text", "parquet"]
+    fields: Literal["text", "prompt_completion", "messages"]
+    rows: int = Field(gt=0)
+
+
+class TrainSpec(BaseModel):
+    """Continue one adapter, create one (``new``), or train several jointly; register one version each."""
+
+    kind: Literal["train"] = "train"
+    spec_version: Literal[1] = 1
+    sources: list[SourceRef] = Field(default_factory=list)
+    new: LoraSpec | None = None
+    base_model_id: int
+    names: list[str] = Field(min_length=1)  # the output adapter name for each trained adapter
+    active: list[int] | None = None  # indices of the adapters to activate; default: all
+    data: DataSpec
+    steps: int = Field(default=100, gt=0)
+    lr: float = Field(default=1e-4, gt=0)
+    lrs: list[float] | None = None  # per-adapter learning rates (joint mode)
+    batch_size: int = Field(default=4, gt=0)
+    grad_accum: int = Field(default=1, gt=0)
+    max_length: int = Field(default=256, ge=8)
+    eval_rows: int | None = Field(default=None, gt=0)
+    seed: int = 0
+    checkpoint_every: int = Field(default=50, gt=0)
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    tags: dict[str, str] = Field(default_factory=dict)
+    validate_after: bool = False
+
+    @field_validator("names")
+    @classmethod
+    def _slugs(cls, v: list[str]) -> list[str]:
+        return [check_slug(n) for n in v]
+
+
+JobSpec = Annotated[MergeSpec | ValidateSpec | TrainSpec, Field(discriminator="kind")]
 _SPEC = TypeAdapter(JobSpec)
-DEFAULT_QUEUE = {"merge": "cpu", "validate": "gpu"}
+DEFAULT_QUEUE = {"merge": "cpu", "validate": "gpu", "train": "gpu"}
 
 
-def parse_spec(data: dict[str, Any]) -> MergeSpec | ValidateSpec:
+def parse_spec(data: dict[str, Any]) -> MergeSpec | ValidateSpec | TrainSpec:
     return _SPEC.validate_python(data)
 
 
@@ -201,7 +252,7 @@ def job_from_row(session: Session, row: m.Job, registry: Registry | None) -> Job
 
 def insert_job(
     session: Session,
-    spec: MergeSpec | ValidateSpec,
+    spec: MergeSpec | ValidateSpec | TrainSpec,
     *,
     queue: str,
     idempotency_key: str | None = None,

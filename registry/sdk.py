@@ -303,3 +303,95 @@ class Registry:
         """Cancel a queued job, or ask a running one to stop; returns ``cancelled`` or ``cancelling``."""
         with transaction(self._sessions) as session:
             return jobs.request_cancel(session, job_id)
+
+    def train(
+        self,
+        source: str | None = None,
+        *,
+        data: str | Path,
+        steps: int = 100,
+        lr: float = 1e-4,
+        name: str | None = None,
+        new: jobs.LoraSpec | dict | None = None,
+        base: str | None = None,
+        joint_with: list[str] | None = None,
+        active: list[int] | None = None,
+        lrs: list[float] | None = None,
+        batch_size: int = 4,
+        grad_accum: int = 1,
+        max_length: int = 256,
+        eval_rows: int | None = None,
+        seed: int = 0,
+        checkpoint_every: int = 50,
+        bf16: bool = False,
+        gradient_checkpointing: bool = False,
+        tags: dict[str, str] | None = None,
+        validate: bool = False,
+        idempotency_key: str | None = None,
+    ) -> jobs.Job:
+        """Continue ``source`` (and ``joint_with``, trained together), or create a ``new`` adapter on ``base``.
+
+        Everything is checked before a job exists: the data file (readable, non-empty, known columns),
+        the sources (catalog versions on one base with local weights), and for a new adapter its
+        targets, which are resolved to explicit module names of the base (``all-linear`` is expanded;
+        anything that is not a linear or embedding module of the base is refused with the valid list).
+        Each trained adapter is registered as a new version (continuing: of its own name, or ``name``).
+        """
+        from registry.targets import resolve_targets
+        from registry.trainset import describe_dataset
+
+        refs = ([source] if source else []) + list(joint_with or [])
+        if new is not None and refs:
+            raise RegistryError("give either sources to continue or `new` to create an adapter, not both")
+        if new is None and not refs:
+            raise RegistryError("nothing to train: give a source version (or several with joint_with), or `new`")
+        for ref in refs:
+            parsed = parse_ref(ref)
+            if parsed.path is not None:
+                inspect_adapter(parsed.path)  # refuses pickles and broken folders with the precise reason
+                raise RegistryError(f"{ref} is a folder: register it first (`adreg register {ref} --name NAME`)")
+        data_spec = describe_dataset(data)
+        with transaction(self._sessions) as session:
+            rows = [catalog.resolve(session, parse_ref(ref)) for ref in refs]
+            if new is not None:
+                if not base:
+                    raise RegistryError("a new adapter needs a base model (`base=`, `--base`)")
+                base_row = catalog.find_base(session, base)
+                lora = new if isinstance(new, jobs.LoraSpec) else None
+                raw = lora.model_dump() if lora else dict(new)
+                raw["targets"] = resolve_targets(base_row.module_shapes, raw.get("targets") or [])
+                if not name:
+                    raise RegistryError("a new adapter needs a name")
+                names = [name]
+            else:
+                base_ids = {r.base_model_id for r in rows}
+                if len(base_ids) != 1 or None in base_ids:
+                    raise RegistryError("jointly trained adapters must share one recorded base model")
+                base_row = session.get(m.BaseModelRecord, rows[0].base_model_id)
+                adapter_names = [session.get(m.Adapter, r.adapter_id).name for r in rows]
+                if name and len(rows) > 1:
+                    raise RegistryError("`name` applies to a single adapter; joint runs keep each adapter's name")
+                names = [name] if name else adapter_names
+                refs = [f"{n}:{r.version}" for n, r in zip(adapter_names, rows, strict=True)]
+            if not base_row.local_path:
+                raise RegistryError(f"base model {base_row.name!r} has no local weights recorded",
+                                    hint="register an adapter with --base-path DIR pointing at the base folder")
+            sources = [jobs.SourceRef(ref=ref, version_id=r.id, weights_sha256=r.weights_sha256,
+                                      storage_path=r.storage_path) for ref, r in zip(refs, rows, strict=True)]
+            base_id = base_row.id
+        try:
+            spec = jobs.TrainSpec(
+                sources=sources, new=jobs.LoraSpec(**raw) if new is not None else None, base_model_id=base_id,
+                names=names, active=active, data=data_spec, steps=steps, lr=lr, lrs=lrs, batch_size=batch_size,
+                grad_accum=grad_accum, max_length=max_length, eval_rows=eval_rows, seed=seed,
+                checkpoint_every=checkpoint_every, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+                tags=dict(tags or {}), validate_after=validate,
+            )
+        except ValidationError as exc:
+            raise RegistryError("invalid training request: " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+        if lrs is not None and len(lrs) != len(names):
+            raise RegistryError(f"lrs has {len(lrs)} values for {len(names)} adapter(s)")
+        if active is not None and any(i < 0 or i >= len(names) for i in active):
+            raise RegistryError(f"active indices must be in 0..{len(names) - 1}")
+        return self.submit(spec, idempotency_key=idempotency_key)

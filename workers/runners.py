@@ -52,6 +52,7 @@ class JobContext:
         self.job_id = job_id
         self.attempt = attempt
         self.scratch = registry.store.root / "scratch" / f"job-{job_id}"
+        self.checkpoints = registry.store.root / "checkpoints" / f"job-{job_id}"
         self._last_write = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
@@ -127,9 +128,10 @@ JobFunction = Callable[["Registry", JobContext, Any], None]
 
 def _runners() -> dict[str, JobFunction]:
     from workers.merge_job import run_merge
+    from workers.train import run_train
     from workers.validate import run_validate
 
-    return {"merge": run_merge, "validate": run_validate}
+    return {"merge": run_merge, "validate": run_validate, "train": run_train}
 
 
 def run_job(job_id: int, registry: Registry) -> str:
@@ -149,21 +151,23 @@ def run_job(job_id: int, registry: Registry) -> str:
         shutil.rmtree(ctx.scratch, ignore_errors=True)  # leftovers of a killed attempt
         ctx.scratch.mkdir(parents=True, exist_ok=True)
         _runners()[spec.kind](registry, ctx, spec)
-        status = "succeeded"
+        status, ended_here = "succeeded", True
     except JobCancelled:
-        _finish(registry, ctx, "cancelled", progress_message="cancelled")
+        ended_here = _finish(registry, ctx, "cancelled", progress_message="cancelled")
         status = "cancelled"
     except Exception as exc:
         user_error = isinstance(exc, RegistryError)
-        _finish(registry, ctx, "failed", error_type=type(exc).__name__, error_message=str(exc),
-                error_traceback=None if user_error else traceback.format_exc(),
-                report=getattr(exc, "report", None) or {})
+        ended_here = _finish(registry, ctx, "failed", error_type=type(exc).__name__, error_message=str(exc),
+                             error_traceback=None if user_error else traceback.format_exc(),
+                             report=getattr(exc, "report", None) or {})
         if not user_error:
             log.exception("job %s failed", job_id)
         status = "failed"
     finally:
         stop.set()
         shutil.rmtree(ctx.scratch, ignore_errors=True)
+    if ended_here:  # checkpoints outlive a killed attempt, not the job's end
+        shutil.rmtree(ctx.checkpoints, ignore_errors=True)
     return status
 
 

@@ -52,8 +52,25 @@ def tiny_llama_config(**overrides: Any) -> LlamaConfig:
     return LlamaConfig(**kw)
 
 
+def save_char_tokenizer(path: Path) -> None:
+    """A character-level tokenizer over printable ASCII (100 ids, fits the tiny vocab), with a chat template."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "\n": 4}
+    for code in range(32, 127):
+        vocab[chr(code)] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    tok.save_pretrained(path)
+
+
 def build_base(path: Path, arch: str = "llama", seed: int = 0, **overrides: Any) -> Path:
-    """Save a tiny randomly initialised causal LM of ``arch`` (llama, gpt2, qwen2) to ``path``."""
+    """Save a tiny randomly initialised causal LM of ``arch`` (llama, gpt2, qwen2), with a tokenizer, to ``path``."""
     torch.manual_seed(seed)
     if arch == "llama":
         model = LlamaForCausalLM(tiny_llama_config(**overrides))
@@ -73,6 +90,7 @@ def build_base(path: Path, arch: str = "llama", seed: int = 0, **overrides: Any)
         raise ValueError(arch)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
+    save_char_tokenizer(path)
     return path
 
 
