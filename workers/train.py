@@ -118,7 +118,9 @@ def prechecks(peft_model: Any, names: list[str], expected_modules: list[set[str]
         if layers[a] != want_modules:
             missing = sorted(want_modules - layers[a])
             extra = sorted(layers[a] - want_modules)
-            problems.append(f"adapter {label} sits on the wrong modules (missing {missing[:2]}, unexpected {extra[:2]})")
+            problems.append(
+                f"adapter {label} sits on the wrong modules (missing {missing[:2]}, unexpected {extra[:2]})"
+            )
     if problems:
         raise TrainingCheckFailed("pre-training checks failed: " + "; ".join(problems), {"prechecks": report})
     return report
