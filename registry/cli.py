@@ -303,10 +303,30 @@ def _render_job(job: Any) -> None:
     if overall:
         rows.append(["merge error", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in overall.items())])
+    curve = job.report.get("loss_curve") if isinstance(job.report, dict) else None
+    if curve:
+        rows.append(["loss", f"{curve[0][1]:.4f} {sparkline([v for _, v in curve])} {curve[-1][1]:.4f}"
+                     f"  ({len(curve)} steps)"])
+        rows.append(["eval loss", f"{job.report['eval_loss_before']:.4f} -> {job.report['eval_loss_after']:.4f}"])
+        rows.append(["update norms", ", ".join(f"{k}={v:.3g}" for k, v in job.report["update_norms"].items())])
+        rows.append(["tokens/s", job.report.get("tokens_per_second")])
+        rows.append(["registered", ", ".join(job.report.get("registered", []))])
     for key in ("layer_status", "logits", "distance_from_parents", "exact_check"):
         if key in job.report:
             rows.append([key.replace("_", " "), json.dumps(job.report[key], default=str)])
     table(None, ["field", "value"], rows)
+
+
+def sparkline(values: list[float], width: int = 40) -> str:
+    """A one-line chart of ``values`` (downsampled to ``width`` points)."""
+    if not values:
+        return ""
+    step = max(1, len(values) // width)
+    points = values[::step]
+    low, high = min(points), max(points)
+    bars = "▁▂▃▄▅▆▇█"
+    span = (high - low) or 1.0
+    return "".join(bars[min(7, int((v - low) / span * 7.999))] for v in points)
 
 
 def _render_jobs(items: list[Any]) -> None:
@@ -399,6 +419,55 @@ def _merge_folders(sources: list[str], weights: list[float], method: str, out: P
     data = report.to_dict() if hasattr(report, "to_dict") else report.model_dump(mode="json")
     data["out"] = str(out)
     return data
+
+
+@app.command()
+@emits(_render_job)
+def train(
+    sources: list[str] = typer.Argument(None, help="Version(s) to continue: name:2, name@alias."),
+    data: Path = typer.Option(..., "--data", help="JSONL/JSON (text | prompt+completion | messages), .txt, .parquet."),
+    steps: int = typer.Option(100, "--steps", min=1),
+    lr: float = typer.Option(1e-4, "--lr"),
+    name: str | None = typer.Option(None, "--name", "-n", help="Register as this name (default: the source's)."),
+    new: str | None = typer.Option(None, "--new", help="Create a fresh adapter with this name."),
+    base: str | None = typer.Option(None, "--base", help="Base model (name or local folder) for --new."),
+    targets: str = typer.Option("all-linear", "--targets", help="Comma-separated module names, or all-linear."),
+    r: int = typer.Option(16, "--r", help="Rank of a new adapter."),
+    alpha: float = typer.Option(32, "--alpha", help="lora_alpha of a new adapter."),
+    dropout: float = typer.Option(0.0, "--dropout"),
+    joint: bool = typer.Option(False, "--joint", help="Train several sources together, all active at once."),
+    batch_size: int = typer.Option(4, "--batch-size", min=1),
+    grad_accum: int = typer.Option(1, "--grad-accum", min=1),
+    max_length: int = typer.Option(256, "--max-length", min=8),
+    seed: int = typer.Option(0, "--seed"),
+    checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1),
+    bf16: bool = typer.Option(False, "--bf16", help="bf16 mixed precision (GPU)."),
+    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="(GPU)"),
+    tag: list[str] = typer.Option(None, "--tag", "-t"),
+    validate: bool = typer.Option(False, "--validate", help="Queue a runtime validation of each result."),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    json_output: bool = JSON,
+) -> Any:
+    """Continue an adapter, create one (--new), or train several jointly (--joint)."""
+    from registry.errors import RegistryError
+
+    sources = list(sources or [])
+    if len(sources) > 1 and not joint:
+        raise RegistryError("several sources given: add --joint to train them together")
+    if new is not None and (base is None or sources):
+        raise RegistryError("--new needs --base and no source versions")
+    job = _registry().train(
+        sources[0] if sources else None, joint_with=sources[1:], data=data, steps=steps, lr=lr,
+        name=new or name, base=base, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+        new={"r": r, "alpha": alpha, "targets": targets.split(","), "dropout": dropout} if new else None,
+        seed=seed, checkpoint_every=checkpoint_every, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+        tags=_tags(tag), validate=validate,
+    )
+    if wait and not job.done:
+        job = _wait(job, show_progress=not json_output)
+    if job.status == "failed":
+        raise RegistryError(f"training job {job.id} failed: {job.error}")
+    return job
 
 
 @app.command("validate")

@@ -126,6 +126,22 @@ def prechecks(peft_model: Any, names: list[str], expected_modules: list[set[str]
     return report
 
 
+def _loaded_match_sources(peft_model: Any, names: list[str], folders: list[Path]) -> dict[str, bool]:
+    """Each continued adapter starts from its trained weights (not from a fresh ``add_adapter`` init)."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = {}
+    for name, folder in zip(names, folders, strict=False):
+        stored = load_file(str(folder / "adapter_model.safetensors"))
+        loaded = get_peft_model_state_dict(peft_model, adapter_name=name)
+        result[name] = stored.keys() == loaded.keys() and all(
+            torch.equal(stored[k].to(loaded[k].dtype), loaded[k].detach().cpu()) for k in stored
+        )
+    return result
+
+
 def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     import torch
     import transformers
@@ -179,6 +195,9 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     report["prechecks"] = prechecks(peft_model, names, expected_modules,
                                     _expected_params(spec, base, sources, expected_modules), labels)
     initial = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+    report["loaded_weights_match_sources"] = _loaded_match_sources(peft_model, names, folders)
+    if not all(report["loaded_weights_match_sources"].values()):
+        raise TrainingCheckFailed("the loaded adapter weights differ from the stored ones", report)
 
     rows = load_rows(spec.data.path, spec.data.format)
     n_rows = len(rows)
