@@ -198,10 +198,33 @@ def untag(ref: str = typer.Argument(...), keys: list[str] = typer.Argument(...),
 
 
 @app.command()
-@emits(_render_lineage)
-def lineage(ref: str = typer.Argument(...), json_output: bool = JSON) -> t.LineageGraph:
-    """Ancestors and descendants of a version."""
-    return _registry().lineage(ref)
+def lineage(
+    ref: str = typer.Argument(...),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json, mermaid or dot."),
+    json_output: bool = JSON,
+) -> None:
+    """Ancestors and descendants of a version (as a table, JSON, mermaid or Graphviz dot)."""
+    from registry.cli_output import fail
+    from registry.errors import RegistryError
+    from registry.lineage_render import to_dot, to_mermaid
+
+    if json_output:
+        fmt = "json"
+    if fmt not in ("table", "json", "mermaid", "dot"):
+        fail(RegistryError(f"--format must be table, json, mermaid or dot (got {fmt!r})"))
+    try:
+        graph = _registry().lineage(ref)
+    except RegistryError as err:
+        fail(err)
+        return
+    if fmt == "json":
+        sys.stdout.write(json.dumps(graph.to_dict(), indent=2) + "\n")
+    elif fmt == "mermaid":
+        sys.stdout.write(to_mermaid(graph))
+    elif fmt == "dot":
+        sys.stdout.write(to_dot(graph))
+    else:
+        _render_lineage(graph)
 
 
 @alias_app.command("set")
@@ -379,6 +402,7 @@ def merge(
     tag: list[str] = typer.Option(None, "--tag", "-t", help="key=value on the new version; repeatable."),
     allow_cross_base: bool = typer.Option(False, "--allow-cross-base", help="Allow different base revisions."),
     validate: bool = typer.Option(False, "--validate", help="Queue a runtime validation of the result."),
+    publish: str | None = typer.Option(None, "--publish", help="Hub repo to publish to once validation passes."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the job (catalog mode)."),
     json_output: bool = JSON,
 ) -> Any:
@@ -393,7 +417,8 @@ def merge(
     if out is not None:
         return _merge_folders(sources, weight_list, method, out, dtype, params, quiet=json_output)
     job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,
-                            tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate, **params)
+                            tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate,
+                            publish_to=publish, **params)
     if wait and not job.done:
         job = _wait(job, show_progress=not json_output)
     if job.status == "failed":
@@ -467,6 +492,28 @@ def train(
         job = _wait(job, show_progress=not json_output)
     if job.status == "failed":
         raise RegistryError(f"training job {job.id} failed: {job.error}")
+    return job
+
+
+@app.command()
+@emits(_render_job)
+def publish(
+    ref: str = typer.Argument(..., help="Version to publish."),
+    repo: str = typer.Option(..., "--repo", help="Hub repository id, org/name."),
+    branch: str = typer.Option("main", "--branch"),
+    private: bool = typer.Option(False, "--private"),
+    create_pr: bool = typer.Option(False, "--create-pr", help="Open a pull request instead of pushing."),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    json_output: bool = JSON,
+) -> Any:
+    """Publish a version to the Hugging Face Hub with a model card (base_model, lineage, recipe, evidence)."""
+    from registry.errors import RegistryError
+
+    job = _registry().publish(ref, repo, branch=branch, private=private, create_pr=create_pr)
+    if wait and not job.done:
+        job = _wait(job, show_progress=not json_output)
+    if job.status == "failed":
+        raise RegistryError(f"publish job {job.id} failed: {job.error}")
     return job
 
 

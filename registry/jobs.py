@@ -55,6 +55,18 @@ class SourceRef(BaseModel):
     storage_path: str
 
 
+_REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
+
+
+class PublishTarget(BaseModel):
+    """Where a version goes on the Hub."""
+
+    repo_id: str = Field(pattern=_REPO_ID)
+    branch: str = Field(default="main", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
+    private: bool = False
+    create_pr: bool = False
+
+
 class MergeParams(BaseModel):
     density: float | None = None
     svd_rank: int | None = None
@@ -78,6 +90,7 @@ class MergeSpec(BaseModel):
     description: str | None = None
     allow_cross_base: bool = False
     validate_after: bool = False
+    publish_to: PublishTarget | None = None  # implies validate_after: publish only a validated merge
 
     @field_validator("name")
     @classmethod
@@ -99,6 +112,16 @@ class MergeSpec(BaseModel):
         return v
 
 
+class PublishSpec(BaseModel):
+    """Push a version (weights, config with the base's Hub id, model card) to a Hub repository."""
+
+    kind: Literal["publish"] = "publish"
+    spec_version: Literal[1] = 1
+    version_id: int
+    ref: str
+    target: PublishTarget
+
+
 class ValidateSpec(BaseModel):
     """Load a version on its base model with PEFT and check it at run time."""
 
@@ -109,6 +132,7 @@ class ValidateSpec(BaseModel):
     probe_count: int = Field(default=4, ge=1, le=64)
     probe_length: int = Field(default=16, ge=2, le=512)
     atol: float = Field(default=1e-3, gt=0)
+    publish_after: PublishTarget | None = None  # publish only if every check passes
 
 
 class LoraSpec(BaseModel):
@@ -162,12 +186,13 @@ class TrainSpec(BaseModel):
         return [check_slug(n) for n in v]
 
 
-JobSpec = Annotated[MergeSpec | ValidateSpec | TrainSpec, Field(discriminator="kind")]
+AnySpec = MergeSpec | ValidateSpec | TrainSpec | PublishSpec
+JobSpec = Annotated[AnySpec, Field(discriminator="kind")]
 _SPEC = TypeAdapter(JobSpec)
-DEFAULT_QUEUE = {"merge": "cpu", "validate": "gpu", "train": "gpu"}
+DEFAULT_QUEUE = {"merge": "cpu", "validate": "gpu", "train": "gpu", "publish": "cpu"}
 
 
-def parse_spec(data: dict[str, Any]) -> MergeSpec | ValidateSpec | TrainSpec:
+def parse_spec(data: dict[str, Any]) -> AnySpec:
     return _SPEC.validate_python(data)
 
 
@@ -252,7 +277,7 @@ def job_from_row(session: Session, row: m.Job, registry: Registry | None) -> Job
 
 def insert_job(
     session: Session,
-    spec: MergeSpec | ValidateSpec | TrainSpec,
+    spec: AnySpec,
     *,
     queue: str,
     idempotency_key: str | None = None,

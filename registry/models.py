@@ -224,3 +224,20 @@ class Job(Base):
     )
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
     parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+
+
+class Publication(Base):
+    """A version pushed to a Hub repository (one commit); publishing it again to the same place is a no-op."""
+
+    __tablename__ = "publications"
+    __table_args__ = (UniqueConstraint("version_id", "repo_id", "branch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), index=True)
+    repo_id: Mapped[str] = mapped_column(String(255), index=True)
+    branch: Mapped[str] = mapped_column(String(255), default="main")
+    commit_oid: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(Text)
+    pr_url: Mapped[str | None] = mapped_column(Text)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -90,13 +90,20 @@ class Registry:
         for key, value in (tags or {}).items():
             check_tag(key, value)
         ref = parse_ref(str(source)) if isinstance(source, str) else Ref(path=Path(source))
+        source_uri: str | None = None
         if ref.hub_repo:
-            raise RegistryError(f"{ref}: registering from the Hub is not available in this version")
-        if ref.path is None:
+            from workers.hub import fetch_adapter, resolve_base_revision
+
+            folder, commit = fetch_adapter(ref.hub_repo, ref.hub_revision)
+            source_uri = f"hf://{ref.hub_repo}@{commit}"
+        elif ref.path is None:
             raise InvalidReference(f"{source!r} is not a folder path (write ./{source} for a local folder)")
-        folder = ref.path
+        else:
+            folder = ref.path
         manifest = inspect_adapter(folder)
         base_name = base or manifest.base_model_name_or_path
+        if ref.hub_repo and base_name and revision is None:
+            revision = resolve_base_revision(base_name, manifest.revision)  # pin the base to a commit too
         if not base_name:
             raise InvalidAdapter(
                 str(folder), ["adapter_config.json has no base_model_name_or_path"], hint="pass --base NAME"
@@ -115,7 +122,7 @@ class Registry:
             )
             row, created = catalog.register_version(
                 session, name, manifest, storage, base_row, tags=tags,
-                source_uri=str(folder.resolve()), description=description, parents=parents,
+                source_uri=source_uri or str(folder.resolve()), description=description, parents=parents,
             )
             if not created and tags:
                 catalog.set_tags(session, row, tags)
@@ -225,9 +232,13 @@ class Registry:
         description: str | None = None,
         allow_cross_base: bool = False,
         validate: bool = False,
+        publish_to: str | jobs.PublishTarget | None = None,
         idempotency_key: str | None = None,
     ) -> jobs.Job:
         """Merge catalog versions into a new version of ``name``; returns the job.
+
+        ``validate`` chains a runtime validation job; ``publish_to`` (a Hub repo id) chains validation and
+        then a publish job that runs only if every check passed.
 
         Every static check runs first, on stored metadata only, and reports every problem at once
         (:class:`IncompatibleAdapters`); nothing is queued unless all pass. On the embedded default the
@@ -249,7 +260,8 @@ class Registry:
                                         storage_path=r.storage_path) for ref, r in zip(refs, rows, strict=True)],
                 weights=list(weights), method=method, params=jobs.MergeParams(**params, dtype=dtype), name=name,
                 tags=dict(tags or {}), description=description, allow_cross_base=allow_cross_base,
-                validate_after=validate,
+                validate_after=validate or publish_to is not None,
+                publish_to=jobs.PublishTarget(repo_id=publish_to) if isinstance(publish_to, str) else publish_to,
             )
         except ValidationError as exc:
             raise RegistryError("invalid merge request: " + "; ".join(
@@ -395,3 +407,33 @@ class Registry:
         if active is not None and any(i < 0 or i >= len(names) for i in active):
             raise RegistryError(f"active indices must be in 0..{len(names) - 1}")
         return self.submit(spec, idempotency_key=idempotency_key)
+
+    def publish(
+        self, ref: str, repo_id: str, *, branch: str = "main", private: bool = False, create_pr: bool = False,
+    ) -> jobs.Job:
+        """Push a version to a Hub repository with a model card that records its base, lineage and evidence.
+
+        Publishing the same version to the same repo and branch again is a no-op (the remote weights'
+        sha256 is compared). The token comes from ``HF_TOKEN`` or ``huggingface_hub``'s login and is
+        never stored.
+        """
+        try:
+            target = jobs.PublishTarget(repo_id=repo_id, branch=branch, private=private, create_pr=create_pr)
+        except ValidationError as exc:
+            raise RegistryError(f"invalid Hub target {repo_id!r}@{branch!r}: "
+                                + "; ".join(e["msg"] for e in exc.errors())) from None
+        with transaction(self._sessions) as session:
+            row = catalog.resolve(session, parse_ref(ref))
+            name = session.get(m.Adapter, row.adapter_id).name
+        return self.submit(jobs.PublishSpec(version_id=row.id, ref=f"{name}:{row.version}", target=target))
+
+    def publications(self, ref: str) -> list[dict]:
+        """Where a version has been published (repo, branch, commit, URL, time)."""
+        with transaction(self._sessions) as session:
+            row = catalog.resolve(session, parse_ref(ref))
+            return [
+                {"repo_id": p.repo_id, "branch": p.branch, "commit": p.commit_oid, "url": p.url, "pr_url": p.pr_url,
+                 "published_at": p.published_at.isoformat()}
+                for p in session.scalars(select(m.Publication).where(m.Publication.version_id == row.id)
+                                         .order_by(m.Publication.id))
+            ]

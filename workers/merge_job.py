@@ -71,8 +71,9 @@ def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
         ref = f"{spec.name}:{row.version}"
         version_id = row.id
 
-    if spec.validate_after:
-        registry.submit(ValidateSpec(version_id=version_id, ref=ref), parent_job_id=ctx.job_id)
+    if spec.validate_after or spec.publish_to is not None:
+        registry.submit(ValidateSpec(version_id=version_id, ref=ref, publish_after=spec.publish_to),
+                        parent_job_id=ctx.job_id)
 
 
 def parent_versions(session, version_id: int) -> list[tuple[int, float | None]]:  # type: ignore[no-untyped-def]

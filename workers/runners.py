@@ -127,11 +127,12 @@ JobFunction = Callable[["Registry", JobContext, Any], None]
 
 
 def _runners() -> dict[str, JobFunction]:
+    from workers.hub import run_publish
     from workers.merge_job import run_merge
     from workers.train import run_train
     from workers.validate import run_validate
 
-    return {"merge": run_merge, "validate": run_validate, "train": run_train}
+    return {"merge": run_merge, "validate": run_validate, "train": run_train, "publish": run_publish}
 
 
 def run_job(job_id: int, registry: Registry) -> str:

@@ -47,19 +47,38 @@ def load_base_model(base: m.BaseModelRecord, dtype: Any = None):  # type: ignore
     import torch
     import transformers
 
-    if not base.local_path:
-        raise RegistryError(
-            f"base model {base.name!r} has no local weights recorded",
-            hint="register an adapter with --base-path DIR pointing at the base model's folder",
-        )
+    path = base.local_path or _from_hub_cache(base)
     cls = getattr(transformers, base.architecture or "", None) or transformers.AutoModelForCausalLM
     try:
         return cls.from_pretrained(
-            base.local_path, dtype=dtype or torch.float32, local_files_only=True, use_safetensors=True,
+            path, dtype=dtype or torch.float32, local_files_only=True, use_safetensors=True,
             trust_remote_code=bool(base.trust_remote_code),
         )
     except OSError as exc:
         raise RegistryError(f"cannot load base model {base.name!r} from {base.local_path}: {exc}") from None
+
+
+def _from_hub_cache(base: m.BaseModelRecord) -> str:
+    """A Hub base's snapshot from the local HF cache; downloaded only with ADREG_ALLOW_DOWNLOADS=1."""
+    import os
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+    try:
+        return snapshot_download(base.name, revision=base.revision, allow_patterns=patterns, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        pass
+    if os.environ.get("ADREG_ALLOW_DOWNLOADS", "").lower() not in ("1", "true", "yes"):
+        raise RegistryError(
+            f"base model {base.name!r} has no local weights: no local path is recorded and it is not in the HF cache",
+            hint="register an adapter with --base-path DIR, or set ADREG_ALLOW_DOWNLOADS=1 to download it",
+        )
+    from workers.hub import endpoint, hub_call
+
+    return hub_call(base.name, lambda: snapshot_download(
+        base.name, revision=base.revision, allow_patterns=patterns, endpoint=endpoint()))
 
 
 def layer_checks(peft_model: Any, expected_modules: set[str]) -> tuple[dict[str, Any], list[str]]:
@@ -181,3 +200,8 @@ def run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> Non
         ))
         s.add(m.Compatibility(version_id=row.id, base_model_id=base.id, level="validated", evidence=report))
         complete(registry, ctx, s, report=report, result_version_id=row.id, progress_message="validated")
+    if spec.publish_after is not None:
+        from registry.jobs import PublishSpec
+
+        registry.submit(PublishSpec(version_id=row.id, ref=spec.ref, target=spec.publish_after),
+                        parent_job_id=ctx.job_id)
