@@ -9,8 +9,6 @@ from pathlib import Path
 import factories
 import pytest
 import torch
-
-pytestmark = pytest.mark.filterwarnings("ignore:The density 1.0:UserWarning")
 from peft import PeftModel
 from safetensors.torch import load_file, save_file
 
@@ -18,6 +16,7 @@ from registry.errors import IncompatibleAdapters, InvalidAdapter, RegistryError
 from registry.inspect import inspect_adapter
 from workers.merge import MergeCancelled, merge_adapters
 
+pytestmark = pytest.mark.filterwarnings("ignore:The density 1.0:UserWarning")
 WEIGHTS = [0.7, -0.3]
 DETERMINISTIC = [
     ("linear", {}), ("cat", {}), ("svd", {}), ("svd", {"svd_rank": 8}), ("ties", {"density": 0.5}),
