@@ -250,10 +250,11 @@ def base_list(json_output: bool = JSON) -> list[t.BaseModelInfo]:
 
 
 def _render_demo(report: Any) -> None:
-    table("adreg demo", ["step", "seconds"], [[s["step"], f"{s['seconds']:.2f}"] for s in report.steps])
+    table("adreg demo", ["step", "seconds", "result"],
+          [[s["step"], f"{s['seconds']:.2f}", s.get("result", "")] for s in report.steps])
     graph = report.lineage
     if graph.get("edges"):
-        table(f"lineage of {graph['root']}", ["child", "relation", "parent", "weight"],
+        table(f"lineage of the {graph['root']}", ["child", "relation", "parent", "weight"],
               [[e["child"], e["relation"], e["parent"], e["weight"]] for e in graph["edges"]])
     stdout.print(f"catalog:   {report.catalog}\nartifacts: {report.artifacts}\ndemo files: {report.workdir}")
     stdout.print("next: [bold]adreg list[/], [bold]adreg show demo-legal@production[/]")

@@ -1,7 +1,8 @@
 """``adreg demo``: a real end-to-end run on the embedded default, with nothing to download.
 
-Builds a tiny Llama base and three LoRA adapters with PEFT, registers them, merges them where the merge
-engine is available, and returns what happened so the CLI can show it.
+Builds a tiny Llama base and three LoRA adapters with PEFT, registers them, merges two of them by two
+methods as catalog jobs, validates each result at run time with PEFT on the real (tiny) base, and returns
+what happened so the CLI can show it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def run_demo(reg: Registry, say: Callable[[str], None] = lambda _msg: None) -> D
         say(what)
         start = time.perf_counter()
         result = fn()
-        report.steps.append({"step": what, "seconds": round(time.perf_counter() - start, 3)})
+        report.steps.append({"step": what, "seconds": round(time.perf_counter() - start, 3), "result": ""})
         return result
 
     base = step("build a tiny Llama base (2 layers, hidden 64)", lambda: build_base(work / "tiny-llama"))
@@ -63,18 +64,26 @@ def run_demo(reg: Registry, say: Callable[[str], None] = lambda _msg: None) -> D
         for name, folder in folders.items()
     }
     reg.set_alias(registered["demo-legal"].ref, "production")
-    report.steps.append({"step": "alias demo-legal@production", "seconds": 0.0})
-    last = registered["demo-tone"].ref
-    merge = getattr(reg, "merge", None)
-    if merge is not None:
-        for method, extra in (("svd", {}), ("ties", {"density": 0.5})):
-            name = f"demo-tone-legal-{method}"
-            result = step(
-                f"merge demo-tone + demo-legal@production by {method}",
-                lambda n=name, mth=method, kw=extra: merge(
-                    ["demo-tone:1", "demo-legal@production"], weights=[0.7, 0.3], method=mth, name=n, **kw
-                ),
-            )
-            last = getattr(result, "ref", None) or getattr(getattr(result, "result", None), "ref", last)
-    report.lineage = reg.lineage(last).to_dict()
+    report.steps.append({"step": "alias demo-legal@production", "seconds": 0.0, "result": registered["demo-legal"].ref})
+    for method, extra in (("svd", {"svd_rank": 8}), ("ties", {"density": 0.5})):
+        job = step(
+            f"merge demo-tone:1 + demo-legal@production by {method}, then validate with PEFT",
+            lambda mth=method, kw=extra: reg.merge(
+                ["demo-tone:1", "demo-legal@production"], weights=[0.7, 0.3], method=mth,
+                name=f"demo-tone-legal-{mth}", validate=True, **kw,
+            ),
+        )
+        error = job.report["overall"]["max_rel_error"]
+        report.steps[-1]["result"] = f"{job.result_ref}, error vs exact sum {error:.3g}"
+        checks = [j for j in reg.jobs(kind="validate") if j.parent_job_id == job.id]
+        if checks:
+            v = checks[0]
+            exact = v.report.get("exact_check")
+            detail = (f"exact check max |diff| {exact['max_abs_diff']:.2g}" if exact
+                      else f"logits moved {v.report.get('logits', {}).get('max_abs_diff_from_base', 0):.3g} from base")
+            report.steps.append({"step": f"runtime validation of {job.result_ref}", "seconds": 0.0,
+                                 "result": f"{v.status}: {detail}"})
+    graphs = [reg.lineage(f"demo-tone-legal-{mth}:1").to_dict() for mth in ("svd", "ties")]
+    report.lineage = {"root": "demo merges", "edges": [e for g in graphs for e in g["edges"]],
+                      "nodes": [n for g in graphs for n in g["nodes"]]}
     return report
