@@ -271,8 +271,17 @@ def resolve(session: Session, ref: Ref) -> m.AdapterVersion:
 
 
 def set_alias(session: Session, row: m.AdapterVersion, alias: str) -> None:
-    """Point ``alias`` of the version's adapter at ``row`` (creating or moving it)."""
+    """Point ``alias`` of the version's adapter at ``row`` (creating or moving it).
+
+    A move is recorded as an ``alias_moved`` event in the same transaction, for triggers to react to.
+    """
     check_slug(alias, "alias")
+    current = session.scalars(
+        select(m.Alias.version_id).where(m.Alias.adapter_id == row.adapter_id, m.Alias.name == alias)
+    ).one_or_none()
+    if current != row.id:
+        name = session.get(m.Adapter, row.adapter_id).name  # type: ignore[union-attr]
+        session.add(m.Event(kind="alias_moved", subject=f"{name}@{alias}", version_id=row.id, created_at=m.utcnow()))
     _insert_ignore(
         session, m.Alias,
         {"adapter_id": row.adapter_id, "name": alias, "version_id": row.id, "updated_at": m.utcnow()},

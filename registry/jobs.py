@@ -282,6 +282,7 @@ def insert_job(
     queue: str,
     idempotency_key: str | None = None,
     parent_job_id: int | None = None,
+    run_id: int | None = None,
 ) -> tuple[m.Job, bool]:
     """Write a queued job row, or return the existing one with the same idempotency key."""
     if idempotency_key is not None:
@@ -290,7 +291,7 @@ def insert_job(
             return existing, False
     row = m.Job(
         kind=spec.kind, status="queued", queue=queue, spec=spec.model_dump(mode="json"),
-        spec_version=spec.spec_version, idempotency_key=idempotency_key, parent_job_id=parent_job_id,
+        spec_version=spec.spec_version, idempotency_key=idempotency_key, parent_job_id=parent_job_id, run_id=run_id,
         attempts=0, progress=0.0, cancel_requested=False, report={}, created_at=m.utcnow(),
     )
     session.add(row)

@@ -224,6 +224,7 @@ class Job(Base):
     )
     report: Mapped[dict[str, Any]] = mapped_column(default=dict)
     parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id", ondelete="SET NULL"), index=True)
 
 
 class Publication(Base):
@@ -241,3 +242,57 @@ class Publication(Base):
     pr_url: Mapped[str | None] = mapped_column(Text)
     weights_sha256: Mapped[str] = mapped_column(String(64))
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Run(Base):
+    """One execution of a recipe: a chain of jobs, advanced step by step."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    recipe_name: Mapped[str] = mapped_column(String(128), index=True)
+    recipe: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    trigger: Mapped[str] = mapped_column(String(32), default="manual")
+    schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"), index=True)
+    fire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    inputs_key: Mapped[str] = mapped_column(String(64), index=True)
+    outputs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # step name -> result reference
+    step_jobs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # step name -> job id
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Schedule(Base):
+    """A recipe fired by a cron expression in a time zone, and/or by alias moves."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    recipe: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cron: Mapped[str | None] = mapped_column(String(128))
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    catch_up: Mapped[str] = mapped_column(String(16), default="latest")
+    on_alias: Mapped[str | None] = mapped_column(String(140), index=True)  # "adapter@alias"
+    last_fire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_fire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Event(Base):
+    """Something a trigger can react to; written in the same transaction as the change it records."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(String(140), index=True)  # "adapter@alias"
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from registry.db import ensure_schema, make_engine, session_factory, transaction
 from registry.errors import InvalidAdapter, InvalidReference, RegistryError
 from registry.inspect import inspect_adapter, weights_path
 from registry.refs import Ref, check_slug, check_tag, parse_ref
+from registry.runs import RunInfo
 from registry.store import ArtifactStore
 
 
@@ -234,6 +236,7 @@ class Registry:
         validate: bool = False,
         publish_to: str | jobs.PublishTarget | None = None,
         idempotency_key: str | None = None,
+        run_id: int | None = None,
     ) -> jobs.Job:
         """Merge catalog versions into a new version of ``name``; returns the job.
 
@@ -266,18 +269,18 @@ class Registry:
         except ValidationError as exc:
             raise RegistryError("invalid merge request: " + "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
-        return self.submit(spec, idempotency_key=idempotency_key)
+        return self.submit(spec, idempotency_key=idempotency_key, run_id=run_id)
 
-    def validate(self, ref: str) -> jobs.Job:
+    def validate(self, ref: str, *, run_id: int | None = None) -> jobs.Job:
         """Queue a runtime validation of a version against its base model's real weights."""
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
             name = session.get(m.Adapter, row.adapter_id).name
-        return self.submit(jobs.ValidateSpec(version_id=row.id, ref=f"{name}:{row.version}"))
+        return self.submit(jobs.ValidateSpec(version_id=row.id, ref=f"{name}:{row.version}"), run_id=run_id)
 
     def submit(
-        self, spec: jobs.MergeSpec | jobs.ValidateSpec, *, idempotency_key: str | None = None,
-        parent_job_id: int | None = None,
+        self, spec: jobs.AnySpec, *, idempotency_key: str | None = None, parent_job_id: int | None = None,
+        run_id: int | None = None,
     ) -> jobs.Job:
         """Write the job row (committed), then hand its id to the executor."""
         queue = jobs.DEFAULT_QUEUE[spec.kind]
@@ -285,7 +288,8 @@ class Registry:
             queue = "cpu"
         with transaction(self._sessions) as session:
             row, created = jobs.insert_job(
-                session, spec, queue=queue, idempotency_key=idempotency_key, parent_job_id=parent_job_id
+                session, spec, queue=queue, idempotency_key=idempotency_key, parent_job_id=parent_job_id,
+                run_id=run_id,
             )
             job_id = row.id
         if created:
@@ -340,6 +344,7 @@ class Registry:
         tags: dict[str, str] | None = None,
         validate: bool = False,
         idempotency_key: str | None = None,
+        run_id: int | None = None,
     ) -> jobs.Job:
         """Continue ``source`` (and ``joint_with``, trained together), or create a ``new`` adapter on ``base``.
 
@@ -406,10 +411,11 @@ class Registry:
             raise RegistryError(f"lrs has {len(lrs)} values for {len(names)} adapter(s)")
         if active is not None and any(i < 0 or i >= len(names) for i in active):
             raise RegistryError(f"active indices must be in 0..{len(names) - 1}")
-        return self.submit(spec, idempotency_key=idempotency_key)
+        return self.submit(spec, idempotency_key=idempotency_key, run_id=run_id)
 
     def publish(
         self, ref: str, repo_id: str, *, branch: str = "main", private: bool = False, create_pr: bool = False,
+        run_id: int | None = None,
     ) -> jobs.Job:
         """Push a version to a Hub repository with a model card that records its base, lineage and evidence.
 
@@ -425,7 +431,8 @@ class Registry:
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
             name = session.get(m.Adapter, row.adapter_id).name
-        return self.submit(jobs.PublishSpec(version_id=row.id, ref=f"{name}:{row.version}", target=target))
+        return self.submit(jobs.PublishSpec(version_id=row.id, ref=f"{name}:{row.version}", target=target),
+                           run_id=run_id)
 
     def publications(self, ref: str) -> list[dict]:
         """Where a version has been published (repo, branch, commit, URL, time)."""
@@ -437,3 +444,87 @@ class Registry:
                 for p in session.scalars(select(m.Publication).where(m.Publication.version_id == row.id)
                                          .order_by(m.Publication.id))
             ]
+
+    # -- recipes, runs, schedules -------------------------------------------------------------
+
+    def run_recipe(self, recipe: str | Path | dict, *, idempotency_key: str | None = None) -> RunInfo:
+        """Check a recipe completely (references, data, merge rules), then start it as a chain of jobs.
+
+        If its resolved inputs equal those of its last successful run, the run is recorded as
+        ``skipped: inputs unchanged`` and nothing is produced.
+        """
+        from registry.recipes import load_recipe
+        from registry.runs import advance_run, create_run
+
+        parsed = load_recipe(recipe if isinstance(recipe, dict) else Path(recipe))
+        with transaction(self._sessions) as session:
+            row, _ = create_run(session, parsed, idempotency_key=idempotency_key)
+            run_id = row.id
+        advance_run(self, run_id)
+        return self.run(run_id)
+
+    def run(self, run_id: int) -> RunInfo:
+        from registry.runs import run_info
+
+        with self._sessions() as session:
+            row = session.get(m.Run, run_id)
+            if row is None:
+                raise RegistryError(f"no run {run_id}")
+            return run_info(session, row)
+
+    def runs(self, *, limit: int = 50) -> list[RunInfo]:
+        from registry.runs import run_info
+
+        with self._sessions() as session:
+            return [run_info(session, r) for r in session.scalars(select(m.Run).order_by(m.Run.id.desc()).limit(limit))]
+
+    def add_schedule(self, recipe: str | Path | dict, *, name: str | None = None, cron: str | None = None,
+                     tz: str = "UTC", catch_up: str = "latest", on_alias: str | None = None,
+                     now: datetime | None = None) -> dict:
+        """Fire a recipe on a cron expression in a time zone and/or when an alias moves (``name@alias``)."""
+        from registry.recipes import load_recipe
+        from registry.schedules import add_schedule, schedule_info
+
+        parsed = load_recipe(recipe if isinstance(recipe, dict) else Path(recipe))
+        with transaction(self._sessions) as session:
+            row = add_schedule(session, name or parsed.name, parsed, cron=cron, tz=tz, catch_up=catch_up,
+                               on_alias=on_alias, now=now or m.utcnow())
+            return schedule_info(row)
+
+    def schedules(self) -> list[dict]:
+        from registry.schedules import schedule_info
+
+        with self._sessions() as session:
+            return [schedule_info(r) for r in session.scalars(select(m.Schedule).order_by(m.Schedule.name))]
+
+    def _schedule(self, session, name: str) -> m.Schedule:  # type: ignore[no-untyped-def]
+        row = session.scalars(select(m.Schedule).where(m.Schedule.name == name)).first()
+        if row is None:
+            raise RegistryError(f"no schedule named {name!r}", hint="see `adreg schedule list`")
+        return row
+
+    def set_schedule_enabled(self, name: str, enabled: bool, *, now: datetime | None = None) -> dict:
+        """Pause or resume; resuming recomputes the next fire from now (missed fires follow catch-up)."""
+        from registry.schedules import next_fire, schedule_info
+
+        with transaction(self._sessions) as session:
+            row = self._schedule(session, name)
+            row.enabled = enabled
+            if enabled and row.cron:
+                row.next_fire_at = next_fire(row.cron, row.timezone, now or m.utcnow())
+            return schedule_info(row)
+
+    def remove_schedule(self, name: str) -> None:
+        with transaction(self._sessions) as session:
+            session.delete(self._schedule(session, name))
+
+    def run_schedule_now(self, name: str) -> RunInfo:
+        with self._sessions() as session:
+            recipe = dict(self._schedule(session, name).recipe)
+        return self.run_recipe(recipe)
+
+    def tick(self, now: datetime | None = None) -> list[int]:
+        """Start the runs that schedules and alias triggers are due for (see ``registry.schedules``)."""
+        from registry.schedules import tick
+
+        return tick(self, now)

@@ -169,7 +169,23 @@ def run_job(job_id: int, registry: Registry) -> str:
         shutil.rmtree(ctx.scratch, ignore_errors=True)
     if ended_here:  # checkpoints outlive a killed attempt, not the job's end
         shutil.rmtree(ctx.checkpoints, ignore_errors=True)
+        _advance_run_of(registry, job_id)
     return status
+
+
+def _advance_run_of(registry: Registry, job_id: int) -> None:
+    """A job that belongs to a recipe run moves the run on (next step, or the run's end)."""
+    with registry._sessions() as s:
+        row = s.get(m.Job, job_id)
+        run_id = row.run_id if row is not None else None
+    if run_id is None:
+        return
+    from registry.runs import advance_run
+
+    try:
+        advance_run(registry, run_id)
+    except Exception:
+        log.exception("advancing run %s after job %s failed", run_id, job_id)
 
 
 def complete(registry: Registry, ctx: JobContext, session, **values: Any) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,282 @@
+"""Recipe runs: resolve and check everything up front, then advance the chain of jobs one step at a time.
+
+A run's steps execute in order. Job steps (train, merge, validate, publish) are catalog jobs carrying the
+run's id; promote is done inline. Whoever sees the current step's job finished (the job's own runner, or
+the process that submitted it) advances the run, under a lock on the run row, so the chain moves exactly
+once per step whether jobs run in-process or on Celery workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry import catalog
+from registry import models as m
+from registry.db import transaction
+from registry.errors import IncompatibleAdapters, RegistryError
+from registry.jobs import FINISHED
+from registry.recipes import InvalidRecipe, Recipe, Step
+from registry.refs import parse_ref
+
+if TYPE_CHECKING:
+    from registry.sdk import Registry
+
+
+@dataclass
+class RunInfo:
+    id: int
+    recipe_name: str
+    status: str
+    trigger: str
+    message: str | None
+    current_step: int
+    steps: list[str]
+    outputs: dict[str, Any]
+    inputs: dict[str, Any]
+    step_jobs: dict[str, Any]
+    created_at: datetime
+    finished_at: datetime | None
+    fire_time: datetime | None = None
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        from registry.types import _jsonable
+
+        return _jsonable(asdict(self))
+
+
+def run_info(session: Session, row: m.Run) -> RunInfo:
+    jobs = session.scalars(select(m.Job).where(m.Job.run_id == row.id).order_by(m.Job.id)).all()
+    return RunInfo(
+        id=row.id, recipe_name=row.recipe_name, status=row.status, trigger=row.trigger, message=row.message,
+        current_step=row.current_step, steps=[s["name"] for s in row.recipe.get("steps", [])],
+        outputs=dict(row.outputs or {}), inputs=dict(row.inputs or {}), step_jobs=dict(row.step_jobs or {}),
+        created_at=row.created_at, finished_at=row.finished_at, fire_time=row.fire_time,
+        jobs=[{"id": j.id, "kind": j.kind, "status": j.status, "parent_job_id": j.parent_job_id,
+               "error": j.error_message} for j in jobs],
+    )
+
+
+def resolve_inputs(session: Session, recipe: Recipe) -> tuple[dict[str, Any], list[str]]:
+    """Pin every catalog reference to an exact version and every data file to its sha256; check merges.
+
+    Returns (inputs, problems). Merges whose sources are all catalog versions get the merge engine's full
+    static validation now; merges that use an earlier step's output get their parameters checked.
+    """
+    from registry.inspect import sha256_file
+    from registry.merge_rules import check_merge, check_params
+
+    refs: dict[str, str] = {}
+    data: dict[str, str] = {}
+    problems: list[str] = []
+    rows: dict[str, m.AdapterVersion] = {}
+    for step in recipe.steps:
+        for ref in recipe.references(step):
+            if ref.startswith("@") or ref in refs:
+                continue
+            try:
+                row = catalog.resolve(session, parse_ref(ref))
+            except RegistryError as exc:
+                problems.append(f"step {step.name}: {exc}")
+                continue
+            rows[ref] = row
+            refs[ref] = f"{session.get(m.Adapter, row.adapter_id).name}:{row.version}"
+        body = step.body
+        if step.kind == "train":
+            from pathlib import Path
+
+            path = Path(body.data).expanduser()
+            if not path.is_file():
+                problems.append(f"step {step.name}: data file {body.data} does not exist")
+            else:
+                data[body.data] = sha256_file(path)
+        if step.kind == "merge":
+            params = {k: v for k, v in body.params.items() if v is not None}
+            if any(s.startswith("@") for s in body.sources):
+                problems += [f"step {step.name}: {p}" for p in check_params(body.method, params)]
+                if len(body.weights) != len(body.sources):
+                    problems.append(f"step {step.name}: {len(body.weights)} weight(s) for {len(body.sources)} sources")
+            elif all(s in rows for s in body.sources):
+                try:
+                    check_merge([catalog.manifest_of(session, rows[s]) for s in body.sources], body.weights,
+                                body.method, params, allow_cross_base=body.allow_cross_base,
+                                labels=[refs[s] for s in body.sources])
+                except IncompatibleAdapters as exc:
+                    problems += [f"step {step.name}: {p}" for p in exc.problems]
+    return {"refs": refs, "data": data}, problems
+
+
+def inputs_key(recipe: Recipe, inputs: dict[str, Any]) -> str:
+    canonical = json.dumps({"recipe": recipe.model_dump(by_alias=True), "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def create_run(
+    session: Session,
+    recipe: Recipe,
+    *,
+    trigger: str = "manual",
+    schedule_id: int | None = None,
+    fire_time: datetime | None = None,
+    idempotency_key: str | None = None,
+) -> tuple[m.Run, bool]:
+    """Insert the run row (or return the one with the same idempotency key). Raises InvalidRecipe first."""
+    if idempotency_key is not None:
+        existing = session.scalars(select(m.Run).where(m.Run.idempotency_key == idempotency_key)).one_or_none()
+        if existing is not None:
+            return existing, False
+    inputs, problems = resolve_inputs(session, recipe)
+    if problems:
+        raise InvalidRecipe(problems)
+    key = inputs_key(recipe, inputs)
+    previous = session.scalars(
+        select(m.Run).where(m.Run.recipe_name == recipe.name, m.Run.inputs_key == key, m.Run.status == "succeeded")
+        .order_by(m.Run.id.desc())
+    ).first()
+    row = m.Run(
+        recipe_name=recipe.name, recipe=recipe.model_dump(by_alias=True, exclude_none=True), trigger=trigger,
+        schedule_id=schedule_id, fire_time=fire_time, idempotency_key=idempotency_key, inputs=inputs,
+        inputs_key=key, outputs={}, step_jobs={}, current_step=0, created_at=m.utcnow(),
+        status="skipped" if previous else "running",
+        message=f"skipped: inputs unchanged (same as run {previous.id})" if previous else None,
+        finished_at=m.utcnow() if previous else None,
+    )
+    session.add(row)
+    session.flush()
+    return row, True
+
+
+def _locked_run(session: Session, run_id: int) -> m.Run:
+    query = select(m.Run).where(m.Run.id == run_id)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return session.scalars(query).one()
+
+
+def _ref(run: m.Run, ref: str) -> str:
+    if ref.startswith("@"):
+        return run.outputs[ref[1:]]
+    return run.inputs["refs"][ref]
+
+
+def _finish(run: m.Run, status: str, message: str | None = None) -> None:
+    run.status = status
+    run.message = message
+    run.finished_at = m.utcnow()
+
+
+def _check_gates(session: Session, run: m.Run, step: Step, job: m.Job) -> tuple[str | None, str | None]:
+    """(output reference, failure message) for the succeeded job of ``step``."""
+    body, report = step.body, job.report or {}
+    if step.kind == "train":
+        out = (report.get("registered") or [None])[0]
+        limit = body.gates.max_eval_loss
+        loss = report.get("eval_loss_after", float("inf"))
+        if limit is not None and loss > limit:
+            return out, f"gate max_eval_loss of step {step.name} failed: {loss:.4f} > {limit} (by {loss - limit:.4f})"
+        return out, None
+    if step.kind == "merge":
+        row = session.get(m.AdapterVersion, job.result_version_id)
+        return f"{session.get(m.Adapter, row.adapter_id).name}:{row.version}", None  # type: ignore[union-attr]
+    target = _ref(run, body.target)
+    if step.kind == "validate":
+        distances = report.get("distance_from_parents", {})
+        for parent, limit in body.gates.max_distance_from.items():
+            ref = _ref(run, parent)
+            if ref not in distances:
+                return target, f"gate max_distance_from of step {step.name} failed: {ref} is not a parent of {target}"
+            if distances[ref] > limit:
+                return target, (f"gate max_distance_from {ref} of step {step.name} failed: distance "
+                                f"{distances[ref]:.4g} > {limit} (by {distances[ref] - limit:.4g})")
+        if body.gates.require_exact and "exact_check" not in report:
+            return target, f"gate require_exact of step {step.name} failed: the merge method is not exact"
+    return target, None
+
+
+def _submit_step(reg: Registry, run: m.Run, step: Step) -> int:
+    """Submit the job of a job step; returns its id."""
+    body = step.body
+    if step.kind == "merge":
+        job = reg.merge([_ref(run, s) for s in body.sources], weights=body.weights, method=body.method,
+                        name=body.name, allow_cross_base=body.allow_cross_base, run_id=run.id, **body.params)
+    elif step.kind == "train":
+        refs = [_ref(run, r) for r in [body.source, *body.joint_with] if r]
+        job = reg.train(refs[0] if refs else None, joint_with=refs[1:], data=body.data, steps=body.steps, lr=body.lr,
+                        batch_size=body.batch_size, seed=body.seed, name=body.name, new=body.new, base=body.base,
+                        run_id=run.id)
+    elif step.kind == "validate":
+        job = reg.validate(_ref(run, body.target), run_id=run.id)
+    else:
+        job = reg.publish(_ref(run, body.target), body.repo, branch=body.branch, private=body.private, run_id=run.id)
+    return job.id
+
+
+def advance_run(reg: Registry, run_id: int) -> None:
+    """Move the run forward as far as finished work allows; safe to call from anywhere, any number of times."""
+    for _ in range(1000):
+        submit: Step | None = None
+        with transaction(reg._sessions) as s:
+            run = _locked_run(s, run_id)
+            if run.status != "running":
+                return
+            recipe = Recipe.model_validate(run.recipe)
+            if run.current_step >= len(recipe.steps):
+                _finish(run, "succeeded", f"{len(recipe.steps)} step(s) done")
+                return
+            step = recipe.steps[run.current_step]
+            if step.kind == "promote":
+                target = _ref(run, step.body.target)
+                catalog.set_alias(s, catalog.resolve(s, parse_ref(target)), step.body.alias)
+                run.outputs = {**run.outputs, step.name: target}
+                run.current_step += 1
+                continue
+            marker = (run.step_jobs or {}).get(step.name)
+            if marker is None:
+                run.step_jobs = {**(run.step_jobs or {}), step.name: "pending"}
+                submit = step
+            else:
+                job = _step_job(s, run, marker)
+                if job is None or job.status not in FINISHED:
+                    return
+                if job.status != "succeeded":
+                    error = f"step {step.name} ({job.kind} job {job.id}) {job.status}: {job.error_message}"
+                    _finish(run, "failed", error)
+                    return
+                output, failure = _check_gates(s, run, step, job)
+                if failure:
+                    _finish(run, "failed", failure)
+                    return
+                run.outputs = {**run.outputs, step.name: output}
+                run.step_jobs = {**run.step_jobs, step.name: job.id}
+                run.current_step += 1
+                continue
+        try:
+            job_id = _submit_step(reg, run, submit)
+        except RegistryError as exc:
+            with transaction(reg._sessions) as s:
+                _finish(_locked_run(s, run_id), "failed", f"step {submit.name} could not start: {exc}")
+            return
+        with transaction(reg._sessions) as s:
+            run = _locked_run(s, run_id)
+            if (run.step_jobs or {}).get(submit.name) == "pending":
+                run.step_jobs = {**run.step_jobs, submit.name: job_id}
+
+
+def _step_job(session: Session, run: m.Run, marker: Any) -> m.Job | None:
+    """The current step's job: by its recorded id, or (while the submitter has not recorded it yet) the
+    run's newest top-level job if no earlier step owns it."""
+    if isinstance(marker, int):
+        return session.get(m.Job, marker)
+    owned = {v for v in (run.step_jobs or {}).values() if isinstance(v, int)}
+    job = session.scalars(select(m.Job).where(m.Job.run_id == run.id, m.Job.parent_job_id.is_(None))
+                          .order_by(m.Job.id.desc())).first()
+    return None if job is None or job.id in owned else job
