@@ -24,8 +24,12 @@ app = typer.Typer(
 )
 alias_app = typer.Typer(help="Movable names (production, staging) for versions.", no_args_is_help=True)
 base_app = typer.Typer(help="Base models known to the catalog.", no_args_is_help=True)
+schedule_app = typer.Typer(help="Recipes fired on a cron schedule or when an alias moves.", no_args_is_help=True)
+recipe_app = typer.Typer(help="Recipe files.", no_args_is_help=True)
 app.add_typer(alias_app, name="alias")
 app.add_typer(base_app, name="base")
+app.add_typer(schedule_app, name="schedule")
+app.add_typer(recipe_app, name="recipe")
 
 JSON = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 _state: dict[str, Any] = {}
@@ -532,16 +536,188 @@ def validate_cmd(
     return job
 
 
+def _render_run(run: Any) -> None:
+    from rich.tree import Tree
+
+    tree = Tree(f"run {run.id} [bold]{run.recipe_name}[/] ({run.trigger}): {run.status}"
+                + (f" - {run.message}" if run.message else ""))
+    by_id = {j["id"]: j for j in run.jobs}
+    for index, step in enumerate(run.steps):
+        marker = run.step_jobs.get(step)
+        state = "done" if step in run.outputs else ("current" if index == run.current_step else "pending")
+        node = tree.add(f"{step}: {state}" + (f" -> {run.outputs[step]}" if step in run.outputs else ""))
+        job = by_id.get(marker) if isinstance(marker, int) else None
+        if job is not None:
+            node.add(f"job {job['id']} {job['kind']} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
+            for child in (j for j in run.jobs if j["parent_job_id"] == job["id"]):
+                node.add(f"job {child['id']} {child['kind']} {child['status']}")
+    stdout.print(tree)
+
+
 @app.command("jobs")
-@emits(_render_jobs)
 def jobs_cmd(
     status: str | None = typer.Option(None, "--status", help="queued, running, succeeded, failed, cancelled"),
     kind: str | None = typer.Option(None, "--kind", help="merge, validate, ..."),
+    run: int | None = typer.Option(None, "--run", help="Show one recipe run's chain as a tree."),
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
     json_output: bool = JSON,
+) -> None:
+    """Recent jobs, newest first (or one run's chain with --run)."""
+
+    @emits(_render_run if run is not None else _render_jobs)
+    def show(json_output: bool) -> Any:
+        if run is not None:
+            return _registry().run(run)
+        return _registry().jobs(status=status, kind=kind, limit=limit)
+
+    show(json_output=json_output)
+
+
+@app.command("run")
+@emits(_render_run)
+def run_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file."), json_output: bool = JSON) -> Any:
+    """Check a recipe and run it once as a chain of jobs."""
+    return _registry().run_recipe(recipe)
+
+
+@app.command("runs")
+@emits(lambda runs: table(None, ["run", "recipe", "trigger", "status", "message", "created"],
+                          [[r.id, r.recipe_name, r.trigger, r.status, (r.message or "")[:70],
+                            r.created_at.strftime("%Y-%m-%d %H:%M")] for r in runs]))
+def runs_cmd(limit: int = typer.Option(50, "--limit", min=1, max=1000), json_output: bool = JSON) -> Any:
+    """Recent recipe runs."""
+    return _registry().runs(limit=limit)
+
+
+@recipe_app.command("schema")
+def recipe_schema() -> None:
+    """Print the recipe JSON schema."""
+    from registry.recipes import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@recipe_app.command("check")
+@emits(lambda d: stdout.print(f"recipe {d['name']} is valid: {len(d['steps'])} step(s)"))
+def recipe_check(recipe: Path = typer.Argument(...), json_output: bool = JSON) -> Any:
+    """Validate a recipe file (syntax and step references; `adreg run` also resolves the catalog)."""
+    from registry.recipes import load_recipe
+
+    return load_recipe(recipe).model_dump(by_alias=True, exclude_none=True)
+
+
+def _render_schedules(items: list[dict]) -> None:
+    table(None, ["name", "recipe", "cron", "tz", "catch-up", "on alias", "enabled", "next fire"],
+          [[d["name"], d["recipe"], d["cron"] or "-", d["timezone"], d["catch_up"], d["on_alias"] or "-",
+            "yes" if d["enabled"] else "paused", d["next_fire_at"] or "-"] for d in items])
+
+
+@schedule_app.command("add")
+@emits(lambda d: _render_schedules([d]))
+def schedule_add(
+    recipe: Path = typer.Argument(...),
+    cron: str | None = typer.Option(None, "--cron", help='e.g. "0 3 * * 1" (Mondays 03:00)'),
+    tz: str = typer.Option("UTC", "--tz", help="IANA time zone of the cron expression."),
+    catch_up: str = typer.Option("latest", "--catch-up", help="latest, all or none: what to do with missed fires."),
+    on_alias: str | None = typer.Option(None, "--on-alias", help="Also fire when this name@alias moves."),
+    name: str | None = typer.Option(None, "--name", help="Schedule name (default: the recipe's)."),
+    json_output: bool = JSON,
 ) -> Any:
-    """Recent jobs, newest first."""
-    return _registry().jobs(status=status, kind=kind, limit=limit)
+    """Schedule a recipe."""
+    return _registry().add_schedule(recipe, name=name, cron=cron, tz=tz, catch_up=catch_up, on_alias=on_alias)
+
+
+@schedule_app.command("list")
+@emits(_render_schedules)
+def schedule_list(json_output: bool = JSON) -> Any:
+    """Schedules with their next fire time."""
+    return _registry().schedules()
+
+
+@schedule_app.command("pause")
+@emits(lambda d: _render_schedules([d]))
+def schedule_pause(name: str = typer.Argument(...), json_output: bool = JSON) -> Any:
+    return _registry().set_schedule_enabled(name, False)
+
+
+@schedule_app.command("resume")
+@emits(lambda d: _render_schedules([d]))
+def schedule_resume(name: str = typer.Argument(...), json_output: bool = JSON) -> Any:
+    return _registry().set_schedule_enabled(name, True)
+
+
+@schedule_app.command("rm")
+@emits(lambda d: stdout.print(f"removed schedule {d['name']}"))
+def schedule_rm(name: str = typer.Argument(...), json_output: bool = JSON) -> Any:
+    _registry().remove_schedule(name)
+    return {"name": name}
+
+
+@schedule_app.command("run-now")
+@emits(_render_run)
+def schedule_run_now(name: str = typer.Argument(...), json_output: bool = JSON) -> Any:
+    """Run a schedule's recipe once, now."""
+    return _registry().run_schedule_now(name)
+
+
+@app.command()
+def scheduler(
+    interval: float = typer.Option(30.0, "--interval", min=0.1, help="Seconds between ticks."),
+    once: bool = typer.Option(False, "--once", help="Tick once and exit."),
+) -> None:
+    """Run the schedule tick in a loop (the embedded default's Celery beat)."""
+    import time
+
+    from registry.errors import RegistryError
+
+    reg = _registry()
+    while True:
+        try:
+            started = reg.tick()
+        except RegistryError as err:
+            from registry.cli_output import fail
+
+            fail(err)
+        if started:
+            stderr.print(f"started run(s) {', '.join(map(str, started))}")
+        if once:
+            return
+        time.sleep(interval)
+
+
+@app.command()
+def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
+    """Run Celery beat: it sends the schedule tick to the cpu queue every ADREG_TICK_SECONDS (default 30)."""
+    from workers.celery_app import app as celery_app
+
+    celery_app.start(["beat", "-l", loglevel, "-s", str(_registry().settings.home / "celerybeat-schedule")])
+
+
+@app.command()
+def doctor(json_output: bool = JSON) -> None:
+    """Check the catalog schema, the broker, the workers, queue depths and free space; exit 1 if unhealthy."""
+    from registry.doctor import run_checks
+
+    checks = run_checks(_state.get("db"), _state.get("home"))
+    if json_output:
+        sys.stdout.write(json.dumps(checks, indent=2) + "\n")
+    else:
+        table(None, ["check", "ok", "detail"], [[c["check"], "yes" if c["ok"] else "NO", c["detail"]] for c in checks])
+    if not all(c["ok"] for c in checks):
+        raise typer.Exit(1)
+
+
+@app.command()
+@emits(lambda d: stdout.print(
+    f"{'removed' if d['applied'] else 'would remove'} {len(d['paths'])} path(s), {human_size(d['bytes'])}"
+    + ("" if d["applied"] else " (dry run: add --apply)") + "".join(f"\n  {p}" for p in d["paths"][:20])))
+def gc(
+    apply: bool = typer.Option(False, "--apply", help="Delete (default: only list)."), json_output: bool = JSON
+) -> Any:
+    """Artifacts and scratch folders that no version or running job references."""
+    from registry.gc import collect
+
+    return collect(_registry(), apply=apply)
 
 
 @app.command("job")

@@ -48,6 +48,10 @@ def make_app(broker_url: str | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,
         task_send_sent_event=True,
+        beat_schedule={
+            "adreg-tick": {"task": "adreg.tick", "schedule": float(os.environ.get("ADREG_TICK_SECONDS", "30")),
+                           "options": {"queue": "cpu", "expires": 60}},
+        },
     )
     return app
 

@@ -36,6 +36,12 @@ def run_job(job_id: int) -> str:
     return run(int(job_id), registry())
 
 
+@app.task(name="adreg.tick", acks_late=False)
+def tick() -> list[int]:
+    """The schedule tick (sent by beat): due fires and alias events become runs, each exactly once."""
+    return registry().tick()
+
+
 @worker_ready.connect
 def _start_recovery(sender=None, **_kwargs) -> None:  # type: ignore[no-untyped-def]
     """Re-dispatch jobs the broker may have lost (expired leases, queued rows with no message)."""

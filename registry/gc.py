@@ -1,0 +1,39 @@
+"""`adreg gc`: files in the artifact store that nothing references (dry run unless applied)."""
+
+from __future__ import annotations
+
+import shutil
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from registry import models as m
+
+if TYPE_CHECKING:
+    from registry.sdk import Registry
+
+
+def collect(reg: Registry, *, apply: bool = False) -> dict[str, Any]:
+    root = reg.store.root
+    with reg._sessions() as s:
+        used = {p for (p,) in s.execute(select(m.AdapterVersion.storage_path))}
+        shas = {sha for (sha,) in s.execute(select(m.AdapterVersion.weights_sha256))}
+        live = {jid for (jid,) in s.execute(select(m.Job.id).where(m.Job.status.in_(("queued", "running"))))}
+    candidates = []
+    adapters = root / "adapters"
+    if adapters.exists():
+        candidates += [p for p in adapters.iterdir() if f"adapters/{p.name}" not in used]
+    blobs = root / "blobs"
+    if blobs.exists():
+        candidates += [p for p in blobs.glob("*/*.safetensors") if p.stem not in shas]
+        candidates += [p for p in blobs.glob("*/.tmp-*")]
+    for folder in ("scratch", "checkpoints"):
+        base = root / folder
+        if base.exists():
+            candidates += [p for p in base.iterdir() if not (p.name.startswith("job-") and
+                                                             p.name[4:].isdigit() and int(p.name[4:]) in live)]
+    size = sum(f.stat().st_size for p in candidates for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+    if apply:
+        for path in candidates:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    return {"applied": apply, "paths": [str(p.relative_to(root)) for p in sorted(candidates)], "bytes": size}
