@@ -1,13 +1,16 @@
 """The merge methods, declared once, and the one static validation of a merge (metadata only, no torch).
 
-Every method is one entry of :data:`METHODS`: its family (how tensors are combined), the parameters it
-accepts and requires. The CLI, the SDK, the workers and the docs all read this table; errors for bad
-parameters are generated from it.
+Every method is one row of :data:`METHODS` (mergekit-style): how it combines tensors, which PEFT
+``merge_utils`` operation it applies, the parameters it accepts and requires, and its rank rule. The
+CLI, the SDK, the workers and the docs read this table; messages for bad parameters are generated from
+it and from :data:`PARAMS`. :func:`check_merge` runs on :class:`~registry.manifest.AdapterManifest`
+objects only, so the catalog can call it with manifests rebuilt from stored rows.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -17,77 +20,114 @@ from pydantic import BaseModel, Field
 from registry.errors import IncompatibleAdapters
 from registry.manifest import AdapterManifest
 
-Family = Literal["cat", "ab", "svd"]
+# How a method combines one module's inputs:
+#   cat        - concatenate the factors (rank = sum of ranks); exact
+#   factors    - combine the A's and the B's separately (equal ranks); PEFT's "rough approximation"
+#   exact_svd  - truncated SVD of the exact weighted sum, from the thin factors (no dense delta)
+#   dense_svd  - combine the dense deltas element-wise (pruning), then truncate by SVD
+Combine = Literal["cat", "factors", "exact_svd", "dense_svd"]
+# The peft.utils.merge_utils operation applied to the tensors being combined.
+Op = Literal["concat", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
+RankRule = Literal["equal", "sum", "svd"]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
 class Param:
-    """A method parameter: its check and what the check means, for generated messages."""
+    """A method parameter: its check, what the check means (for generated messages), its default."""
 
     check: Callable[[Any], bool]
     meaning: str
     default: Any = None
+    help: str = ""
 
 
 PARAMS: dict[str, Param] = {
-    "density": Param(lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "a number in (0, 1]"),
-    "svd_rank": Param(lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
-    "svd_clamp": Param(lambda v: isinstance(v, (int, float)) and 0 < v <= 1, "a quantile in (0, 1]"),
-    "majority_sign_method": Param(lambda v: v in ("total", "frequency"), "'total' or 'frequency'", "total"),
-    "seed": Param(lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "density": Param(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]",
+                     help="fraction of entries kept by pruning (1 keeps everything)"),
+    "majority_sign_method": Param(lambda v: v in ("total", "frequency"), "'total' or 'frequency'", "total",
+                                  help="how TIES elects the sign of each entry"),
+    "svd_rank": Param(lambda v: _is_int(v) and v > 0, "a positive integer",
+                      help="output rank of the SVD methods (default: the largest input rank)"),
+    "svd_clamp": Param(lambda v: _is_number(v) and 0 < v <= 1, "a quantile in (0, 1]",
+                       help="clamp U*S and Vh entries to this quantile of their values, as PEFT does"),
+    "seed": Param(_is_int, "an integer", help="seed of DARE's random masks (reproducible merges)"),
 }
 
 
 @dataclass(frozen=True)
 class Method:
-    """``family``: ``cat`` concatenates ranks; ``ab`` combines A and B separately (equal ranks per module);
-    ``svd`` combines deltas then truncates by SVD (``svd`` itself exactly and without a dense delta)."""
+    """One merge method: how it combines, with which operation, its parameters and its rank rule."""
 
-    family: Family
+    combine: Combine
+    op: Op
     accepts: frozenset[str] = frozenset()
     requires: frozenset[str] = frozenset()
-    random: bool = False
-    rank_rule: str = ""
+    rank_rule: RankRule = "equal"
+
+    @property
+    def random(self) -> bool:
+        return self.op.startswith("dare")
+
+    @property
+    def rank_rule_text(self) -> str:
+        return {"equal": "inputs' ranks, which must be equal per module",
+                "sum": "the sum of the inputs' ranks",
+                "svd": "svd_rank, or the largest input rank"}[self.rank_rule]
 
 
-_PRUNE = frozenset({"density"})
-_SIGN = frozenset({"density", "majority_sign_method"})
+_DENSITY = frozenset({"density"})
+_SIGN = frozenset({"majority_sign_method"})
 _SVD = frozenset({"svd_rank", "svd_clamp"})
+_SEED = frozenset({"seed"})
 
 METHODS: dict[str, Method] = {
-    "svd": Method("svd", _SVD, rank_rule="svd_rank, or the largest input rank"),
-    "linear": Method("ab", rank_rule="inputs' ranks must be equal per module"),
-    "cat": Method("cat", rank_rule="the sum of the inputs' ranks"),
-    "ties": Method("ab", _SIGN, _PRUNE, rank_rule="inputs' ranks must be equal per module"),
-    "ties_svd": Method("svd", _SIGN | _SVD, _PRUNE, rank_rule="svd_rank, or the largest input rank"),
-    "dare_linear": Method("ab", _PRUNE | {"seed"}, _PRUNE, True, "inputs' ranks must be equal per module"),
-    "dare_ties": Method("ab", _SIGN | {"seed"}, _PRUNE, True, "inputs' ranks must be equal per module"),
-    "dare_linear_svd": Method("svd", _PRUNE | _SVD | {"seed"}, _PRUNE, True, "svd_rank, or the largest input rank"),
-    "dare_ties_svd": Method("svd", _SIGN | _SVD | {"seed"}, _PRUNE, True, "svd_rank, or the largest input rank"),
-    "magnitude_prune": Method("ab", _PRUNE, _PRUNE, rank_rule="inputs' ranks must be equal per module"),
-    "magnitude_prune_svd": Method("svd", _PRUNE | _SVD, _PRUNE, rank_rule="svd_rank, or the largest input rank"),
+    "svd": Method("exact_svd", "linear", _SVD, rank_rule="svd"),
+    "linear": Method("factors", "linear"),
+    "cat": Method("cat", "concat", rank_rule="sum"),
+    "ties": Method("factors", "ties", _DENSITY | _SIGN, _DENSITY),
+    "ties_svd": Method("dense_svd", "ties", _DENSITY | _SIGN | _SVD, _DENSITY, "svd"),
+    "dare_linear": Method("factors", "dare_linear", _DENSITY | _SEED, _DENSITY),
+    "dare_ties": Method("factors", "dare_ties", _DENSITY | _SIGN | _SEED, _DENSITY),
+    "dare_linear_svd": Method("dense_svd", "dare_linear", _DENSITY | _SVD | _SEED, _DENSITY, "svd"),
+    "dare_ties_svd": Method("dense_svd", "dare_ties", _DENSITY | _SIGN | _SVD | _SEED, _DENSITY, "svd"),
+    "magnitude_prune": Method("factors", "magnitude_prune", _DENSITY, _DENSITY),
+    "magnitude_prune_svd": Method("dense_svd", "magnitude_prune", _DENSITY | _SVD, _DENSITY, "svd"),
 }
+
+# init_lora_weights values whose adapters only work on a base that PEFT modified when creating them.
+_BASE_MUTATING_INITS = ("pissa", "olora", "corda", "loftq")
 
 
 class MergePlan(BaseModel):
-    """What a validated merge will do: output rank, modules, which inputs each partial module has."""
+    """What a validated merge will do. Pure metadata: the engine follows it, the catalog can store it."""
 
     method: str
-    family: Family
-    out_rank: int
-    params: dict[str, Any]
+    combine: Combine
+    op: Op
+    out_rank: int  # the merged config's ``r``: the largest module rank
+    module_ranks: dict[str, int]  # module path -> its output rank
+    rank_pattern: dict[str, int] = Field(default_factory=dict)  # for the merged config (alpha_pattern equal)
+    params: dict[str, Any]  # every parameter the method accepts, defaults resolved
     weights: list[float]
     modules: list[str]
     partial_modules: dict[str, list[str]] = Field(default_factory=dict)  # module -> labels of inputs having it
     warnings: list[str] = Field(default_factory=list)
 
-
-def _max_rank(m: AdapterManifest) -> int:
-    return max([m.r, *m.rank_pattern.values()]) if m.rank_pattern else m.r
+    @property
+    def family(self) -> str:  # the name used before ``combine``; kept for callers
+        return self.combine
 
 
 def check_params(method: str, params: dict[str, Any]) -> list[str]:
-    """Problems with ``method`` and its parameters (unknown, unused, missing or out of range)."""
+    """Problems with ``method`` and its parameters: unknown, unused, missing or out of range."""
     rule = METHODS.get(method)
     if rule is None:
         return [f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}"]
@@ -95,17 +135,94 @@ def check_params(method: str, params: dict[str, Any]) -> list[str]:
     for name, value in params.items():
         spec = PARAMS.get(name)
         if spec is None:
-            problems.append(f"unknown parameter {name!r}")
+            problems.append(f"unknown parameter {name!r}; known parameters: {', '.join(PARAMS)}")
         elif name not in rule.accepts:
-            if value != spec.default:
+            if value is not None and value != spec.default:
                 accepted = ", ".join(sorted(rule.accepts)) or "no parameters"
                 problems.append(f"parameter {name} is not used by method {method} (it accepts: {accepted})")
-        elif not spec.check(value):
+        elif value is not None and not spec.check(value):
             problems.append(f"parameter {name} must be {spec.meaning} (got {value!r})")
     for name in sorted(rule.requires):
         if params.get(name) is None:
             problems.append(f"method {method} needs parameter {name} ({PARAMS[name].meaning})")
     return problems
+
+
+def _check_weights(weights: list[float], count: int) -> list[str]:
+    problems = []
+    if len(weights) != count:
+        problems.append(f"{len(weights)} weight(s) for {count} adapter(s): give one weight per adapter "
+                        "(PEFT would silently drop the extra adapters or weights)")
+    bad = [i for i, w in enumerate(weights) if not _is_number(w)]
+    if bad:
+        problems.append(f"weights must be finite numbers (weight {', '.join(str(i + 1) for i in bad)} is "
+                        f"{', '.join(repr(weights[i]) for i in bad)})")
+    elif weights and all(w == 0 for w in weights):
+        problems.append("all weights are zero: the merge would be a no-op")
+    return problems
+
+
+def _check_source(label: str, m: AdapterManifest) -> list[str]:
+    """Features of one adapter that the merge cannot carry, each named with the adapter."""
+    problems = []
+    if m.peft_type.upper() != "LORA":
+        problems.append(f"{label}: peft_type {m.peft_type} is not LoRA")
+    if m.use_dora or any(t.has_magnitude for t in m.modules.values()):
+        problems.append(f"{label}: DoRA adapters (use_dora) cannot be merged: the magnitude vector of a sum "
+                        "is not a combination of the inputs' magnitudes")
+    if m.lora_bias or any(t.has_bias for t in m.modules.values()):
+        problems.append(f"{label}: adapters with lora_bias cannot be merged (PEFT's merge drops the bias)")
+    if m.target_parameters:
+        problems.append(f"{label}: adapters with target_parameters ({', '.join(m.target_parameters)}) "
+                        "cannot be merged")
+    kinds = sorted({t.kind for t in m.modules.values()} - {"linear", "embedding"})
+    if kinds:
+        examples = [name for name, t in m.modules.items() if t.kind in kinds][:3]
+        problems.append(f"{label}: {' and '.join(kinds)} LoRA layers are not supported by the merge engine "
+                        f"(e.g. {', '.join(examples)})")
+    init = m.config.get("init_lora_weights")
+    if isinstance(init, str) and init.lower().startswith(_BASE_MUTATING_INITS):
+        problems.append(f"{label}: initialised with init_lora_weights={init!r}, which changes the base "
+                        "weights; convert it to a plain LoRA first (PEFT's "
+                        "path_initial_model_for_weight_conversion)")
+    if m.config.get("alora_invocation_tokens"):
+        problems.append(f"{label}: activated LoRA (alora_invocation_tokens) cannot be merged")
+    return problems
+
+
+def _group(lines: dict[str, list[str]], limit: int = 3) -> list[str]:
+    """One problem per distinct message, naming up to ``limit`` modules and how many more."""
+    out = []
+    for message, modules in lines.items():
+        shown = ", ".join(modules[:limit]) + (f" and {len(modules) - limit} more" if len(modules) > limit else "")
+        out.append(message.replace("{count}", str(len(modules))).replace("{modules}", shown))
+    return out
+
+
+def _max_rank(m: AdapterManifest) -> int:
+    """The largest rank an adapter uses anywhere (PEFT's rule for the default svd rank)."""
+    ranks = [m.r, *m.rank_pattern.values(), *(t.rank for t in m.modules.values())]
+    return max(ranks)
+
+
+def _compress_pattern(module_ranks: dict[str, int], out_rank: int) -> dict[str, int]:
+    """A rank_pattern reproducing ``module_ranks`` under a global ``r = out_rank`` (PEFT's matching rule).
+
+    A leaf name (``v_proj``) is used when every module with that leaf has the same rank; otherwise the
+    full module path, escaped, so that it matches that module only.
+    """
+    by_leaf: dict[str, set[int]] = {}
+    for module, rank in module_ranks.items():
+        by_leaf.setdefault(module.rsplit(".", 1)[-1], set()).add(rank)
+    pattern: dict[str, int] = {}
+    for module, rank in sorted(module_ranks.items()):
+        leaf = module.rsplit(".", 1)[-1]
+        if len(by_leaf[leaf]) == 1:
+            if rank != out_rank:
+                pattern[leaf] = rank
+        elif rank != out_rank:
+            pattern[re.escape(module)] = rank
+    return pattern
 
 
 def check_merge(
@@ -117,76 +234,101 @@ def check_merge(
     allow_cross_base: bool = False,
     labels: list[str] | None = None,
 ) -> MergePlan:
-    """Validate a merge on metadata alone; raise :class:`IncompatibleAdapters` listing every problem."""
+    """Validate a merge on metadata alone and return its plan.
+
+    Collects every problem (parameters, weights, per-adapter features, base models, modules_to_save,
+    module shapes and rank rules) and raises :class:`IncompatibleAdapters` listing them all. ``labels``
+    name the adapters in messages (default ``input 1``, ``input 2``, ...).
+    """
     params = {k: v for k, v in (params or {}).items() if v is not None}
-    labels = labels or [f"input {i}" for i in range(len(manifests))]
+    if labels is None or len(labels) != len(manifests):
+        labels = [f"input {i + 1}" for i in range(len(manifests))]
     problems = check_params(method, params)
     rule = METHODS.get(method)
     if not manifests:
         problems.append("no adapters to merge")
-    if len(weights) != len(manifests):
-        problems.append(f"{len(weights)} weight(s) for {len(manifests)} adapter(s): give one weight per adapter")
-    if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in weights):
-        problems.append("weights must be finite numbers")
-    elif weights and all(w == 0 for w in weights):
-        problems.append("all weights are zero: the merge would be a no-op")
-
-    for label, m in zip(labels, manifests, strict=False):
-        if m.peft_type.upper() != "LORA":
-            problems.append(f"{label}: peft_type {m.peft_type} is not LoRA")
-        if m.use_dora:
-            problems.append(f"{label}: DoRA adapters (use_dora) cannot be merged by these methods")
-        if m.lora_bias or any(t.has_bias for t in m.modules.values()):
-            problems.append(f"{label}: adapters with lora_bias cannot be merged")
-        if m.target_parameters:
-            problems.append(f"{label}: adapters with target_parameters cannot be merged")
-        unsupported = sorted({t.kind for t in m.modules.values()} - {"linear"})
-        if unsupported:
-            problems.append(f"{label}: {' and '.join(unsupported)} LoRA layers are not supported by the merge engine")
+    problems += _check_weights(list(weights), len(manifests))
+    for label, m in zip(labels, manifests, strict=True):
+        problems += _check_source(label, m)
 
     if manifests and not allow_cross_base:
         bases = {(m.base_model_name_or_path, m.revision) for m in manifests}
         if len(bases) > 1:
             listed = "; ".join(f"{lab}: {m.base_model_name_or_path}@{m.revision or 'unpinned'}"
-                               for lab, m in zip(labels, manifests, strict=False))
+                               for lab, m in zip(labels, manifests, strict=True))
             problems.append(f"the adapters were made for different base models or revisions ({listed}); "
                             "pass allow_cross_base to merge them anyway")
+    tasks = {m.task_type for m in manifests if m.task_type}
+    if len(tasks) > 1:
+        problems.append(f"the adapters have different task types ({', '.join(sorted(tasks))})")
+    replication = {repr(m.config.get("layer_replication")) for m in manifests}
+    if len(replication) > 1:
+        problems.append("the adapters use different layer_replication settings, so module paths differ")
 
     saved: dict[str, list[str]] = {}
-    for label, m in zip(labels, manifests, strict=False):
+    for label, m in zip(labels, manifests, strict=True):
         for module in m.modules_to_save:
             saved.setdefault(module, []).append(label)
     for module, owners in saved.items():
         if len(owners) > 1:
-            problems.append(f"{' and '.join(owners)} both fully train module {module!r} (modules_to_save)")
+            problems.append(f"{' and '.join(owners)} both fully train module {module!r} (modules_to_save); "
+                            "such modules cannot be merged")
     warnings = [f"modules_to_save of {owners[0]} ({module}) is not carried into the merged adapter"
                 for module, owners in saved.items() if len(owners) == 1]
+    for label, m in zip(labels, manifests, strict=True):
+        if m.config.get("trainable_token_indices"):
+            warnings.append(f"trainable tokens of {label} are not carried into the merged adapter")
 
     modules = sorted({name for m in manifests for name in m.modules})
     partial: dict[str, list[str]] = {}
+    mismatches: dict[str, list[str]] = {}
+    module_ranks: dict[str, int] = {}
+    default_svd_rank = max((_max_rank(m) for m in manifests), default=0)
+    capped: list[str] = []
     for module in modules:
-        present = [(lab, m.modules[module]) for lab, m in zip(labels, manifests, strict=False) if module in m.modules]
+        present = [(lab, m.modules[module]) for lab, m in zip(labels, manifests, strict=True)
+                   if module in m.modules]
         if len(present) < len(manifests):
             partial[module] = [lab for lab, _ in present]
-        shapes = {(t.in_features, t.out_features) for _, t in present}
-        if len(shapes) > 1:
-            listed = ", ".join(f"{lab}: in={t.in_features} out={t.out_features}" for lab, t in present)
-            problems.append(f"module {module}: the adapters disagree on its shape ({listed})")
-        if rule is not None and rule.family == "ab":
-            ranks = {t.rank for _, t in present}
-            if len(ranks) > 1:
+        if len({(t.kind, t.in_features, t.out_features) for _, t in present}) > 1:
+            shapes = ", ".join(f"{lab}: {t.kind} in={t.in_features} out={t.out_features}" for lab, t in present)
+            mismatches.setdefault(f"the adapters disagree on the shape of {{count}} module(s) ({shapes}): "
+                                  + "{modules}", []).append(module)
+            continue
+        ranks = [t.rank for _, t in present]
+        if rule is None:
+            continue
+        if rule.rank_rule == "equal":
+            if len(set(ranks)) > 1:
                 listed = ", ".join(f"{lab}: r={t.rank}" for lab, t in present)
-                problems.append(f"module {module}: method {method} needs equal ranks ({listed}); use cat or svd")
+                mismatches.setdefault(f"method {method} needs equal ranks per module ({listed}) on {{count}} "
+                                      "module(s): {modules}; use cat or svd", []).append(module)
+            module_ranks[module] = ranks[0]
+        elif rule.rank_rule == "sum":
+            module_ranks[module] = sum(ranks)
+        else:
+            t = present[0][1]
+            limit = min(t.in_features, t.out_features)
+            if rule.combine == "exact_svd":
+                limit = min(limit, sum(ranks))  # the exact weighted sum has at most this rank
+            wanted = params.get("svd_rank") or default_svd_rank
+            if _is_int(wanted) and wanted > limit:
+                if "svd_rank" in params:
+                    capped.append(module)
+                wanted = limit
+            module_ranks[module] = wanted
+    problems += _group(mismatches)
+    if capped:
+        warnings.append(f"svd_rank {params['svd_rank']} exceeds the rank the weighted sum can have on "
+                        f"{len(capped)} module(s) (e.g. {capped[0]}); those keep their full rank exactly")
 
     if problems:
         raise IncompatibleAdapters(problems)
     assert rule is not None
-    if rule.family == "cat":
-        out_rank = sum(_max_rank(m) for m in manifests)
-    elif rule.family == "svd":
-        out_rank = params.get("svd_rank") or max(_max_rank(m) for m in manifests)
-    else:
-        out_rank = max(t.rank for m in manifests for t in m.modules.values())
+    out_rank = max(module_ranks.values())
     resolved = {k: params.get(k, PARAMS[k].default) for k in sorted(rule.accepts)}
-    return MergePlan(method=method, family=rule.family, out_rank=out_rank, params=resolved,
-                     weights=[float(w) for w in weights], modules=modules, partial_modules=partial, warnings=warnings)
+    return MergePlan(
+        method=method, combine=rule.combine, op=rule.op, out_rank=out_rank, module_ranks=module_ranks,
+        rank_pattern=_compress_pattern(module_ranks, out_rank), params=resolved,
+        weights=[float(w) for w in weights], modules=modules, partial_modules=partial, warnings=warnings,
+    )

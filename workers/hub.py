@@ -57,7 +57,7 @@ def _status(exc: BaseException) -> int | None:
 def hub_call(what: str, fn: Callable[[], T], *, attempts: int = 4, backoff: float = 0.5) -> T:
     """Run a Hub call, retrying transient failures (5xx, 429, connection errors) with exponential backoff,
     and turning the others into :class:`HubError` with an actionable message."""
-    import httpx
+    import httpx2  # huggingface_hub's HTTP client
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     for attempt in range(1, attempts + 1):
@@ -83,7 +83,7 @@ def hub_call(what: str, fn: Callable[[], T], *, attempts: int = 4, backoff: floa
                 time.sleep(backoff * 2 ** (attempt - 1))
                 continue
             raise HubError(f"{what}: Hub error (HTTP {status}): {_scrub(str(exc))[:300]}") from None
-        except (httpx.TransportError, ConnectionError) as exc:
+        except (httpx2.TransportError, ConnectionError) as exc:
             if attempt < attempts:
                 time.sleep(backoff * 2 ** (attempt - 1))
                 continue

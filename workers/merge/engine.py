@@ -13,18 +13,24 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import peft
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from registry.errors import RegistryError
+from registry.errors import InvalidAdapter, RegistryError
 from registry.inspect import inspect_adapter, weights_path
-from registry.merge_rules import check_merge
-from workers.merge.methods import ModuleInputs, merge_ab, merge_cat, merge_svd_dense, merge_svd_exact
-from workers.merge.report import MergeReport, ModuleReport, low_rank_rel_error, peak_rss_bytes
+from registry.manifest import AdapterManifest
+from registry.merge_rules import MergePlan, check_merge
+from workers.merge.methods import ModuleInputs, merge_cat, merge_dense_svd, merge_exact_svd, merge_factors
+from workers.merge.report import MergeReport, ModuleReport, low_rank_error, peak_rss_bytes
 
 PREFIX = "base_model.model."
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# PEFT's key suffixes: linear layers hold modules (``.weight``), embeddings hold bare parameters.
+KEYS = {"linear": ("lora_A.weight", "lora_B.weight"), "embedding": ("lora_embedding_A", "lora_embedding_B")}
+# Config fields that restrict which modules match target_modules: kept only when every input agrees.
+_RESTRICTIONS = ("layers_to_transform", "layers_pattern", "exclude_modules")
 
 
 class MergeCancelled(RegistryError):
@@ -35,22 +41,43 @@ def _natural_key(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
-def _out_dtype(dtype: str | None, input_dtypes: set[str]) -> torch.dtype:
+def _out_dtype(dtype: str | torch.dtype | None, manifests: list[AdapterManifest]) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise RegistryError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype})")
+        return dtype
     if dtype is not None:
-        if dtype not in DTYPES:
+        name = str(dtype).removeprefix("torch.")
+        if name not in DTYPES:
             raise RegistryError(f"dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
-        return DTYPES[dtype]
-    if len(input_dtypes) == 1 and next(iter(input_dtypes)) in DTYPES:
-        return DTYPES[next(iter(input_dtypes))]
-    return torch.float32
+        return DTYPES[name]
+    inputs = {d for m in manifests for d in m.dtypes}
+    return DTYPES[inputs.pop()] if len(inputs) == 1 and inputs <= DTYPES.keys() else torch.float32
+
+
+def _check_device(device: str) -> str:
+    kind = torch.device(device).type
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise RegistryError(f"device {device!r} was asked for but CUDA is not available")
+    if kind not in ("cpu", "cuda"):
+        raise RegistryError(f"device must be cpu or cuda (got {device!r})")
+    return device
 
 
 def _prepare_out(out: Path) -> Path:
-    """A fresh temporary folder beside ``out`` (refusing a non-empty ``out``)."""
+    """A fresh staging folder beside ``out`` (same file system, so the final rename is atomic)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise RegistryError(f"{out} already exists and is not empty; choose another --out")
+        raise RegistryError(f"{out} already exists and is not empty; choose another output folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def merge_adapters(
@@ -64,118 +91,150 @@ def merge_adapters(
     svd_clamp: float | None = None,
     majority_sign_method: str = "total",
     seed: int | None = None,
-    dtype: str | None = None,
+    dtype: str | torch.dtype | None = None,
     device: str = "cpu",
     allow_cross_base: bool = False,
-    progress: Callable[..., None] | None = None,
+    progress: Callable[[float, str], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
 ) -> MergeReport:
     """Merge PEFT LoRA adapter folders into a new adapter folder ``out``, as PEFT's ``add_weighted_adapter``.
 
-    Every static check runs first (:func:`registry.merge_rules.check_merge`); then modules are streamed
-    one at a time from the safetensors files, so memory holds one module's tensors across inputs. The
-    output is written to a temporary folder beside ``out`` and renamed into place at the end: a failed
-    or cancelled merge leaves nothing at ``out``. Computation is float32 (float64 for the exact SVD);
-    the output dtype is ``dtype`` or the inputs' common dtype.
+    ``sources`` are folders holding ``adapter_config.json`` and ``adapter_model.safetensors``;
+    ``method`` is one of :data:`registry.merge_rules.METHODS` (PEFT's eleven combination types). Every
+    static check runs first (:func:`registry.merge_rules.check_merge`) and raises
+    :class:`~registry.errors.IncompatibleAdapters` listing every problem. Then modules are streamed one at
+    a time from the safetensors files, so memory holds one module's tensors across inputs (plain ``svd``
+    never forms a dense ``out x in`` delta). Computation is float32 (float64 for the exact SVD); the
+    output is written in ``dtype`` (``float32``, ``float16``, ``bfloat16``), by default the inputs'
+    common dtype. ``seed`` makes DARE's random masks reproducible.
+
+    The output goes to a staging folder beside ``out`` that is renamed into place at the end: an error,
+    or ``should_cancel()`` returning True (checked between modules; raises :class:`MergeCancelled`),
+    leaves nothing at ``out``. A non-empty ``out`` is refused. ``progress(fraction, message)`` is called
+    after each module.
     """
     start = time.perf_counter()
     folders = [Path(s) for s in sources]
     manifests = [inspect_adapter(f, scan=False) for f in folders]
+    labels = [str(f) for f in folders]
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
               "majority_sign_method": majority_sign_method, "seed": seed}
-    plan = check_merge(manifests, list(weights), method, params, allow_cross_base=allow_cross_base,
-                       labels=[str(f) for f in folders])
+    plan = check_merge(manifests, list(weights), method, params, allow_cross_base=allow_cross_base, labels=labels)
     out = Path(out)
-    out_dtype = _out_dtype(dtype, {d for m in manifests for d in m.dtypes})
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    out_dtype = _out_dtype(dtype, manifests)
+    device = _check_device(device)
     staging = _prepare_out(out)
-    tensors: dict[str, torch.Tensor] = {}
-    module_reports: list[ModuleReport] = []
-    peak_module = 0
     try:
-        with ExitStack() as stack:
-            handles = [stack.enter_context(safe_open(str(weights_path(f)), framework="pt")) for f in folders]
-            modules = sorted(plan.modules, key=_natural_key)
-            for index, module in enumerate(modules):
-                if should_cancel is not None and should_cancel():
-                    raise MergeCancelled("the merge was cancelled")
-                present = [i for i, m in enumerate(manifests) if module in m.modules]
-                x = ModuleInputs(
-                    a=[handles[i].get_tensor(f"{PREFIX}{module}.lora_A.weight").float() for i in present],
-                    b=[handles[i].get_tensor(f"{PREFIX}{module}.lora_B.weight").float() for i in present],
-                    scalings=[manifests[i].scaling(module) for i in present],
-                    weights=[float(weights[i]) for i in present],
-                )
-                peak_module = max(peak_module, sum(t.numel() * t.element_size() for t in x.a + x.b))
-                a, b, residual = _merge_module(x, plan.method, plan.family, plan.out_rank, params, generator,
-                                               device)
-                rel = _relative_error(x, a, b, residual)
-                a, b = _pad(a, b, plan.out_rank)
-                tensors[f"{PREFIX}{module}.lora_A.weight"] = a.to(out_dtype).contiguous()
-                tensors[f"{PREFIX}{module}.lora_B.weight"] = b.to(out_dtype).contiguous()
-                module_reports.append(ModuleReport(module, len(present), plan.out_rank, rel))
-                if progress is not None:
-                    progress((index + 1) / len(modules), f"{index + 1}/{len(modules)} modules")
-        bad = [k for k, t in tensors.items() if not bool(torch.isfinite(t).all())]
-        if bad:
-            raise RegistryError(f"the merge produced NaN/Inf in {len(bad)} tensor(s), e.g. {bad[0]}")
+        tensors, module_reports, peak_module = _run(folders, manifests, labels, plan, device, out_dtype,
+                                                    progress, should_cancel)
+        if should_cancel is not None and should_cancel():
+            raise MergeCancelled("the merge was cancelled; nothing was written")
         save_file(tensors, str(staging / "adapter_model.safetensors"), metadata={"format": "pt"})
-        (staging / "adapter_config.json").write_text(json.dumps(_out_config(manifests, plan), indent=2) + "\n")
+        config = _out_config(manifests, plan)
+        (staging / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        for name in ("adapter_model.safetensors", "adapter_config.json"):
+            _fsync(staging / name)
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.rename(staging, out)
+        _fsync(out.parent)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return MergeReport(
         method=plan.method, out=str(out), out_rank=plan.out_rank, weights=plan.weights, params=plan.params,
         modules=module_reports, partial_modules=plan.partial_modules, seconds=time.perf_counter() - start,
-        peak_rss_bytes=peak_rss_bytes(), peak_module_bytes=peak_module, dtype=str(out_dtype).removeprefix("torch."),
-        warnings=plan.warnings,
+        peak_rss_bytes=peak_rss_bytes(), peak_module_bytes=peak_module,
+        dtype=str(out_dtype).removeprefix("torch."), warnings=plan.warnings,
     )
 
 
-def _merge_module(x: ModuleInputs, method: str, fam: str, rank: int, params: dict[str, Any],
-                  generator: torch.Generator | None, device: str) -> tuple[torch.Tensor, torch.Tensor, float | None]:
-    density, sign, clamp = params["density"], params["majority_sign_method"], params["svd_clamp"]
-    if fam == "cat":
-        a, b = merge_cat(x)
-        return a, b, 0.0
-    if method == "svd":
-        a, b, residual = merge_svd_exact(x, rank, clamp, device)
-        return a.cpu(), b.cpu(), (residual if clamp is None else None)
-    if fam == "svd":
-        a, b = merge_svd_dense(x, method, rank, density, sign, clamp, generator, device)
-        return a, b, None
-    a, b = merge_ab(x, method, density, sign, generator)
-    return a, b, None
+def _run(folders: list[Path], manifests: list[AdapterManifest], labels: list[str], plan: MergePlan, device: str,
+         out_dtype: torch.dtype, progress: Callable[[float, str], None] | None,
+         should_cancel: Callable[[], bool] | None) -> tuple[dict[str, torch.Tensor], list[ModuleReport], int]:
+    """Merge every module of ``plan``; return the output tensors, the module reports, the peak working set."""
+    seed = plan.params.get("seed")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    tensors: dict[str, torch.Tensor] = {}
+    reports: list[ModuleReport] = []
+    peak = 0
+    modules = sorted(plan.modules, key=_natural_key)
+    with ExitStack() as stack:
+        handles = [stack.enter_context(safe_open(str(weights_path(f)), framework="pt")) for f in folders]
+        for index, module in enumerate(modules):
+            if should_cancel is not None and should_cancel():
+                raise MergeCancelled("the merge was cancelled; nothing was written")
+            present = [i for i, m in enumerate(manifests) if module in m.modules]
+            kind = manifests[present[0]].modules[module].kind
+            a_key, b_key = (f"{PREFIX}{module}.{suffix}" for suffix in KEYS[kind])
+            x = ModuleInputs(
+                a=[_read(handles[i], a_key, labels[i]) for i in present],
+                b=[_read(handles[i], b_key, labels[i]) for i in present],
+                scalings=[manifests[i].scaling(module) for i in present],
+                weights=[plan.weights[i] for i in present],
+            )
+            a, b = _merge_module(x, plan, plan.module_ranks[module], generator, device)
+            peak = max(peak, _working_set(x, plan))
+            a, b = a.to(out_dtype).contiguous(), b.to(out_dtype).contiguous()
+            if not (bool(torch.isfinite(a).all()) and bool(torch.isfinite(b).all())):
+                raise RegistryError(f"module {module}: the merged factors overflow {out_dtype} (NaN/Inf); "
+                                    "merge with dtype='float32' or smaller weights")
+            tensors[a_key], tensors[b_key] = a, b
+            b_exact, a_exact = x.thin_factors()
+            error, reference = low_rank_error(b, a, b_exact, a_exact)
+            reports.append(ModuleReport(module, len(present), a.shape[0],
+                                        error / reference if reference > 0 else None, error, reference))
+            if progress is not None:
+                progress((index + 1) / len(modules), f"{index + 1}/{len(modules)} modules")
+    return tensors, reports, peak
 
 
-def _relative_error(x: ModuleInputs, a: torch.Tensor, b: torch.Tensor, residual: float | None) -> float:
-    b_cat = torch.cat(x.b, dim=1)
-    a_cat = torch.cat([ai * (w * s) for ai, w, s in zip(x.a, x.weights, x.scalings, strict=True)], dim=0)
-    if residual is not None and residual == 0.0:
-        return 0.0
-    return low_rank_rel_error(b, a, b_cat, a_cat)
+def _read(handle: Any, key: str, label: str) -> torch.Tensor:
+    tensor = handle.get_tensor(key).float()
+    if not bool(torch.isfinite(tensor).all()):
+        raise InvalidAdapter(label, [f"tensor {key!r} contains NaN or Inf values"])
+    return tensor
 
 
-def _pad(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Zero-pad a module's factors to the adapter's rank (zeros add nothing to B @ A), as PEFT does."""
-    r = a.shape[0]
-    if r == rank:
+def _merge_module(x: ModuleInputs, plan: MergePlan, rank: int, generator: torch.Generator | None,
+                  device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    p = plan.params
+    if plan.combine == "cat":
+        return merge_cat(x)
+    if plan.combine == "exact_svd":
+        a, b, _ = merge_exact_svd(x, rank, p.get("svd_clamp"), device)
         return a, b
-    if r > rank:
-        raise AssertionError(f"module rank {r} exceeds the output rank {rank}")
-    return (torch.cat([a, a.new_zeros(rank - r, a.shape[1])], dim=0),
-            torch.cat([b, b.new_zeros(b.shape[0], rank - r)], dim=1))
+    if plan.combine == "dense_svd":
+        return merge_dense_svd(x, plan.op, rank, p.get("density"), p.get("majority_sign_method", "total"),
+                               p.get("svd_clamp"), generator, device)
+    return merge_factors(x, plan.op, p.get("density"), p.get("majority_sign_method", "total"), generator)
 
 
-def _out_config(manifests: list[Any], plan: Any) -> dict[str, Any]:
-    """The first input's config (as PEFT's ``replace``), with the merged rank and scaling 1 made explicit."""
+def _working_set(x: ModuleInputs, plan: MergePlan) -> int:
+    """Bytes held for one module: its float32 inputs, plus (pruning *_svd) the dense deltas, their stack,
+    the combined delta and the SVD's factors."""
+    inputs = sum(t.numel() * 4 for t in x.a + x.b)
+    if plan.combine != "dense_svd":
+        return 2 * inputs  # the inputs and one combined/concatenated copy (the exact SVD's R x R core is tiny)
+    dense = x.a[0].shape[1] * x.b[0].shape[0] * 4
+    return inputs + (2 * len(x.a) + 3) * dense
+
+
+def _out_config(manifests: list[AdapterManifest], plan: MergePlan) -> dict[str, Any]:
+    """The first input's config (as PEFT's ``replace``), made to describe exactly the merged tensors.
+
+    ``r`` is the largest module rank, ``lora_alpha = r`` and ``alpha_pattern = rank_pattern`` so that every
+    module's scaling is 1; rsLoRA, DoRA and lora_bias are off; target_modules lists the merged leaf names.
+    """
     config = dict(manifests[0].config)
+    for key in _RESTRICTIONS:
+        values = [m.config.get(key) for m in manifests]
+        config[key] = values[0] if all(v == values[0] for v in values) else None
     config.update(
-        r=plan.out_rank, lora_alpha=plan.out_rank, rank_pattern={}, alpha_pattern={}, use_rslora=False,
-        use_dora=False, target_modules=sorted({t for m in manifests for t in m.target_modules}),
-        modules_to_save=None, inference_mode=True,
+        r=plan.out_rank, lora_alpha=plan.out_rank, rank_pattern=dict(plan.rank_pattern),
+        alpha_pattern={k: float(v) for k, v in plan.rank_pattern.items()}, use_rslora=False, use_dora=False,
+        lora_bias=False, init_lora_weights=True, inference_mode=True,
+        target_modules=sorted({m.rsplit(".", 1)[-1] for m in plan.modules}),
+        modules_to_save=None, trainable_token_indices=None, peft_version=peft.__version__,
     )
     return config

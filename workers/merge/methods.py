@@ -1,118 +1,144 @@
 """Per-module arithmetic of the merge methods, on one module's LoRA factors at a time.
 
-Inputs are ``A_i`` (r_i x in), ``B_i`` (out x r_i), the scaling ``s_i`` PEFT applies to ``B_i A_i`` and the
-user's weight ``w_i``. Outputs are (A, B) with scaling 1 (the merged config sets ``lora_alpha = r``).
-The pruning and sign-election arithmetic is PEFT's own (``peft.utils.merge_utils``); only the random
-pruning of the DARE methods uses a seeded generator, so a seed reproduces a merge run to run.
+Inputs are ``A_i`` (r_i x in), ``B_i`` (out x r_i), the scaling ``s_i`` PEFT applies to ``B_i A_i`` and
+the user's weight ``w_i``, for the inputs that have the module. Every function returns ``(A, B)`` with
+scaling 1: the merged config sets ``lora_alpha = r`` (and ``alpha_pattern = rank_pattern``).
+
+The element-wise operations are PEFT's own (``peft.utils.merge_utils``). Only DARE's random masks are
+drawn here, from an explicit ``torch.Generator`` (see :func:`dare_mask`), so a seed reproduces a merge.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from peft.utils import merge_utils
 
-from registry.merge_rules import METHODS
-
 
 @dataclass
 class ModuleInputs:
-    a: list[torch.Tensor]  # float32, (r_i, in)
-    b: list[torch.Tensor]  # float32, (out, r_i)
+    """One module's factors across the inputs that have it (float32, on the CPU)."""
+
+    a: list[torch.Tensor]  # (r_i, in)
+    b: list[torch.Tensor]  # (out, r_i)
     scalings: list[float]
     weights: list[float]
 
+    @property
+    def coefficients(self) -> list[float]:
+        """``w_i * s_i``: what multiplies ``B_i A_i`` in the exact weighted sum."""
+        return [w * s for w, s in zip(self.weights, self.scalings, strict=True)]
+
+    def thin_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B_cat, A_cat) with ``B_cat @ A_cat = sum_i w_i s_i B_i A_i`` (inner size sum r_i)."""
+        a_cat = torch.cat([a * c for a, c in zip(self.a, self.coefficients, strict=True)], dim=0)
+        return torch.cat(self.b, dim=1), a_cat
+
+
+def dare_mask(tensor: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
+    """DARE's Bernoulli(density) keep-mask for ``tensor``, as PEFT's ``random_pruning`` draws it.
+
+    PEFT draws ``torch.bernoulli(torch.full_like(tensor, density))`` from the global RNG; this draws
+    the same distribution from ``generator`` (the global RNG when None), on the CPU so that a seed
+    gives the same masks on every device.
+    """
+    probs = torch.full(tensor.shape, density, dtype=torch.float32)
+    return torch.bernoulli(probs, generator=generator).to(tensor.device, tensor.dtype)
+
 
 def _dare_prune(tensor: torch.Tensor, density: float, generator: torch.Generator | None) -> torch.Tensor:
-    """PEFT's ``random_pruning(rescale=True)``, drawing from ``generator`` instead of the global RNG."""
+    """PEFT's ``prune(method="random", rescale=True)``: density 1 keeps everything and draws nothing."""
     if density >= 1:
         return tensor
-    # The mask is drawn on the CPU so a seed gives the same mask on every device.
-    mask = torch.bernoulli(torch.full(tensor.shape, density, dtype=tensor.dtype), generator=generator)
-    return tensor * mask.to(tensor.device) / density
+    return tensor * dare_mask(tensor, density, generator) / density
 
 
-def combine(tensors: list[torch.Tensor], weights: torch.Tensor, method: str, density: float | None,
+def combine(tensors: list[torch.Tensor], weights: torch.Tensor, op: str, density: float | None,
             sign_method: str, generator: torch.Generator | None) -> torch.Tensor:
-    """One weighted combination of same-shaped task tensors (PEFT's ``merge_utils`` semantics)."""
-    base = method.removesuffix("_svd") if method != "svd" else "linear"
-    if base == "linear":
-        return merge_utils.task_arithmetic(tensors, weights)
-    if base == "magnitude_prune":
-        return merge_utils.magnitude_prune(tensors, weights, density)
-    if base == "ties":
-        return merge_utils.ties(tensors, weights, density, sign_method)
+    """One weighted combination of same-shaped task tensors, with PEFT's ``merge_utils`` semantics."""
+    with warnings.catch_warnings():  # PEFT warns on every call with density 1 ("no pruning")
+        warnings.filterwarnings("ignore", message="The density .* no pruning", category=UserWarning)
+        if op == "linear":
+            return merge_utils.task_arithmetic(tensors, weights)
+        if op == "magnitude_prune":
+            return merge_utils.magnitude_prune(tensors, weights, density)
+        if op == "ties":
+            return merge_utils.ties(tensors, weights, density, sign_method)
+    assert density is not None
     pruned = torch.stack([_dare_prune(t, density, generator) for t in tensors], dim=0)
-    shaped = merge_utils.reshape_weight_task_tensors(pruned, weights)
-    if base == "dare_linear":
-        return (pruned * shaped).sum(dim=0)
-    if base == "dare_ties":
+    weighted = pruned * merge_utils.reshape_weight_task_tensors(pruned, weights)
+    if op == "dare_linear":
+        return weighted.sum(dim=0)
+    if op == "dare_ties":
         mask = merge_utils.calculate_majority_sign_mask(pruned, method=sign_method)
-        return merge_utils.disjoint_merge(pruned * shaped, mask)
-    raise ValueError(f"unknown method {method}")
-
-
-def merge_ab(x: ModuleInputs, method: str, density: float | None, sign_method: str,
-             generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """linear / ties / dare_* / magnitude_prune: A and B combined separately with sign*sqrt|w s| and sqrt|w s|."""
-    ws = [w * s for w, s in zip(x.weights, x.scalings, strict=True)]
-    wa = torch.tensor([math.copysign(math.sqrt(abs(v)), v) if v != 0 else 0.0 for v in ws])
-    wb = torch.tensor([math.sqrt(abs(v)) for v in ws])
-    return (combine(x.a, wa, method, density, sign_method, generator),
-            combine(x.b, wb, method, density, sign_method, generator))
+        return merge_utils.disjoint_merge(weighted, mask)
+    raise ValueError(f"unknown merge operation {op!r}")
 
 
 def merge_cat(x: ModuleInputs) -> tuple[torch.Tensor, torch.Tensor]:
-    a = torch.cat([ai * (w * s) for ai, w, s in zip(x.a, x.weights, x.scalings, strict=True)], dim=0)
-    return a, torch.cat(x.b, dim=1)
+    """cat: ``A = [w_1 s_1 A_1; ...]``, ``B = [B_1 ... B_n]`` (the weight and scaling on A, as PEFT)."""
+    b, a = x.thin_factors()
+    return a, b
+
+
+def merge_factors(x: ModuleInputs, op: str, density: float | None, sign_method: str,
+                  generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """linear / ties / dare_* / magnitude_prune: the A's and the B's combined separately.
+
+    As PEFT 0.21: with ``c_i = w_i s_i``, A_i is weighted by ``sign(c_i) sqrt(|c_i|)`` and B_i by
+    ``sqrt(|c_i|)`` (the sign goes on A only, so that a negative weight subtracts), A's first.
+    """
+    coefficients = x.coefficients
+    wa = torch.tensor([math.sqrt(abs(c)) * (1 if c >= 0 else -1) for c in coefficients])
+    wb = torch.tensor([math.sqrt(abs(c)) for c in coefficients])
+    return (combine(x.a, wa, op, density, sign_method, generator),
+            combine(x.b, wb, op, density, sign_method, generator))
 
 
 def _clamp(u: torch.Tensor, vh: torch.Tensor, clamp: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """PEFT's svd_clamp: both factors clamped to +-(the ``clamp`` quantile of all their entries)."""
     if clamp is None:
         return u, vh
     dist = torch.cat([u.flatten(), vh.flatten()])
-    if dist.numel() <= 16_000_000:  # torch.quantile's input limit
+    if dist.numel() <= 16_000_000:  # torch.quantile's input size limit
         hi = torch.quantile(dist, clamp)
     else:
         hi = torch.tensor(float(np.quantile(dist.cpu().numpy(), clamp)), dtype=dist.dtype, device=dist.device)
     return u.clamp(-hi, hi), vh.clamp(-hi, hi)
 
 
-def merge_svd_exact(x: ModuleInputs, rank: int, clamp: float | None, device: str
-                    ) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Truncated SVD of sum_i w_i s_i B_i A_i without forming it: QR of the thin factors, SVD of the R x R core.
+def merge_exact_svd(x: ModuleInputs, rank: int, clamp: float | None, device: str
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Truncated SVD of ``sum_i w_i s_i B_i A_i`` without forming it, in float64.
 
-    Returns (A, B, residual): ``residual`` is the exact Frobenius norm of what truncation discarded.
+    With ``B_cat = Qb Rb`` and ``A_cat^T = Qa Ra`` (thin QR), the sum is ``Qb (Rb Ra^T) Qa^T``: the SVD
+    of the small R x R core gives the exact SVD, at O((out + in) R^2) instead of O(out in min(out, in)).
+    Returns (A, B, singular values of the whole sum); S is folded into B, as PEFT does.
     """
-    b_cat = torch.cat(x.b, dim=1).to(device, torch.float64)  # out x R
-    a_cat = torch.cat([ai * (w * s) for ai, w, s in zip(x.a, x.weights, x.scalings, strict=True)], dim=0)
-    a_cat = a_cat.to(device, torch.float64)  # R x in
-    qb, rb = torch.linalg.qr(b_cat)  # out x R, R x R
-    qa, ra = torch.linalg.qr(a_cat.T)  # in x R, R x R
-    um, s, vmh = torch.linalg.svd(rb @ ra.T)  # R x R core
+    b_cat, a_cat = x.thin_factors()
+    qb, rb = torch.linalg.qr(b_cat.to(device, torch.float64))  # out x R, R x R
+    qa, ra = torch.linalg.qr(a_cat.to(device, torch.float64).T)  # in x R, R x R
+    core_u, s, core_vh = torch.linalg.svd(rb @ ra.T)
     k = min(rank, s.numel())
-    u = (qb @ um[:, :k]) * s[:k]  # out x k, S folded into B as PEFT does
-    vh = (qa @ vmh[:k, :].T).T  # k x in
-    residual = float(torch.sqrt((s[k:] ** 2).sum()))
+    u = (qb @ core_u[:, :k]) * s[:k]  # out x k
+    vh = core_vh[:k, :] @ qa.T  # k x in
     u, vh = _clamp(u, vh, clamp)
-    return vh.float(), u.float(), residual
+    return vh.float().cpu(), u.float().cpu(), s.cpu()
 
 
-def merge_svd_dense(x: ModuleInputs, method: str, rank: int, density: float | None, sign_method: str,
+def merge_dense_svd(x: ModuleInputs, op: str, rank: int, density: float | None, sign_method: str,
                     clamp: float | None, generator: torch.Generator | None, device: str
                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The pruning *_svd methods: combine dense deltas (PEFT's arithmetic), then a reduced SVD."""
-    deltas = [(bi.to(device) @ ai.to(device)) * s for ai, bi, s in zip(x.a, x.b, x.scalings, strict=True)]
-    weights = torch.tensor(x.weights, device=device)
-    delta = combine(deltas, weights, method, density, sign_method, generator)
+    """ties_svd / dare_*_svd / magnitude_prune_svd: the dense deltas ``s_i B_i A_i`` combined element-wise
+    with the weights (PEFT's arithmetic), then a reduced SVD truncated to ``rank`` (float32, as PEFT)."""
+    deltas = [(b.to(device) @ a.to(device)) * s for a, b, s in zip(x.a, x.b, x.scalings, strict=True)]
+    delta = combine(deltas, torch.tensor(x.weights, device=device), op, density, sign_method, generator)
+    del deltas
     u, s, vh = torch.linalg.svd(delta, full_matrices=False)
     k = min(rank, s.numel())
-    u, vh = _clamp(u[:, :k] @ torch.diag(s[:k]), vh[:k, :], clamp)
+    u, vh = _clamp(u[:, :k] * s[:k], vh[:k, :], clamp)
     return vh.cpu(), u.cpu()
-
-
-def family(method: str) -> str:
-    return METHODS[method].family

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import resource
 import sys
 from typing import Any
@@ -12,14 +13,20 @@ import torch
 
 @dataclasses.dataclass
 class ModuleReport:
+    """One merged module. ``rel_error`` is None when the exact weighted delta is zero."""
+
     module: str
     inputs: int  # how many of the sources have this module
     out_rank: int
-    rel_error: float  # ||merged delta - exact weighted delta||_F / ||exact weighted delta||_F
+    rel_error: float | None  # ||merged delta - exact weighted delta||_F / ||exact weighted delta||_F
+    error_norm: float  # ||merged delta - exact weighted delta||_F
+    reference_norm: float  # ||exact weighted delta||_F
 
 
 @dataclasses.dataclass
 class MergeReport:
+    """The outcome of :func:`workers.merge.merge_adapters`; ``to_dict()`` is JSON-serialisable."""
+
     method: str
     out: str
     out_rank: int
@@ -28,16 +35,20 @@ class MergeReport:
     modules: list[ModuleReport]
     partial_modules: dict[str, list[str]]
     seconds: float
-    peak_rss_bytes: int
-    peak_module_bytes: int  # the largest working set of input tensors held for one module
+    peak_rss_bytes: int  # the process's peak RSS (ru_maxrss), which includes what ran before the merge
+    peak_module_bytes: int  # the largest per-module working set: inputs read plus dense intermediates
     dtype: str
     warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
-    def overall(self) -> dict[str, float]:
-        errors = [m.rel_error for m in self.modules]
+    def overall(self) -> dict[str, Any]:
+        """``rel_error``: the error of all modules together (Frobenius over every module's delta)."""
+        errors = [m.rel_error for m in self.modules if m.rel_error is not None]
+        reference = math.sqrt(sum(m.reference_norm**2 for m in self.modules))
+        error = math.sqrt(sum(m.error_norm**2 for m in self.modules))
         return {
-            "modules": len(errors),
+            "modules": len(self.modules),
+            "rel_error": error / reference if reference > 0 else None,
             "mean_rel_error": sum(errors) / len(errors) if errors else 0.0,
             "max_rel_error": max(errors, default=0.0),
         }
@@ -54,13 +65,15 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def low_rank_rel_error(b1: torch.Tensor, a1: torch.Tensor, b2: torch.Tensor, a2: torch.Tensor) -> float:
-    """||B1 A1 - B2 A2||_F / ||B2 A2||_F from the thin factors only (Gram matrices, never out x in)."""
+def low_rank_error(b1: torch.Tensor, a1: torch.Tensor, b2: torch.Tensor, a2: torch.Tensor) -> tuple[float, float]:
+    """(||B1 A1 - B2 A2||_F, ||B2 A2||_F) from the thin factors only, never forming an out x in matrix.
+
+    ``||X Y||_F^2 = sum((X^T X) * (Y Y^T))`` with ``X = [B1, -B2]`` and ``Y = [A1; A2]``: two small Gram
+    matrices, O((out + in) r^2), in float64.
+    """
     b1, a1, b2, a2 = (t.double() for t in (b1, a1, b2, a2))
     x = torch.cat([b1, -b2], dim=1)
     y = torch.cat([a1, a2], dim=0)
     diff_sq = float(torch.sum((x.T @ x) * (y @ y.T)))
     ref_sq = float(torch.sum((b2.T @ b2) * (a2 @ a2.T)))
-    if ref_sq <= 0:
-        return 0.0 if diff_sq <= 0 else float("inf")
-    return max(diff_sq, 0.0) ** 0.5 / ref_sq**0.5
+    return math.sqrt(max(diff_sq, 0.0)), math.sqrt(max(ref_sq, 0.0))

@@ -1,0 +1,145 @@
+"""Publishing to and registering from a Hub: the real huggingface_hub client against tests/fake_hub.py."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+
+import pytest
+import yaml
+from fake_hub import FakeHub
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
+from sqlalchemy import text
+from typer.testing import CliRunner
+
+from registry import models as m
+from registry.cli import app
+from registry.errors import InvalidAdapter
+
+SENTINEL = "hf_sentinel_write_token_9f8e7d"
+READ_ONLY = "hf_read_only_token_1a2b3c"
+BASE_ID = "acme/tiny-llama"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    import huggingface_hub.constants
+
+    server = FakeHub().add_token(SENTINEL, "write").add_token(READ_ONLY, "read").start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    # The fake Hub speaks the LFS protocol; the real one also speaks Xet, which hf_xet would use.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def merged(registry, tiny):  # type: ignore[no-untyped-def]
+    registry.register(tiny["tone"], name="tone", base=BASE_ID, base_path=tiny["llama"])
+    registry.register(tiny["tone2"], name="legal", base=BASE_ID)
+    job = registry.merge(["tone:1", "legal:1"], weights=[0.6, 0.4], method="cat", name="tone-legal", validate=True)
+    assert job.status == "succeeded", job.error
+    return registry
+
+
+def test_publish_round_trip_card_and_lineage(merged, hub):
+    job = merged.publish("tone-legal:1", "acme/tone-legal")
+    assert job.status == "succeeded", job.error
+    assert job.report["noop"] is False and len(job.report["commit"]) == 40
+    assert merged.publications("tone-legal:1")[0]["commit"] == job.report["commit"]
+    files = hub.repos["acme/tone-legal"].commits[job.report["commit"]]
+    assert set(files) == {"adapter_model.safetensors", "adapter_config.json", "README.md"}
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == BASE_ID
+
+    card = ModelCard(files["README.md"].decode())
+    data = card.data.to_dict()
+    assert data["library_name"] == "peft" and data["base_model"] == BASE_ID
+    assert data["base_model_relation"] == "adapter" and {"lora", "peft", "merge"} <= set(data["tags"])
+    recipe = yaml.safe_load(re.search(r"```yaml\n(.*?)```", card.text, re.S).group(1))
+    assert recipe["steps"][0]["merge"]["sources"] == ["tone:1", "legal:1"]
+    assert recipe["steps"][0]["merge"]["method"] == "cat"
+    assert "```mermaid" in card.text and "## Validation" in card.text and "| tone:1 |" in card.text
+
+    # register it back from the Hub under another name: same bytes, pinned to the commit
+    back = merged.register(f"hf://acme/tone-legal@{job.report['commit'][:40]}", name="from-hub")
+    assert back.weights_sha256 == merged.get("tone-legal:1").weights_sha256
+    assert back.source_uri == f"hf://acme/tone-legal@{job.report['commit']}"
+
+
+def test_publish_twice_is_one_commit(merged, hub):
+    first = merged.publish("tone-legal:1", "acme/tone-legal")
+    second = merged.publish("tone-legal:1", "acme/tone-legal")
+    assert second.status == "succeeded" and second.report["noop"] is True
+    assert hub.commit_count("acme/tone-legal") == 1 and second.report["commit"] == first.report["commit"]
+    other = merged.publish("tone:1", "acme/tone-legal")  # another version to the same repo: a new commit
+    assert other.report["noop"] is False and hub.commit_count("acme/tone-legal") == 2
+
+
+def test_register_from_tag_resolves_to_commit(merged, hub):
+    job = merged.publish("tone:1", "acme/support-tone")
+    HfApi(endpoint=hub.url, token=SENTINEL).create_tag("acme/support-tone", tag="v2")
+    v = merged.register("hf://acme/support-tone@v2", name="support-tone")
+    assert v.source_uri == f"hf://acme/support-tone@{job.report['commit']}"
+
+
+def test_pickle_only_repo_refused_without_download(registry, hub, tiny):
+    api = HfApi(endpoint=hub.url, token=SENTINEL)
+    api.create_repo("acme/pickled")
+    api.create_commit("acme/pickled", operations=[
+        CommitOperationAdd("adapter_config.json", (tiny["tone"] / "adapter_config.json").read_bytes()),
+        CommitOperationAdd("adapter_model.bin", io.BytesIO(b"\x80\x04not really a pickle")),
+    ], commit_message="pickles")
+    before = len(hub.requests)
+    with pytest.raises(InvalidAdapter, match="safetensors only"):
+        registry.register("hf://acme/pickled", name="pickled")
+    assert not [r for r in hub.requests[before:] if "/resolve/" in r["path"]]
+
+
+def test_forbidden_publish_is_a_clear_error_and_changes_nothing(merged, hub, monkeypatch, db_url):
+    monkeypatch.setenv("HF_TOKEN", READ_ONLY)
+    result = CliRunner().invoke(app, ["--db", db_url, "--home", str(merged.settings.home),
+                                      "publish", "tone-legal:1", "--repo", "acme/tone-legal"])
+    assert result.exit_code == 1 and "lacks write access" in result.stderr and "Traceback" not in result.stderr
+    assert merged.publications("tone-legal:1") == []
+
+
+def test_transient_errors_are_retried(merged, hub):
+    hub.fail_next("POST", r"/commit/", 503, times=2)
+    job = merged.publish("tone-legal:1", "acme/tone-legal")
+    assert job.status == "succeeded" and hub.commit_count("acme/tone-legal") == 1
+
+
+def test_token_is_never_stored_or_logged(merged, hub, caplog):
+    caplog.set_level(logging.DEBUG)
+    hub.fail_next("POST", r"acme/broken/commit/", 500, times=99)  # a failure too: its message must not carry the token
+    failed = merged.publish("tone-legal:1", "acme/broken")
+    ok = merged.publish("tone-legal:1", "acme/tone-legal")
+    assert failed.status == "failed" and ok.status == "succeeded"
+    sent = [v for r in hub.requests for k, v in r["headers"].items() if k.lower() == "authorization"]
+    assert f"Bearer {SENTINEL}" in sent  # it was used
+    dump = []
+    with merged.engine.connect() as conn:
+        for table in m.Base.metadata.sorted_tables:
+            dump += [repr(tuple(row)) for row in conn.execute(text(f"SELECT * FROM {table.name}"))]
+    haystack = "\n".join(dump) + caplog.text + (failed.error or "")
+    assert SENTINEL not in haystack and len(dump) > 10
+
+
+def test_lineage_mermaid_structure(merged, db_url):
+    out = CliRunner().invoke(app, ["--db", db_url, "--home", str(merged.settings.home),
+                                   "lineage", "tone-legal:1", "--format", "mermaid"])
+    assert out.exit_code == 0
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "graph TD"
+    nodes = dict(re.findall(r'^\s+(n\d+)\["([^"]+)"\]$', out.stdout, re.M))
+    edges = re.findall(r"^\s+(n\d+) -->\|([^|]+)\| (n\d+)$", out.stdout, re.M)
+    assert set(nodes.values()) == {"tone:1", "legal:1", "tone-legal:1"}
+    assert sorted((nodes[a], label, nodes[b]) for a, label, b in edges) == [
+        ("legal:1", "merge 0.4", "tone-legal:1"), ("tone:1", "merge 0.6", "tone-legal:1")]
+    dot = CliRunner().invoke(app, ["--db", db_url, "--home", str(merged.settings.home),
+                                   "lineage", "tone-legal:1", "--format", "dot"]).stdout
+    assert dot.startswith("digraph lineage {") and dot.count("->") == 2
