@@ -278,6 +278,10 @@ def check_merge(
     for label, m in zip(labels, manifests, strict=True):
         if m.config.get("trainable_token_indices"):
             warnings.append(f"trainable tokens of {label} are not carried into the merged adapter")
+        other = sorted(k for k in m.extra_tensors if "modules_to_save" not in k and "trainable_tokens" not in k)
+        if other:
+            warnings.append(f"{label} holds {len(other)} non-LoRA tensor(s) (e.g. {other[0]}, a copy of a base "
+                            "layer PEFT saves with embedding adapters), not carried into the merged adapter")
 
     modules = sorted({name for m in manifests for name in m.modules})
     partial: dict[str, list[str]] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import resource
 import sys
@@ -65,15 +66,34 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
-def low_rank_error(b1: torch.Tensor, a1: torch.Tensor, b2: torch.Tensor, a2: torch.Tensor) -> tuple[float, float]:
-    """(||B1 A1 - B2 A2||_F, ||B2 A2||_F) from the thin factors only, never forming an out x in matrix.
+class ExactDelta:
+    """The exact weighted sum ``B A`` of one module as thin float64 factors, and distances to it.
 
-    ``||X Y||_F^2 = sum((X^T X) * (Y Y^T))`` with ``X = [B1, -B2]`` and ``Y = [A1; A2]``: two small Gram
-    matrices, O((out + in) r^2), in float64.
+    Nothing here forms an ``out x in`` matrix: norms come from Gram matrices, ``||X Y||_F^2 =
+    sum((X^T X) * (Y Y^T))``, at O((out + in) r^2).
     """
-    b1, a1, b2, a2 = (t.double() for t in (b1, a1, b2, a2))
-    x = torch.cat([b1, -b2], dim=1)
-    y = torch.cat([a1, a2], dim=0)
-    diff_sq = float(torch.sum((x.T @ x) * (y @ y.T)))
-    ref_sq = float(torch.sum((b2.T @ b2) * (a2 @ a2.T)))
-    return math.sqrt(max(diff_sq, 0.0)), math.sqrt(max(ref_sq, 0.0))
+
+    def __init__(self, b: torch.Tensor, a: torch.Tensor) -> None:
+        self.b, self.a = b.double(), a.double()
+
+    @functools.cached_property
+    def gram_b(self) -> torch.Tensor:
+        return self.b.T @ self.b
+
+    @functools.cached_property
+    def gram_a(self) -> torch.Tensor:
+        return self.a @ self.a.T
+
+    @functools.cached_property
+    def norm(self) -> float:
+        return math.sqrt(max(float(torch.sum(self.gram_b * self.gram_a)), 0.0))
+
+    def distance(self, b: torch.Tensor, a: torch.Tensor) -> float:
+        """``||b a - B A||_F``. When ``b`` is ``B`` itself (cat), ``||B (a - A)||_F``, with no cancellation."""
+        b, a = b.double(), a.double()
+        if b.shape == self.b.shape and torch.equal(b, self.b):
+            e = a - self.a
+            return math.sqrt(max(float(torch.sum(self.gram_b * (e @ e.T))), 0.0))
+        own = float(torch.sum((b.T @ b) * (a @ a.T)))
+        cross = float(torch.sum((b.T @ self.b) * (a @ self.a.T)))
+        return math.sqrt(max(own + self.norm**2 - 2 * cross, 0.0))
