@@ -187,3 +187,23 @@ def celery_registry(job_env: dict[str, str], monkeypatch: pytest.MonkeyPatch):  
     reg = Registry()
     yield reg
     reg.close()
+
+
+def wait_for_status(job, wanted: str, timeout: float = 60, poll: float = 0.02):  # type: ignore[no-untyped-def]
+    """Poll a job until it reaches ``wanted`` (asserting it does within ``timeout``)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while job.refresh().status != wanted and time.monotonic() < deadline:
+        time.sleep(poll)
+    assert job.status == wanted, job
+    return job
+
+
+def kill_worker_while_running(job, worker: WorkerProcess) -> None:  # type: ignore[no-untyped-def]
+    """SIGKILL ``worker`` once ``job`` is running on it."""
+    import signal
+
+    wait_for_status(job, "running")
+    os.kill(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(10)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import time
 from datetime import timedelta
 
 import pytest
+from conftest import kill_worker_while_running, wait_for_status
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -107,12 +106,7 @@ def test_worker_killed_mid_job_is_recovered_by_lease_expiry(celery_registry, sta
     first = start_worker("cpu,gpu")
     v = _register(celery_registry, tiny)
     job = celery_registry.validate(v.ref)
-    deadline = time.monotonic() + 60
-    while job.refresh().status != "running" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert job.status == "running"
-    os.kill(first.proc.pid, signal.SIGKILL)
-    first.proc.wait(10)
+    kill_worker_while_running(job, first)
     start_worker("cpu,gpu")
     job.wait(timeout=120)
     assert job.status == "succeeded" and job.attempts == 2
@@ -136,14 +130,6 @@ def test_cli_jobs_and_job_json(celery_registry, start_worker, tiny, job_env):
     assert shown.exit_code == 0 and json.loads(shown.stdout)["result_ref"] == v.ref
 
 
-def _wait_status(job, wanted: str, timeout: float = 60):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while job.refresh().status != wanted and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert job.status == wanted, job
-    return job
-
-
 def test_two_workers_racing_for_one_job_run_it_once(celery_registry, start_worker, tiny):
     start_worker("cpu,gpu")
     start_worker("cpu,gpu")
@@ -160,7 +146,7 @@ def test_cancel_while_running(celery_registry, start_worker, tiny):
     start_worker("cpu,gpu")
     v = _register(celery_registry, tiny)
     job = celery_registry.validate(v.ref)
-    _wait_status(job, "running")
+    wait_for_status(job, "running")
     assert celery_registry.cancel(job.id) == "cancelling"
     with pytest.raises(JobFailed, match="cancelled"):
         job.wait(timeout=120)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import time
 
 import pytest
+from conftest import kill_worker_while_running
 from safetensors.torch import load_file, save_file
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -147,12 +147,7 @@ def test_worker_killed_mid_merge_reruns_once(celery_registry, start_worker, tiny
     reg.register(tiny["tone2"], name="legal")
     first = start_worker("cpu")
     job = reg.merge(["tone:1", "legal:1"], weights=[0.5, 0.5], method="svd", name="both")
-    deadline = time.monotonic() + 60
-    while job.refresh().status != "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert job.status == "running"
-    os.kill(first.proc.pid, signal.SIGKILL)
-    first.proc.wait(10)
+    kill_worker_while_running(job, first)
     start_worker("cpu")
     job.wait(timeout=120)
     assert job.status == "succeeded" and job.attempts == 2
