@@ -173,6 +173,8 @@ def register_version(
         param_count=manifest.param_count,
         dtypes=manifest.dtypes,
         module_tensors={k: v.model_dump() for k, v in manifest.modules.items()},
+        module_count=len(manifest.modules),
+        tag_doc=dict(tags or {}),
         storage_path=storage_path,
         source_uri=source_uri,
         description=description,
@@ -235,39 +237,39 @@ def _record_compatibility(
 
 
 def resolve(session: Session, ref: Ref) -> m.AdapterVersion:
-    """The version a catalog reference names (``name``: the latest ready version)."""
+    """The version a catalog reference names (``name``: the latest ready version).
+
+    One query when the version exists; the queries that say what is missing run only when it does not.
+    """
     if not ref.is_catalog:
         raise AdapterNotFound(f"{ref} is not a catalog reference (name, name:N or name@alias)")
+    v = m.AdapterVersion
+    query = select(v).join(m.Adapter, m.Adapter.id == v.adapter_id).where(m.Adapter.name == ref.name)
+    if ref.version is not None:
+        query = query.where(v.version == ref.version)
+    elif ref.alias is not None:
+        query = query.join(m.Alias, m.Alias.version_id == v.id).where(
+            m.Alias.adapter_id == v.adapter_id, m.Alias.name == ref.alias
+        )
+    else:
+        query = query.where(v.status == "ready").order_by(v.version.desc()).limit(1)
+    row = session.scalars(query).first()
+    if row is not None:
+        return row
     adapter = _adapter(session, ref.name or "", create=False)
     if adapter is None:
         raise AdapterNotFound(f"no adapter named {ref.name!r}", hint="see `adreg list`")
-    query = select(m.AdapterVersion).where(m.AdapterVersion.adapter_id == adapter.id)
     if ref.version is not None:
-        row = session.scalars(query.where(m.AdapterVersion.version == ref.version)).one_or_none()
-        if row is None:
-            raise AdapterNotFound(
-                f"{ref.name!r} has no version {ref.version} (latest is {adapter.latest_version or 'none'})"
-            )
-        return row
+        raise AdapterNotFound(
+            f"{ref.name!r} has no version {ref.version} (latest is {adapter.latest_version or 'none'})"
+        )
     if ref.alias is not None:
-        row = session.scalars(
-            query.join(m.Alias, m.Alias.version_id == m.AdapterVersion.id).where(
-                m.Alias.adapter_id == adapter.id, m.Alias.name == ref.alias
-            )
-        ).one_or_none()
-        if row is None:
-            known = session.scalars(select(m.Alias.name).where(m.Alias.adapter_id == adapter.id)).all()
-            raise AdapterNotFound(
-                f"{ref.name!r} has no alias {ref.alias!r}"
-                + (f" (aliases: {', '.join(sorted(known))})" if known else " (it has no aliases)")
-            )
-        return row
-    row = session.scalars(
-        query.where(m.AdapterVersion.status == "ready").order_by(m.AdapterVersion.version.desc()).limit(1)
-    ).first()
-    if row is None:
-        raise AdapterNotFound(f"{ref.name!r} has no ready version")
-    return row
+        known = session.scalars(select(m.Alias.name).where(m.Alias.adapter_id == adapter.id)).all()
+        raise AdapterNotFound(
+            f"{ref.name!r} has no alias {ref.alias!r}"
+            + (f" (aliases: {', '.join(sorted(known))})" if known else " (it has no aliases)")
+        )
+    raise AdapterNotFound(f"{ref.name!r} has no ready version")
 
 
 def set_alias(session: Session, row: m.AdapterVersion, alias: str) -> None:
@@ -305,17 +307,33 @@ def remove_alias(session: Session, adapter_name: str, alias: str) -> None:
         raise AdapterNotFound(f"{adapter_name!r} has no alias {alias!r}")
 
 
+def _lock_version(session: Session, row: m.AdapterVersion) -> None:
+    """Take the version's row lock (PostgreSQL; SQLite writers are serialised already) before changing its tags,
+    so that concurrent tag writers on one version run one after the other and ``tag_doc`` never misses a write."""
+    session.execute(select(m.AdapterVersion.id).where(m.AdapterVersion.id == row.id).with_for_update())
+
+
+def _sync_tag_doc(session: Session, row: m.AdapterVersion) -> None:
+    session.flush()
+    row.tag_doc = dict(session.execute(select(m.Tag.key, m.Tag.value).where(m.Tag.version_id == row.id)).all())
+    session.flush()
+
+
 def set_tags(session: Session, row: m.AdapterVersion, tags: dict[str, str]) -> None:
     """Set (or overwrite) tags on a version."""
     for key, value in tags.items():
         check_tag(key, value)
+    _lock_version(session, row)
+    for key, value in tags.items():
         session.execute(delete(m.Tag).where(m.Tag.version_id == row.id, m.Tag.key == key))
         session.add(m.Tag(version_id=row.id, key=key, value=value))
-    session.flush()
+    _sync_tag_doc(session, row)
 
 
 def remove_tags(session: Session, row: m.AdapterVersion, keys: list[str]) -> None:
+    _lock_version(session, row)
     session.execute(delete(m.Tag).where(m.Tag.version_id == row.id, m.Tag.key.in_(keys)))
+    _sync_tag_doc(session, row)
 
 
 def manifest_of(session: Session, row: m.AdapterVersion) -> AdapterManifest:

@@ -420,7 +420,8 @@ def merge(
     params = dict(density=density, svd_rank=svd_rank, svd_clamp=svd_clamp,
                   majority_sign_method=majority_sign_method, seed=seed)
     if out is not None:
-        return _merge_folders(sources, weight_list, method, out, dtype, params, quiet=json_output)
+        return _merge_folders(sources, weight_list, method, out, dtype, params, quiet=json_output,
+                              allow_cross_base=allow_cross_base)
     job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,
                             tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate,
                             publish_to=publish, **params)
@@ -432,17 +433,17 @@ def merge(
 
 
 def _merge_folders(sources: list[str], weights: list[float], method: str, out: Path, dtype: str | None,
-                   params: dict[str, Any], quiet: bool) -> dict[str, Any]:
+                   params: dict[str, Any], quiet: bool, allow_cross_base: bool = False) -> dict[str, Any]:
     from registry.inspect import inspect_adapter
     from registry.merge_rules import check_merge
     from workers.merge import merge_adapters
 
     manifests = [inspect_adapter(Path(src)) for src in sources]
     given = {k: v for k, v in params.items() if v is not None}
-    check_merge(manifests, weights, method, given, labels=list(sources))
+    check_merge(manifests, weights, method, given, allow_cross_base=allow_cross_base, labels=list(sources))
     with stderr.status(f"merging {len(sources)} adapters by {method}") as status:
         report = merge_adapters(
-            [Path(s) for s in sources], weights, method, out=out, dtype=dtype,
+            [Path(s) for s in sources], weights, method, out=out, dtype=dtype, allow_cross_base=allow_cross_base,
             progress=None if quiet else (lambda f, msg=None: status.update(f"{method}: {f:.0%} {msg or ''}")),
             **given,
         )

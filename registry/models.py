@@ -86,6 +86,9 @@ class AdapterVersion(Base):
     __table_args__ = (
         UniqueConstraint("adapter_id", "version"),
         UniqueConstraint("adapter_id", "weights_sha256"),
+        # Tag search on PostgreSQL (``tag_doc @> '{"team": "ml"}'``) through GIN; a plain index on SQLite.
+        Index("ix_adapter_versions_tag_doc", "tag_doc", postgresql_using="gin",
+              postgresql_ops={"tag_doc": "jsonb_path_ops"}),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -112,6 +115,10 @@ class AdapterVersion(Base):
     dtypes: Mapped[list[Any]] = mapped_column(default=list)
     # module path -> ModuleTensors fields (kind, rank, in/out features, A/B shapes, dtype, flags)
     module_tensors: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    module_count: Mapped[int] = mapped_column(Integer, default=0)  # len(module_tensors), without loading it
+    # The version's tags as one object, kept in step with its ``tags`` rows by catalog (which holds the
+    # version's row lock while it writes both); searched with one GIN lookup instead of one join per tag.
+    tag_doc: Mapped[dict[str, Any]] = mapped_column(default=dict)
     storage_path: Mapped[str] = mapped_column(Text)  # relative to the artifact store's root
     source_uri: Mapped[str | None] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)

@@ -29,6 +29,11 @@ from registry.errors import IncompatibleAdapters, InvalidAdapter, RegistryError
 from registry.inspect import inspect_adapter
 from workers.merge import MergeCancelled, merge_adapters
 
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Adapter .* was active which is now deleted:UserWarning",
+    "ignore:The density .* no pruning will be performed:UserWarning",
+    "ignore:Setting `save_embedding_layers` to `True`:UserWarning",
+)
 WEIGHTS = [0.7, -0.3]
 FACTOR_TYPES = {"linear", "cat", "ties", "magnitude_prune", "dare_linear", "dare_ties"}
 CASES = [

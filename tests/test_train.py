@@ -168,3 +168,17 @@ def test_bf16_and_gradient_checkpointing_on_gpu(trainable, corpus):
     job = trainable.train("tone:1", data=corpus, steps=20, lr=1e-2, bf16=True, gradient_checkpointing=True)
     assert job.status == "succeeded", job.error
     assert job.report["device"] == "cuda" and job.report["eval_loss_after"] < job.report["eval_loss_before"]
+
+
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path):
+    from workers.train import _last_complete_checkpoint
+
+    for step, complete in ((25, True), (50, True), (75, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        (folder / "a0").mkdir(parents=True)
+        if complete:
+            (folder / "a0" / "adapter_model.safetensors").write_bytes(b"x")
+            (folder / "trainer_state.json").write_text("{}")
+    assert _last_complete_checkpoint(tmp_path, ["a0"]) == str(tmp_path / "checkpoint-50")
+    assert not (tmp_path / "checkpoint-75").exists()
+    assert _last_complete_checkpoint(tmp_path / "none", ["a0"]) is None

@@ -43,7 +43,7 @@ def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
     report = merge_adapters(
         folders, spec.weights, spec.method, out=out,
         progress=lambda f, msg=None: ctx.progress(0.05 + 0.85 * f, msg or "merging"),
-        should_cancel=ctx.should_cancel, **params,
+        should_cancel=ctx.should_cancel, allow_cross_base=spec.allow_cross_base, **params,
     )
     ctx.check_cancel()
     ctx.progress(0.92, "validating the merged adapter", force=True)

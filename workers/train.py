@@ -126,6 +126,25 @@ def prechecks(peft_model: Any, names: list[str], expected_modules: list[set[str]
     return report
 
 
+def _last_complete_checkpoint(folder: Path, names: list[str]) -> str | None:
+    """The newest checkpoint that was fully written (a worker killed mid-save leaves a partial one).
+
+    ``trainer_state.json`` is written after the weights and the optimizer state, so its presence and every
+    adapter's weights mark a complete checkpoint; partial ones are removed.
+    """
+    import shutil
+
+    found = sorted((int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*")
+                   if p.name.split("-")[1].isdigit())
+    for _, path in reversed(found):
+        complete = (path / "trainer_state.json").is_file() and all(
+            (path / name / "adapter_model.safetensors").is_file() for name in names)
+        if complete:
+            return str(path)
+        shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
 def _loaded_match_sources(peft_model: Any, names: list[str], folders: list[Path]) -> dict[str, bool]:
     """Each continued adapter starts from its trained weights (not from a fresh ``add_adapter`` init)."""
     import torch
@@ -149,7 +168,6 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     ctx.progress(0.0, "checking inputs", force=True)
     if sha256_file(Path(spec.data.path)) != spec.data.sha256:
@@ -268,7 +286,7 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     else:
         eval_before = float(trainer.evaluate()["eval_loss"])
         before_file.write_text(json.dumps({"eval_loss": eval_before}))
-    resume = get_last_checkpoint(str(ckpt_dir))
+    resume = _last_complete_checkpoint(ckpt_dir, names)
     report["resumed_from_step"] = int(resume.rsplit("-", 1)[-1]) if resume else 0
     ctx.progress(0.05, f"training ({spec.steps} steps)", force=True)
     result = trainer.train(resume_from_checkpoint=resume)
