@@ -470,6 +470,8 @@ def train(
     batch_size: int = typer.Option(4, "--batch-size", min=1),
     grad_accum: int = typer.Option(1, "--grad-accum", min=1),
     max_length: int = typer.Option(256, "--max-length", min=8),
+    eval_rows: int | None = typer.Option(
+        None, "--eval-rows", min=1, help="Held-out rows for eval loss before/after (default: 10%, at most 200)."),
     seed: int = typer.Option(0, "--seed"),
     checkpoint_every: int = typer.Option(50, "--checkpoint-every", min=1),
     bf16: bool = typer.Option(False, "--bf16", help="bf16 mixed precision (GPU)."),
@@ -490,6 +492,7 @@ def train(
     job = _registry().train(
         sources[0] if sources else None, joint_with=sources[1:], data=data, steps=steps, lr=lr,
         name=new or name, base=base, batch_size=batch_size, grad_accum=grad_accum, max_length=max_length,
+        eval_rows=eval_rows,
         new={"r": r, "alpha": alpha, "targets": targets.split(","), "dropout": dropout} if new else None,
         seed=seed, checkpoint_every=checkpoint_every, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
         tags=_tags(tag), validate=validate,

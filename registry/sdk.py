@@ -21,6 +21,12 @@ from registry.runs import RunInfo
 from registry.store import ArtifactStore
 
 
+def _invalid(what: str, exc: ValidationError) -> RegistryError:
+    """A pydantic error as one line per field, for a user who never wrote the spec by hand."""
+    return RegistryError(f"invalid {what}: " + "; ".join(
+        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+
 class Registry:
     """A catalog of LoRA adapters.
 
@@ -267,8 +273,7 @@ class Registry:
                 publish_to=jobs.PublishTarget(repo_id=publish_to) if isinstance(publish_to, str) else publish_to,
             )
         except ValidationError as exc:
-            raise RegistryError("invalid merge request: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+            raise _invalid("merge request", exc) from None
         return self.submit(spec, idempotency_key=idempotency_key, run_id=run_id)
 
     def validate(self, ref: str, *, run_id: int | None = None) -> jobs.Job:
@@ -353,6 +358,7 @@ class Registry:
         targets, which are resolved to explicit module names of the base (``all-linear`` is expanded;
         anything that is not a linear or embedding module of the base is refused with the valid list).
         Each trained adapter is registered as a new version (continuing: of its own name, or ``name``).
+        ``eval_rows`` rows are held out for the eval loss before and after (default: a tenth, at most 200).
         """
         from registry.targets import resolve_targets
         from registry.trainset import describe_dataset
@@ -405,8 +411,7 @@ class Registry:
                 tags=dict(tags or {}), validate_after=validate,
             )
         except ValidationError as exc:
-            raise RegistryError("invalid training request: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())) from None
+            raise _invalid("training request", exc) from None
         if lrs is not None and len(lrs) != len(names):
             raise RegistryError(f"lrs has {len(lrs)} values for {len(names)} adapter(s)")
         if active is not None and any(i < 0 or i >= len(names) for i in active):

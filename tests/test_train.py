@@ -61,6 +61,16 @@ def test_continue_training_registers_a_finetune_and_learns(trainable, corpus, ti
     assert len(rep["loss_curve"]) == STEPS
 
 
+def test_held_out_set_is_capped_and_timed(trainable, tmp_path):
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"text": f"row {i} of many"}) + "\n" for i in range(2100)))
+    rep = trainable.train("tone:1", data=big, steps=2, seed=0).report
+    assert (rep["eval_rows"], rep["train_rows"]) == (200, 1900)  # a tenth would be 210: capped
+    assert set(rep["timings"]) == {"setup", "eval", "train", "finish"} and rep["timings"]["train"] > 0
+    rep = trainable.train("tone:1", data=big, steps=2, seed=0, eval_rows=7).report
+    assert (rep["eval_rows"], rep["train_rows"]) == (7, 2093)
+
+
 def test_loading_without_is_trainable_would_have_frozen_it(tiny):
     """The trap the job avoids: a plain from_pretrained leaves nothing to train."""
     frozen = PeftModel.from_pretrained(load_base(tiny["llama"]), str(tiny["tone"]))

@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from registry.sdk import Registry
 
 
+# The held-out set is a tenth of the rows, at most this many: evaluated twice, it must stay small next to training.
+DEFAULT_MAX_EVAL_ROWS = 200
+
+
 class TrainingCheckFailed(RegistryError):
     """A pre- or post-training check failed; ``report`` holds what was measured."""
 
@@ -169,6 +173,7 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
+    started = time.monotonic()
     ctx.progress(0.0, "checking inputs", force=True)
     if sha256_file(Path(spec.data.path)) != spec.data.sha256:
         raise InputChanged(f"data file {spec.data.path} changed since the job was submitted")
@@ -219,7 +224,7 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
 
     rows = load_rows(spec.data.path, spec.data.format)
     n_rows = len(rows)
-    n_eval = spec.eval_rows or (max(1, n_rows // 10) if n_rows >= 2 else 0)
+    n_eval = spec.eval_rows or (min(max(1, n_rows // 10), DEFAULT_MAX_EVAL_ROWS) if n_rows >= 2 else 0)
     if n_eval and n_eval < n_rows:
         split = rows.train_test_split(test_size=n_eval, seed=spec.seed, shuffle=True)
         train_rows, eval_rows = split["train"], split["test"]
@@ -233,10 +238,6 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
 
     ckpt_dir = ctx.checkpoints
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    lrs = spec.lrs or [spec.lr] * len(names)
-    groups = [{"params": [p for n, p in peft_model.named_parameters() if p.requires_grad and f".{a}." in n], "lr": lr}
-              for a, lr in zip(names, lrs, strict=True)]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=spec.lr)
     losses: list[tuple[int, float]] = []
     state = {"cancelled": False, "t0": time.monotonic()}
 
@@ -274,6 +275,12 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
            if spec.gradient_checkpointing and cuda else {}),
     )
+    # Trainer's own optimizer choice (fused AdamW where torch has it), with one parameter group per adapter
+    optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, peft_model)
+    lrs = spec.lrs or [spec.lr] * len(names)
+    groups = [{"params": [p for n, p in peft_model.named_parameters() if p.requires_grad and f".{a}." in n], "lr": lr}
+              for a, lr in zip(names, lrs, strict=True)]
+    optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
     trainer = AdapterTrainer(
         model=peft_model, args=args, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
@@ -286,14 +293,17 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     else:
         eval_before = float(trainer.evaluate()["eval_loss"])
         before_file.write_text(json.dumps({"eval_loss": eval_before}))
+    train_start = time.monotonic()
     resume = _last_complete_checkpoint(ckpt_dir, names)
     report["resumed_from_step"] = int(resume.rsplit("-", 1)[-1]) if resume else 0
     ctx.progress(0.05, f"training ({spec.steps} steps)", force=True)
     result = trainer.train(resume_from_checkpoint=resume)
     if state["cancelled"]:
         raise JobCancelled(f"job {ctx.job_id} was cancelled")
+    train_end = time.monotonic()
     eval_after = float(trainer.evaluate()["eval_loss"])
-    elapsed = time.monotonic() - state["t0"]
+    eval_end = time.monotonic()
+    elapsed = eval_end - state["t0"]
 
     norms = {}
     for a in names:
@@ -320,6 +330,10 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     peft_model.base_model.set_adapter(names)
     base_after = _tensor_digest(peft_model.unload())
     report["base_unchanged"] = base_after == base_digest
+    # where the job's time went: the training loop vs the job's own work around it (load, checks, evals, save)
+    evals = (train_start - state["t0"]) + (eval_end - train_end)
+    report["timings"] = {"setup": round(state["t0"] - started, 3), "eval": round(evals, 3),
+                         "train": round(train_end - train_start, 3), "finish": round(time.monotonic() - eval_end, 3)}
     if base_after != base_digest:
         raise TrainingCheckFailed("the base model's weights changed during training", report)
 
