@@ -17,6 +17,10 @@ def test_demo_runs_end_to_end_on_embedded_default(tmp_path):
     steps = {s["step"]: s for s in report["steps"]}
     validations = [s for name, s in steps.items() if name.startswith("runtime validation")]
     assert len(validations) == 2 and all(s["result"].startswith("succeeded") for s in validations)
-    assert {e["child"] for e in report["lineage"]["edges"]} == {"demo-tone-legal-svd:1", "demo-tone-legal-ties:1"}
+    edges = {(e["child"], e["relation"]) for e in report["lineage"]["edges"]}
+    assert edges == {("demo-tone-legal-svd:1", "merge"), ("demo-tone-legal-ties:1", "merge"),
+                     ("demo-style:2", "finetune")}
+    trained = next(s for name, s in steps.items() if name.startswith("continue training demo-style:1"))
+    assert trained["result"].startswith("demo-style:2") and trained["result"].endswith("base unchanged: True")
     listed = json.loads(CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "list", "--json"]).stdout)
-    assert listed["total"] == 5
+    assert listed["total"] == 6

@@ -1,12 +1,13 @@
 """``adreg demo``: a real end-to-end run on the embedded default, with nothing to download.
 
 Builds a tiny Llama base and three LoRA adapters with PEFT, registers them, merges two of them by two
-methods as catalog jobs, validates each result at run time with PEFT on the real (tiny) base, and returns
-what happened so the CLI can show it.
+methods as catalog jobs, validates each result at run time with PEFT on the real (tiny) base, continues
+training one adapter for a few steps, and returns what happened so the CLI can show it.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from registry import Registry
+from registry.errors import RegistryError
 
 
 @dataclass
@@ -83,7 +85,19 @@ def run_demo(reg: Registry, say: Callable[[str], None] = lambda _msg: None) -> D
                       else f"logits moved {v.report.get('logits', {}).get('max_abs_diff_from_base', 0):.3g} from base")
             report.steps.append({"step": f"runtime validation of {job.result_ref}", "seconds": 0.0,
                                  "result": f"{v.status}: {detail}"})
-    graphs = [reg.lineage(f"demo-tone-legal-{mth}:1").to_dict() for mth in ("svd", "ties")]
-    report.lineage = {"root": "demo merges", "edges": [e for g in graphs for e in g["edges"]],
+    data = work / "demo-chats.jsonl"
+    data.write_text("".join(
+        json.dumps({"prompt": f"Customer {i}: where is my order?", "completion": " It ships tomorrow, thank you."})
+        + "\n" for i in range(40)))
+    job = step("continue training demo-style:1 for 30 steps",
+               lambda: reg.train("demo-style:1", data=data, steps=30, lr=1e-2, batch_size=8))
+    if job.status != "succeeded":
+        raise RegistryError(f"demo training job {job.id} failed: {job.error}")
+    rep = job.report
+    report.steps[-1]["result"] = (f"{rep['registered'][0]}, eval loss {rep['eval_loss_before']:.2f} -> "
+                                  f"{rep['eval_loss_after']:.2f}, base unchanged: {rep['base_unchanged']}")
+    graphs = [reg.lineage(ref).to_dict() for ref in ("demo-tone-legal-svd:1", "demo-tone-legal-ties:1",
+                                                     rep["registered"][0])]
+    report.lineage = {"root": "demo results", "edges": [e for g in graphs for e in g["edges"]],
                       "nodes": [n for g in graphs for n in g["nodes"]]}
     return report
