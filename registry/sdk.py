@@ -416,6 +416,8 @@ class Registry:
             raise RegistryError(f"lrs has {len(lrs)} values for {len(names)} adapter(s)")
         if active is not None and any(i < 0 or i >= len(names) for i in active):
             raise RegistryError(f"active indices must be in 0..{len(names) - 1}")
+        if eval_rows is not None and eval_rows >= data_spec.rows:
+            raise RegistryError(f"eval_rows={eval_rows} leaves no training rows: {data} has {data_spec.rows} row(s)")
         return self.submit(spec, idempotency_key=idempotency_key, run_id=run_id)
 
     def publish(

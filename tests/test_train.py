@@ -126,6 +126,7 @@ def test_bad_input_is_refused_before_any_job(trainable, corpus, tiny, tmp_path):
         (dict(new={"r": 0, "targets": ["q_proj"]}, base=str(tiny["llama"]), name="x", data=corpus),
          RegistryError, "greater than 0"),
         (dict(source=str(bin_only), data=corpus), InvalidAdapter, "safetensors only"),
+        (dict(source="tone:1", data=corpus, eval_rows=32), RegistryError, "leaves no training rows"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):
