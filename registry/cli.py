@@ -335,9 +335,12 @@ def _render_job(job: Any) -> None:
     if curve:
         rows.append(["loss", f"{curve[0][1]:.4f} {sparkline([v for _, v in curve])} {curve[-1][1]:.4f}"
                      f"  ({len(curve)} steps)"])
-        rows.append(["eval loss", f"{job.report['eval_loss_before']:.4f} -> {job.report['eval_loss_after']:.4f}"])
+        rows.append(["eval loss", f"{job.report['eval_loss_before']:.4f} -> {job.report['eval_loss_after']:.4f}"
+                     f"  ({job.report.get('eval_rows')} held-out rows)"])
         rows.append(["update norms", ", ".join(f"{k}={v:.3g}" for k, v in job.report["update_norms"].items())])
         rows.append(["tokens/s", job.report.get("tokens_per_second")])
+        if "timings" in job.report:
+            rows.append(["time", ", ".join(f"{k} {v:.2f}s" for k, v in job.report["timings"].items())])
         rows.append(["registered", ", ".join(job.report.get("registered", []))])
     for key in ("layer_status", "logits", "distance_from_parents", "exact_check"):
         if key in job.report:

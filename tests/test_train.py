@@ -141,9 +141,10 @@ def test_cli_train_shows_loss_curve(trainable, corpus, db_url, tmp_path):
 
     runner = CliRunner()
     base = ["--db", db_url, "--home", str(trainable.settings.home)]
-    out = runner.invoke(app, [*base, "train", "tone:1", "--data", str(corpus), "--steps", "6", "--lr", "0.01"])
+    out = runner.invoke(app, [*base, "train", "tone:1", "--data", str(corpus), "--steps", "6", "--lr", "0.01",
+                              "--eval-rows", "5"])
     assert out.exit_code == 0, out.stderr
-    assert "loss" in out.stdout and "tone:2" in out.stdout
+    assert "loss" in out.stdout and "tone:2" in out.stdout and "(5 held-out rows)" in out.stdout
     data = json.loads(runner.invoke(app, [*base, "job", "1", "--json"]).stdout)
     assert len(data["report"]["loss_curve"]) == 6
 
