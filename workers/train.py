@@ -239,14 +239,21 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     ckpt_dir = ctx.checkpoints
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     losses: list[tuple[int, float]] = []
-    state = {"cancelled": False, "t0": time.monotonic()}
+    state: dict[str, Any] = {"cancelled": False, "t0": time.monotonic(), "begin": (0, time.monotonic())}
+
+    tokens_per_step = spec.batch_size * spec.grad_accum * mean_tokens  # estimated: rows x mean row length
 
     class JobCallback(TrainerCallback):
+        def on_train_begin(self, args, tstate, control, **kw):  # type: ignore[no-untyped-def]
+            state["begin"] = (tstate.global_step, time.monotonic())  # a resumed run starts past step 0
+
         def on_log(self, args, tstate, control, logs=None, **kw):  # type: ignore[no-untyped-def]
             if logs and "loss" in logs:
                 losses.append((tstate.global_step, float(logs["loss"])))
+                step0, t0 = state["begin"]
+                rate = (tstate.global_step - step0) * tokens_per_step / max(time.monotonic() - t0, 1e-6)
                 ctx.progress(0.05 + 0.85 * tstate.global_step / spec.steps,
-                             f"step {tstate.global_step}/{spec.steps} loss {logs['loss']:.4f}")
+                             f"step {tstate.global_step}/{spec.steps} loss {logs['loss']:.4f} {rate:,.0f} tokens/s")
 
         def on_step_end(self, args, tstate, control, **kw):  # type: ignore[no-untyped-def]
             if ctx.should_cancel():
