@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -55,6 +55,15 @@ class SourceRef(BaseModel):
     storage_path: str
 
 
+def _checked_tags(tags: dict[str, str]) -> dict[str, str]:
+    for key, value in tags.items():
+        check_tag(key, value)
+    return tags
+
+
+Slug = Annotated[str, AfterValidator(check_slug)]  # an adapter name the output is registered under
+Tags = Annotated[dict[str, str], AfterValidator(_checked_tags)]  # tags for the output versions
+
 _REPO_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$"
 
 
@@ -85,30 +94,18 @@ class MergeSpec(BaseModel):
     weights: list[float]
     method: str
     params: MergeParams = Field(default_factory=MergeParams)
-    name: str
-    tags: dict[str, str] = Field(default_factory=dict)
+    name: Slug
+    tags: Tags = Field(default_factory=dict)
     description: str | None = None
     allow_cross_base: bool = False
     validate_after: bool = False
     publish_to: PublishTarget | None = None  # implies validate_after: publish only a validated merge
-
-    @field_validator("name")
-    @classmethod
-    def _slug(cls, v: str) -> str:
-        return check_slug(v)
 
     @field_validator("weights")
     @classmethod
     def _finite(cls, v: list[float]) -> list[float]:
         if not all(math.isfinite(w) for w in v):
             raise ValueError("weights must be finite numbers")
-        return v
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, value in v.items():
-            check_tag(key, value)
         return v
 
 
@@ -163,7 +160,7 @@ class TrainSpec(BaseModel):
     sources: list[SourceRef] = Field(default_factory=list)
     new: LoraSpec | None = None
     base_model_id: int
-    names: list[str] = Field(min_length=1)  # the output adapter name for each trained adapter
+    names: list[Slug] = Field(min_length=1)  # the output adapter name for each trained adapter
     active: list[int] | None = None  # indices of the adapters to activate; default: all
     data: DataSpec
     steps: int = Field(default=100, gt=0)
@@ -177,13 +174,8 @@ class TrainSpec(BaseModel):
     checkpoint_every: int = Field(default=50, gt=0)
     bf16: bool = False
     gradient_checkpointing: bool = False
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: Tags = Field(default_factory=dict)
     validate_after: bool = False
-
-    @field_validator("names")
-    @classmethod
-    def _slugs(cls, v: list[str]) -> list[str]:
-        return [check_slug(n) for n in v]
 
 
 AnySpec = MergeSpec | ValidateSpec | TrainSpec | PublishSpec

@@ -127,6 +127,7 @@ def test_bad_input_is_refused_before_any_job(trainable, corpus, tiny, tmp_path):
          RegistryError, "greater than 0"),
         (dict(source=str(bin_only), data=corpus), InvalidAdapter, "safetensors only"),
         (dict(source="tone:1", data=corpus, eval_rows=32), RegistryError, "leaves no training rows"),
+        (dict(source="tone:1", data=corpus, tags={"bad key": "x"}), RegistryError, "tag key 'bad key'"),
     ]
     for kwargs, error, message in cases:
         with pytest.raises(error, match=message):
