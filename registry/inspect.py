@@ -30,6 +30,13 @@ _LORA_INTERNALS = {
     "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "base_layer", "lora_dropout",
     "lora_magnitude_vector",
 }
+
+
+def lora_internals(module_path: str) -> set[str]:
+    """The LoRA-internal names in a module path: non-empty means a LoRA layer nested inside another."""
+    return _LORA_INTERNALS.intersection(module_path.split("."))
+
+
 _LORA_KEY = re.compile(
     r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)"
     r"(?:\.(?P<adapter>[A-Za-z0-9_\-]+))?(?:\.(?P<leaf>weight|bias))?$"
@@ -134,7 +141,7 @@ def _collect_modules(
             extra[key] = shape
             continue
         module = m.group("module")
-        nested = _LORA_INTERNALS.intersection(module.split("."))
+        nested = lora_internals(module)
         if nested:
             problems.append(
                 f"tensor {key!r} is a LoRA layer nested inside another LoRA layer ({sorted(nested)[0]} in "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from registry import models as m
 from registry.db import transaction
 from registry.errors import RegistryError
 from registry.inspect import inspect_adapter, sha256_file, weights_path
-from registry.jobs import MergeSpec, ValidateSpec
+from registry.jobs import MergeSpec, SourceRef, ValidateSpec
 from workers.runners import JobContext, complete
 
 if TYPE_CHECKING:
@@ -22,20 +23,26 @@ class InputChanged(RegistryError):
     """An input's file no longer matches the sha256 recorded in the catalog."""
 
 
-def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
-    from workers.merge import merge_adapters
-
-    ctx.progress(0.0, "checking inputs", force=True)
+def verified_folders(registry: Registry, sources: list[SourceRef]) -> list[Path]:
+    """The stored folders of a job's pinned inputs, each checked against the sha256 recorded at submission."""
     folders = []
-    for src in spec.sources:
+    for src in sources:
         folder = registry.store.path(src.storage_path)
         actual = sha256_file(weights_path(folder))
         if actual != src.weights_sha256:
             raise InputChanged(
                 f"input {src.ref} changed on disk: its weights hash to {actual[:12]}, "
-                f"the catalog recorded {src.weights_sha256[:12]}; refusing to merge"
+                f"the catalog recorded {src.weights_sha256[:12]}; refusing to use it"
             )
         folders.append(folder)
+    return folders
+
+
+def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
+    from workers.merge import merge_adapters
+
+    ctx.progress(0.0, "checking inputs", force=True)
+    folders = verified_folders(registry, spec.sources)
     ctx.check_cancel()
 
     out = ctx.scratch / "merged"
@@ -49,7 +56,7 @@ def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
     ctx.progress(0.92, "validating the merged adapter", force=True)
     manifest = inspect_adapter(out)  # post-merge checks: consistent tensors, no NaN/Inf, PEFT layout
     storage = registry.store.put_adapter(weights_path(out), manifest.weights_sha256, manifest.config)
-    report_data = report.to_dict() if hasattr(report, "to_dict") else report.model_dump(mode="json")
+    report_data = report.to_dict()
     edge_params = {"method": spec.method, **params}
     if spec.allow_cross_base:
         edge_params["allow_cross_base"] = True

@@ -29,9 +29,9 @@ from registry.errors import RegistryError
 from registry.inspect import inspect_adapter, sha256_file, weights_path
 from registry.jobs import TrainSpec, ValidateSpec
 from registry.trainset import load_rows
-from workers.merge_job import InputChanged
+from workers.merge_job import InputChanged, verified_folders
 from workers.runners import JobCancelled, JobContext, complete
-from workers.validate import load_base_model
+from workers.validate import adapter_modules, load_base_model, nested_layers
 
 if TYPE_CHECKING:
     from registry.sdk import Registry
@@ -104,8 +104,8 @@ def prechecks(peft_model: Any, names: list[str], expected_modules: list[set[str]
     strays = sorted(n for n in trainable if ".lora_" not in n or not any(f".{a}." in n for a in names))
     counts = {a: sum(c for n, c in trainable.items() if f".{a}." in n) for a in names}
     status = peft_model.get_layer_status()
-    layers = {a: {s.name.removeprefix("model.") for s in status if a in s.available_adapters} for a in names}
-    nested = sorted(s.name for s in status if any(p in s.name.split(".") for p in ("base_layer", "lora_A", "lora_B")))
+    layers = {a: adapter_modules(status, a) for a in names}
+    nested = nested_layers(s.name for s in status)
     report = {"trainable_params": counts, "expected_params": dict(zip(names, expected_params, strict=True)),
               "layers": {a: len(v) for a, v in layers.items()}, "nested": nested[:5], "strays": strays[:5]}
     problems = []
@@ -182,12 +182,7 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
         sources = [s.get(m.AdapterVersion, src.version_id) for src in spec.sources]
     if base is None or any(r is None for r in sources):
         raise InputChanged("an input of this job was deleted from the catalog")
-    folders = []
-    for src in spec.sources:
-        folder = registry.store.path(src.storage_path)
-        if sha256_file(weights_path(folder)) != src.weights_sha256:
-            raise InputChanged(f"input {src.ref} changed on disk")
-        folders.append(folder)
+    folders = verified_folders(registry, spec.sources)
 
     names = [f"a{i}" for i in range(len(spec.names))]
     cuda = torch.cuda.is_available()
@@ -239,26 +234,30 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     ckpt_dir = ctx.checkpoints
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     losses: list[tuple[int, float]] = []
-    state: dict[str, Any] = {"cancelled": False, "t0": time.monotonic(), "begin": (0, time.monotonic())}
-
+    setup_end = time.monotonic()
     tokens_per_step = spec.batch_size * spec.grad_accum * mean_tokens  # estimated: rows x mean row length
 
     class JobCallback(TrainerCallback):
+        cancelled = False
+        begin = (0, setup_end)  # (global step, time) when this attempt's training loop started
+
         def on_train_begin(self, args, tstate, control, **kw):  # type: ignore[no-untyped-def]
-            state["begin"] = (tstate.global_step, time.monotonic())  # a resumed run starts past step 0
+            self.begin = (tstate.global_step, time.monotonic())  # a resumed run starts past step 0
 
         def on_log(self, args, tstate, control, logs=None, **kw):  # type: ignore[no-untyped-def]
             if logs and "loss" in logs:
                 losses.append((tstate.global_step, float(logs["loss"])))
-                step0, t0 = state["begin"]
+                step0, t0 = self.begin
                 rate = (tstate.global_step - step0) * tokens_per_step / max(time.monotonic() - t0, 1e-6)
                 ctx.progress(0.05 + 0.85 * tstate.global_step / spec.steps,
                              f"step {tstate.global_step}/{spec.steps} loss {logs['loss']:.4f} {rate:,.0f} tokens/s")
 
         def on_step_end(self, args, tstate, control, **kw):  # type: ignore[no-untyped-def]
             if ctx.should_cancel():
-                state["cancelled"] = True
+                self.cancelled = True
                 control.should_training_stop = True
+
+    callback = JobCallback()
 
     class AdapterTrainer(Trainer):
         """Resumes every adapter from the checkpoint, keeping all of them active and trainable.
@@ -291,7 +290,7 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     trainer = AdapterTrainer(
         model=peft_model, args=args, train_dataset=train_set, eval_dataset=eval_set,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
-        optimizers=(optimizer, None), callbacks=[JobCallback()],
+        optimizers=(optimizer, None), callbacks=[callback],
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to the job row, not to stdout
     before_file = ckpt_dir / "eval_before.json"
@@ -305,12 +304,11 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     report["resumed_from_step"] = int(resume.rsplit("-", 1)[-1]) if resume else 0
     ctx.progress(0.05, f"training ({spec.steps} steps)", force=True)
     result = trainer.train(resume_from_checkpoint=resume)
-    if state["cancelled"]:
+    if callback.cancelled:
         raise JobCancelled(f"job {ctx.job_id} was cancelled")
     train_end = time.monotonic()
     eval_after = float(trainer.evaluate()["eval_loss"])
     eval_end = time.monotonic()
-    elapsed = eval_end - state["t0"]
 
     norms = {}
     for a in names:
@@ -322,7 +320,7 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
         "update_norms": {spec.names[i]: norms[a] for i, a in enumerate(names)},
         "steps": int(result.global_step), "train_rows": len(train_set), "eval_rows": len(eval_set),
         "tokens_per_second": round(result.metrics.get("train_samples_per_second", 0.0) * mean_tokens, 1),
-        "seconds": round(elapsed, 2), "device": "cuda" if cuda else "cpu",
+        "seconds": round(eval_end - setup_end, 2), "device": "cuda" if cuda else "cpu",
         "dataset": {"sha256": spec.data.sha256, "rows": spec.data.rows, "path": spec.data.path,
                     "format": spec.data.format, "fields": spec.data.fields,
                     "split": {"train": len(train_set), "eval": len(eval_set), "seed": spec.seed}},
@@ -338,8 +336,8 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     base_after = _tensor_digest(peft_model.unload())
     report["base_unchanged"] = base_after == base_digest
     # where the job's time went: the training loop vs the job's own work around it (load, checks, evals, save)
-    evals = (train_start - state["t0"]) + (eval_end - train_end)
-    report["timings"] = {"setup": round(state["t0"] - started, 3), "eval": round(evals, 3),
+    evals = (train_start - setup_end) + (eval_end - train_end)
+    report["timings"] = {"setup": round(setup_end - started, 3), "eval": round(evals, 3),
                          "train": round(train_end - train_start, 3), "finish": round(time.monotonic() - eval_end, 3)}
     if base_after != base_digest:
         raise TrainingCheckFailed("the base model's weights changed during training", report)

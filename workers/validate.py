@@ -12,6 +12,7 @@ Checks (all recorded in the job's report; a ``validated`` compatibility record i
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
@@ -19,6 +20,7 @@ from sqlalchemy import delete, select
 from registry import models as m
 from registry.db import transaction
 from registry.errors import RegistryError
+from registry.inspect import lora_internals
 from registry.jobs import ValidateSpec
 from workers.runners import JobContext, complete
 
@@ -81,13 +83,23 @@ def _from_hub_cache(base: m.BaseModelRecord) -> str:
         base.name, revision=base.revision, allow_patterns=patterns, endpoint=endpoint()))
 
 
+def adapter_modules(status: Iterable[Any], adapter: str) -> set[str]:
+    """Base-model paths of the layers carrying ``adapter``, from ``get_layer_status()`` (which names each
+    layer from the LoraModel: ``model.<path in the base>``)."""
+    return {s.name.removeprefix("model.") for s in status if adapter in s.available_adapters}
+
+
+def nested_layers(names: Iterable[str]) -> list[str]:
+    """The layer names that show a LoRA layer inside another one (a LoRA-internal module in the path)."""
+    return sorted(n for n in names if lora_internals(n))
+
+
 def layer_checks(peft_model: Any, expected_modules: set[str]) -> tuple[dict[str, Any], list[str]]:
     """What ``get_layer_status`` / ``get_model_status`` say about the candidate adapter."""
     failures: list[str] = []
     layers = [s for s in peft_model.get_layer_status() if CANDIDATE in s.available_adapters]
-    prefix = "model."  # get_layer_status names modules from the LoraModel: "model.<path in the base>"
-    found = {s.name[len(prefix):] if s.name.startswith(prefix) else s.name for s in layers}
-    nested = sorted(n for n in found if any(p in n.split(".") for p in ("base_layer", "lora_A", "lora_B")))
+    found = adapter_modules(layers, CANDIDATE)
+    nested = nested_layers(found)
     disabled = sorted(s.name for s in layers if not s.enabled or CANDIDATE not in s.active_adapters)
     missing = sorted(expected_modules - found)
     unexpected = sorted(found - expected_modules)
