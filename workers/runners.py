@@ -20,7 +20,6 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import or_, update
@@ -115,12 +114,15 @@ def _heartbeat(registry: Registry, ctx: JobContext, stop: threading.Event) -> No
             log.warning("heartbeat for job %s failed", ctx.job_id, exc_info=True)
 
 
+def _ended(ctx: JobContext, status: str, **values: Any):  # type: ignore[no-untyped-def]
+    """The UPDATE that ends this attempt's job with ``status``; it matches nothing once the job is not ours."""
+    return (update(m.Job.__table__).where(ctx._mine())
+            .values(status=status, finished_at=m.utcnow(), lease_expires_at=None, **values))
+
+
 def _finish(registry: Registry, ctx: JobContext, status: str, **values: Any) -> bool:
     with transaction(registry._sessions) as s:
-        return bool(s.execute(
-            update(m.Job.__table__).where(ctx._mine())
-            .values(status=status, finished_at=m.utcnow(), lease_expires_at=None, **values)
-        ).rowcount)
+        return bool(s.execute(_ended(ctx, status, **values)).rowcount)
 
 
 JobFunction = Callable[["Registry", JobContext, Any], None]
@@ -194,13 +196,6 @@ def complete(registry: Registry, ctx: JobContext, session, **values: Any) -> Non
     Raises JobCancelled if the row is no longer ours (cancelled, or taken over after a lost lease), so
     the caller's transaction rolls back and nothing is registered twice.
     """
-    done = session.execute(
-        update(m.Job.__table__).where(ctx._mine())
-        .values(status="succeeded", finished_at=m.utcnow(), progress=1.0, lease_expires_at=None, **values)
-    ).rowcount
+    done = session.execute(_ended(ctx, "succeeded", progress=1.0, **values)).rowcount
     if not done:
         raise JobCancelled(f"job {ctx.job_id} is no longer held by this attempt")
-
-
-def scratch_path(ctx: JobContext, name: str) -> Path:
-    return ctx.scratch / name
