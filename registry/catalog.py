@@ -272,6 +272,11 @@ def resolve(session: Session, ref: Ref) -> m.AdapterVersion:
     raise AdapterNotFound(f"{ref.name!r} has no ready version")
 
 
+def exact_ref(session: Session, row: m.AdapterVersion) -> str:
+    """``name:version`` of a version row: the reference that keeps naming it after aliases move."""
+    return f"{session.get(m.Adapter, row.adapter_id).name}:{row.version}"  # type: ignore[union-attr]
+
+
 def set_alias(session: Session, row: m.AdapterVersion, alias: str) -> None:
     """Point ``alias`` of the version's adapter at ``row`` (creating or moving it).
 

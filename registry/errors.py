@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class RegistryError(Exception):
     """Base class of every error caused by user input or catalog state (never a bug)."""
@@ -63,3 +65,9 @@ class SchemaOutdated(RegistryError):
 
 class ConflictError(RegistryError):
     """The catalog already holds something that contradicts the request."""
+
+
+def field_problems(exc: Any, whole: str) -> list[str]:
+    """A pydantic ``ValidationError`` as one ``field.path: message`` line per error (``whole`` names the
+    object itself when an error is not about one field)."""
+    return [f"{'.'.join(map(str, e['loc'])) or whole}: {e['msg']}" for e in exc.errors()]

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from registry.errors import InvalidAdapter
+from registry.errors import InvalidAdapter, field_problems
 from registry.manifest import AdapterManifest, ModuleTensors, match_pattern
 
 CONFIG_FILE = "adapter_config.json"
@@ -228,7 +228,7 @@ def inspect_adapter(path: str | Path, *, scan: bool = True) -> AdapterManifest:
     try:
         cfg = _LoraConfigFile.model_validate(raw)
     except ValidationError as exc:
-        problems = [f"{CONFIG_FILE}: {'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()]
+        problems = [f"{CONFIG_FILE}: {p}" for p in field_problems(exc, "config")]
         raise InvalidAdapter(str(folder), problems) from None
     if cfg.peft_type.upper() != "LORA":
         raise InvalidAdapter(str(folder), [f"peft_type is {cfg.peft_type!r}; only LoRA adapters are supported"])

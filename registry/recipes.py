@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from registry.errors import RegistryError
+from registry.errors import RegistryError, field_problems
 from registry.refs import check_slug
 
 
@@ -168,7 +168,7 @@ def load_recipe(source: str | Path | dict[str, Any]) -> Recipe:
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
-        raise InvalidRecipe([f"{'.'.join(map(str, e['loc'])) or 'recipe'}: {e['msg']}" for e in exc.errors()]) from None
+        raise InvalidRecipe(field_problems(exc, "recipe")) from None
     problems = []
     seen: set[str] = set()
     for step in recipe.steps:

@@ -89,7 +89,7 @@ def resolve_inputs(session: Session, recipe: Recipe) -> tuple[dict[str, Any], li
                 problems.append(f"step {step.name}: {exc}")
                 continue
             rows[ref] = row
-            refs[ref] = f"{session.get(m.Adapter, row.adapter_id).name}:{row.version}"
+            refs[ref] = catalog.exact_ref(session, row)
         body = step.body
         if step.kind == "train":
             from pathlib import Path
@@ -156,10 +156,8 @@ def create_run(
 
 
 def _locked_run(session: Session, run_id: int) -> m.Run:
-    query = select(m.Run).where(m.Run.id == run_id)
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update()
-    return session.scalars(query).one()
+    """The run row, locked on PostgreSQL (SQLAlchemy renders no FOR UPDATE on SQLite, whose writers are serial)."""
+    return session.scalars(select(m.Run).where(m.Run.id == run_id).with_for_update()).one()
 
 
 def _ref(run: m.Run, ref: str) -> str:
@@ -185,8 +183,7 @@ def _check_gates(session: Session, run: m.Run, step: Step, job: m.Job) -> tuple[
             return out, f"gate max_eval_loss of step {step.name} failed: {loss:.4f} > {limit} (by {loss - limit:.4f})"
         return out, None
     if step.kind == "merge":
-        row = session.get(m.AdapterVersion, job.result_version_id)
-        return f"{session.get(m.Adapter, row.adapter_id).name}:{row.version}", None  # type: ignore[union-attr]
+        return catalog.exact_ref(session, session.get(m.AdapterVersion, job.result_version_id)), None  # type: ignore[arg-type]
     target = _ref(run, body.target)
     if step.kind == "validate":
         distances = report.get("distance_from_parents", {})

@@ -82,9 +82,8 @@ def due_fires(schedule: m.Schedule, now: datetime) -> list[datetime]:
 
 
 def _claim(session: Session, query):  # type: ignore[no-untyped-def]
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    return session.scalars(query).all()
+    # SKIP LOCKED on PostgreSQL; SQLAlchemy renders no FOR UPDATE on SQLite, whose writers are serial.
+    return session.scalars(query.with_for_update(skip_locked=True)).all()
 
 
 def _start(session: Session, schedule: m.Schedule, trigger: str, key: str, fire: datetime | None) -> int | None:

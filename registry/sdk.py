@@ -14,7 +14,7 @@ from registry import types as t
 from registry.basemodel import describe_base
 from registry.config import Settings
 from registry.db import ensure_schema, make_engine, session_factory, transaction, upgrade
-from registry.errors import InvalidAdapter, InvalidReference, RegistryError
+from registry.errors import InvalidAdapter, InvalidReference, RegistryError, field_problems
 from registry.inspect import inspect_adapter, weights_path
 from registry.refs import Ref, check_slug, check_tag, parse_ref
 from registry.runs import RunInfo
@@ -23,8 +23,7 @@ from registry.store import ArtifactStore
 
 def _invalid(what: str, exc: ValidationError) -> RegistryError:
     """A pydantic error as one line per field, for a user who never wrote the spec by hand."""
-    return RegistryError(f"invalid {what}: " + "; ".join(
-        f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+    return RegistryError(f"invalid {what}: " + "; ".join(field_problems(exc, what)))
 
 
 class Registry:
@@ -259,7 +258,7 @@ class Registry:
                   "majority_sign_method": majority_sign_method, "seed": seed}
         with transaction(self._sessions) as session:
             rows = [catalog.resolve(session, parse_ref(ref)) for ref in sources]
-            refs = [f"{session.get(m.Adapter, r.adapter_id).name}:{r.version}" for r in rows]
+            refs = [catalog.exact_ref(session, r) for r in rows]
             manifests = [catalog.manifest_of(session, r) for r in rows]
         check_merge(manifests, list(weights), method, {k: v for k, v in params.items() if v is not None},
                     allow_cross_base=allow_cross_base, labels=refs)
@@ -280,8 +279,8 @@ class Registry:
         """Queue a runtime validation of a version against its base model's real weights."""
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
-            name = session.get(m.Adapter, row.adapter_id).name
-        return self.submit(jobs.ValidateSpec(version_id=row.id, ref=f"{name}:{row.version}"), run_id=run_id)
+            exact = catalog.exact_ref(session, row)
+        return self.submit(jobs.ValidateSpec(version_id=row.id, ref=exact), run_id=run_id)
 
     def submit(
         self, spec: jobs.AnySpec, *, idempotency_key: str | None = None, parent_job_id: int | None = None,
@@ -437,9 +436,8 @@ class Registry:
                                 + "; ".join(e["msg"] for e in exc.errors())) from None
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
-            name = session.get(m.Adapter, row.adapter_id).name
-        return self.submit(jobs.PublishSpec(version_id=row.id, ref=f"{name}:{row.version}", target=target),
-                           run_id=run_id)
+            exact = catalog.exact_ref(session, row)
+        return self.submit(jobs.PublishSpec(version_id=row.id, ref=exact, target=target), run_id=run_id)
 
     def publications(self, ref: str) -> list[dict]:
         """Where a version has been published (repo, branch, commit, URL, time)."""

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import delete, select
 
+from registry import catalog
 from registry import models as m
 from registry.db import transaction
 from registry.errors import RegistryError
@@ -177,7 +178,7 @@ def run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> Non
         names = []
         distances = {}
         with registry._sessions() as s:
-            refs = {p.id: f"{s.get(m.Adapter, p.adapter_id).name}:{p.version}" for p, _ in parents}
+            refs = {p.id: catalog.exact_ref(s, p) for p, _ in parents}
         for i, (parent, _w) in enumerate(parents):
             name = f"parent{i}"
             peft_model.load_adapter(str(registry.store.path(parent.storage_path)), adapter_name=name)
