@@ -384,6 +384,17 @@ def _wait(job: Any, show_progress: bool) -> Any:
         return job.refresh()
 
 
+def _follow(job: Any, wait: bool, json_output: bool, what: str) -> Any:
+    """Wait for a submitted job if asked (a progress bar for people); a failed job is a user error."""
+    from registry.errors import RegistryError
+
+    if wait and not job.done:
+        job = _wait(job, show_progress=not json_output)
+    if job.status == "failed":
+        raise RegistryError(f"{what} job {job.id} failed: {job.error}")
+    return job
+
+
 def _merge_report_render(data: Any) -> None:
     if hasattr(data, "kind"):  # a catalog job
         _render_job(data)
@@ -428,11 +439,7 @@ def merge(
     job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,
                             tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate,
                             publish_to=publish, **params)
-    if wait and not job.done:
-        job = _wait(job, show_progress=not json_output)
-    if job.status == "failed":
-        raise RegistryError(f"merge job {job.id} failed: {job.error}")
-    return job
+    return _follow(job, wait, json_output, "merge")
 
 
 def _merge_folders(sources: list[str], weights: list[float], method: str, out: Path, dtype: str | None,
@@ -450,7 +457,7 @@ def _merge_folders(sources: list[str], weights: list[float], method: str, out: P
             progress=None if quiet else (lambda f, msg=None: status.update(f"{method}: {f:.0%} {msg or ''}")),
             **given,
         )
-    data = report.to_dict() if hasattr(report, "to_dict") else report.model_dump(mode="json")
+    data = report.to_dict()
     data["out"] = str(out)
     return data
 
@@ -500,11 +507,7 @@ def train(
         seed=seed, checkpoint_every=checkpoint_every, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
         tags=_tags(tag), validate=validate,
     )
-    if wait and not job.done:
-        job = _wait(job, show_progress=not json_output)
-    if job.status == "failed":
-        raise RegistryError(f"training job {job.id} failed: {job.error}")
-    return job
+    return _follow(job, wait, json_output, "training")
 
 
 @app.command()
@@ -519,14 +522,8 @@ def publish(
     json_output: bool = JSON,
 ) -> Any:
     """Publish a version to the Hugging Face Hub with a model card (base_model, lineage, recipe, evidence)."""
-    from registry.errors import RegistryError
-
     job = _registry().publish(ref, repo, branch=branch, private=private, create_pr=create_pr)
-    if wait and not job.done:
-        job = _wait(job, show_progress=not json_output)
-    if job.status == "failed":
-        raise RegistryError(f"publish job {job.id} failed: {job.error}")
-    return job
+    return _follow(job, wait, json_output, "publish")
 
 
 @app.command("validate")
