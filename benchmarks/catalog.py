@@ -37,6 +37,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import create_engine, select, text
+from timing import pct
 
 PG = os.environ.get("ADREG_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGET_MS = 20.0
@@ -298,11 +299,6 @@ def lineage_by_loop(reg: Any, version_id: int) -> tuple[int, int]:
 
 
 # -- timing ----------------------------------------------------------------------------------------------------
-
-
-def pct(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run_interleaved(ops: dict[str, tuple[Callable[..., Any], Sequence[tuple[Any, ...]]]], warmup: int = 3,

@@ -20,14 +20,10 @@ import uuid
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
+from timing import pct
 
 PG = os.environ.get("ADREG_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("ADREG_BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
 def main() -> None:

@@ -121,10 +121,6 @@ class MergePlan(BaseModel):
     partial_modules: dict[str, list[str]] = Field(default_factory=dict)  # module -> labels of inputs having it
     warnings: list[str] = Field(default_factory=list)
 
-    @property
-    def family(self) -> str:  # the name used before ``combine``; kept for callers
-        return self.combine
-
 
 def check_params(method: str, params: dict[str, Any]) -> list[str]:
     """Problems with ``method`` and its parameters: unknown, unused, missing or out of range."""

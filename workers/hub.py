@@ -21,7 +21,7 @@ from registry import models as m
 from registry import queries
 from registry.db import transaction
 from registry.errors import InvalidAdapter, RegistryError
-from registry.inspect import CONVERT_HINT
+from registry.inspect import CONVERT_HINT, WEIGHTS_FILE
 from registry.jobs import PublishSpec
 from registry.lineage_render import to_mermaid
 from workers.runners import JobContext, complete
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("adreg.hub")
 T = TypeVar("T")
-WEIGHTS = "adapter_model.safetensors"
 
 
 class HubError(RegistryError):
@@ -110,11 +109,11 @@ def fetch_adapter(repo_id: str, revision: str | None) -> tuple[Path, str]:
     label = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
     info = hub_call(label, lambda: api().model_info(repo_id, revision=revision))
     files = {s.rfilename for s in info.siblings or []}
-    if WEIGHTS not in files:
+    if WEIGHTS_FILE not in files:
         pickles = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth")))
         problems = ([f"the repository has only pickle weights ({', '.join(pickles)}); the registry accepts "
                      "safetensors only, because loading a pickle can run arbitrary code"]
-                    if pickles else [f"the repository has no {WEIGHTS}"])
+                    if pickles else [f"the repository has no {WEIGHTS_FILE}"])
         raise InvalidAdapter(label, problems, hint=CONVERT_HINT if pickles else None)
     if "adapter_config.json" not in files:
         raise InvalidAdapter(label, ["the repository has no adapter_config.json"])
@@ -137,7 +136,7 @@ def resolve_base_revision(name: str, revision: str | None) -> str | None:
 # -- publishing -------------------------------------------------------------------------------------
 
 
-def _card_context(registry: Registry, session: Any, row: m.AdapterVersion) -> dict[str, Any]:
+def _card_context(session: Any, row: m.AdapterVersion) -> dict[str, Any]:
     adapter = session.get(m.Adapter, row.adapter_id)
     base = session.get(m.BaseModelRecord, row.base_model_id) if row.base_model_id else None
     graph = queries.lineage(session, row.id)
@@ -247,7 +246,7 @@ def run_publish(registry: Registry, ctx: JobContext, spec: PublishSpec) -> None:
         row = s.get(m.AdapterVersion, spec.version_id)
         if row is None:
             raise RegistryError(f"version {spec.ref} no longer exists")
-        card_ctx = _card_context(registry, s, row)
+        card_ctx = _card_context(s, row)
         card_ctx["tags"] = list(s.scalars(select(m.Tag).where(m.Tag.version_id == row.id)))
         existing = s.scalars(select(m.Publication).where(
             m.Publication.version_id == row.id, m.Publication.repo_id == target.repo_id,
@@ -281,7 +280,7 @@ def run_publish(registry: Registry, ctx: JobContext, spec: PublishSpec) -> None:
     config["revision"] = base.revision
     card = build_card(card_ctx, base.name)
     ops = [
-        CommitOperationAdd(path_in_repo=WEIGHTS, path_or_fileobj=str(folder / WEIGHTS)),
+        CommitOperationAdd(path_in_repo=WEIGHTS_FILE, path_or_fileobj=str(folder / WEIGHTS_FILE)),
         CommitOperationAdd(path_in_repo="adapter_config.json",
                            path_or_fileobj=(json.dumps(config, indent=2, sort_keys=True) + "\n").encode()),
         CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=str(card).encode()),
@@ -324,6 +323,6 @@ def _remote_weights(repo_id: str, branch: str) -> tuple[str | None, str | None]:
     if info is None:
         return None, None
     for sibling in info.siblings or []:
-        if sibling.rfilename == WEIGHTS and sibling.lfs is not None:
+        if sibling.rfilename == WEIGHTS_FILE and sibling.lfs is not None:
             return sibling.lfs.sha256, str(info.sha)
     return None, str(info.sha)

@@ -37,19 +37,21 @@ def quiet_hf() -> None:
     warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
 
 
+# The tiny decoder shared by the Llama and Qwen2 builds (same field names in both configs).
+_TINY_DECODER: dict[str, Any] = dict(
+    vocab_size=128,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    tie_word_embeddings=False,
+)
+
+
 def tiny_llama_config(**overrides: Any) -> LlamaConfig:
-    kw: dict[str, Any] = dict(
-        vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        tie_word_embeddings=False,
-    )
-    kw.update(overrides)
-    return LlamaConfig(**kw)
+    return LlamaConfig(**{**_TINY_DECODER, **overrides})
 
 
 def save_char_tokenizer(path: Path) -> None:
@@ -79,13 +81,7 @@ def build_base(path: Path, arch: str = "llama", seed: int = 0, **overrides: Any)
         cfg.update(overrides)
         model = GPT2LMHeadModel(GPT2Config(**cfg))
     elif arch == "qwen2":
-        cfg = dict(
-            vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            tie_word_embeddings=False,
-        )
-        cfg.update(overrides)
-        model = Qwen2ForCausalLM(Qwen2Config(**cfg))
+        model = Qwen2ForCausalLM(Qwen2Config(**{**_TINY_DECODER, **overrides}))
     else:
         raise ValueError(arch)
     path.mkdir(parents=True, exist_ok=True)

@@ -20,13 +20,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from registry.errors import InvalidAdapter, RegistryError
-from registry.inspect import inspect_adapter, weights_path
+from registry.inspect import KEY_PREFIX, inspect_adapter, weights_path
 from registry.manifest import AdapterManifest
 from registry.merge_rules import MergePlan, check_merge
 from workers.merge.methods import ModuleInputs, merge_cat, merge_dense_svd, merge_exact_svd, merge_factors
 from workers.merge.report import ExactDelta, MergeReport, ModuleReport, peak_rss_bytes
 
-PREFIX = "base_model.model."
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # PEFT's key suffixes: linear layers hold modules (``.weight``), embeddings hold bare parameters.
 KEYS = {"linear": ("lora_A.weight", "lora_B.weight"), "embedding": ("lora_embedding_A", "lora_embedding_B")}
@@ -177,7 +176,7 @@ def _run(folders: list[Path], manifests: list[AdapterManifest], labels: list[str
                 raise MergeCancelled("the merge was cancelled; nothing was written")
             present = [i for i, m in enumerate(manifests) if module in m.modules]
             kind = manifests[present[0]].modules[module].kind
-            a_key, b_key = (f"{PREFIX}{module}.{suffix}" for suffix in KEYS[kind])
+            a_key, b_key = (f"{KEY_PREFIX}{module}.{suffix}" for suffix in KEYS[kind])
             x = ModuleInputs(
                 a=[_read(handles[i], a_key, labels[i]) for i in present],
                 b=[_read(handles[i], b_key, labels[i]) for i in present],
