@@ -21,6 +21,7 @@ from registry.errors import (
 )
 from registry.manifest import AdapterManifest
 from registry.refs import Ref, check_slug, check_tag
+from registry.store import config_sha256
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,10 @@ def register_version(
     description: str | None = None,
     parents: list[ParentSpec] | None = None,
 ) -> tuple[m.AdapterVersion, bool]:
-    """Create version N+1 of ``name`` (or return the version that already holds these weights).
+    """Create version N+1 of ``name`` (or return the version that already holds these weights and this config).
 
+    A version is identified by its weights' sha256 *and* its config's: the same bytes registered with another
+    ``adapter_config.json`` (another alpha, other targets) are a new version, never the old one.
     Returns ``(row, created)``. Version numbers come from one atomic ``UPDATE ... RETURNING`` on the
     adapter row, so concurrent registrations get distinct consecutive numbers.
     """
@@ -140,7 +143,8 @@ def register_version(
             )
     adapter = _adapter(session, name, create=True)
     assert adapter is not None
-    existing = _version_by_sha(session, adapter.id, manifest.weights_sha256)
+    config_sha = config_sha256(manifest.config)
+    existing = _version_by_content(session, adapter.id, manifest.weights_sha256, config_sha)
     if existing is not None:
         return existing, False
 
@@ -169,11 +173,13 @@ def register_version(
         peft_version=manifest.peft_version,
         adapter_config=manifest.config,
         weights_sha256=manifest.weights_sha256,
+        config_sha256=config_sha,
         size_bytes=manifest.size_bytes,
         param_count=manifest.param_count,
         dtypes=manifest.dtypes,
         module_tensors={k: v.model_dump() for k, v in manifest.modules.items()},
         module_count=len(manifest.modules),
+        extra_tensors=dict(manifest.extra_tensors),
         tag_doc=dict(tags or {}),
         storage_path=storage_path,
         source_uri=source_uri,
@@ -186,7 +192,7 @@ def register_version(
             session.flush()
     except IntegrityError:
         # Another process registered the same weights under this name between our check and insert.
-        existing = _version_by_sha(session, adapter.id, manifest.weights_sha256)
+        existing = _version_by_content(session, adapter.id, manifest.weights_sha256, config_sha)
         if existing is None:
             raise
         return existing, False
@@ -203,20 +209,22 @@ def register_version(
     return row, True
 
 
-def _version_by_sha(session: Session, adapter_id: int, sha256: str) -> m.AdapterVersion | None:
+def _version_by_content(
+    session: Session, adapter_id: int, weights_sha: str, config_sha: str
+) -> m.AdapterVersion | None:
+    v = m.AdapterVersion
     return session.scalars(
-        select(m.AdapterVersion).where(
-            m.AdapterVersion.adapter_id == adapter_id, m.AdapterVersion.weights_sha256 == sha256
-        )
+        select(v).where(v.adapter_id == adapter_id, v.weights_sha256 == weights_sha, v.config_sha256 == config_sha)
     ).one_or_none()
 
 
 def _record_compatibility(
     session: Session, row: m.AdapterVersion, manifest: AdapterManifest, declared: m.BaseModelRecord
 ) -> None:
-    """``exact`` for the declared base; ``shape`` for every other recorded base whose modules fit."""
+    """``exact`` for the declared base when its shapes were checked (``declared`` when they could not be: the
+    base's config was never read); ``shape`` for every other recorded base whose modules fit."""
     session.add(m.Compatibility(
-        version_id=row.id, base_model_id=declared.id, level="exact",
+        version_id=row.id, base_model_id=declared.id, level="exact" if declared.module_shapes else "declared",
         evidence={"declared": True, "shapes_checked": bool(declared.module_shapes),
                   "modules": len(manifest.modules)},
     ))
@@ -360,6 +368,7 @@ def manifest_of(session: Session, row: m.AdapterVersion) -> AdapterManifest:
         target_modules=list(row.target_modules or []), target_parameters=config.get("target_parameters"),
         modules_to_save=list(row.modules_to_save or []), peft_version=row.peft_version, config=config,
         modules={k: ModuleTensors(**v) for k, v in (row.module_tensors or {}).items()},
+        extra_tensors=dict(row.extra_tensors or {}),
         weights_sha256=row.weights_sha256, size_bytes=row.size_bytes, param_count=row.param_count,
         dtypes=list(row.dtypes or []),
     )

@@ -119,6 +119,8 @@ class MergePlan(BaseModel):
     weights: list[float]
     modules: list[str]
     partial_modules: dict[str, list[str]] = Field(default_factory=dict)  # module -> labels of inputs having it
+    # modules_to_save module -> indices of the inputs whose trained copies are summed with their weights
+    saved_modules: dict[str, list[int]] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)
 
 
@@ -168,6 +170,12 @@ def _check_source(label: str, m: AdapterManifest) -> list[str]:
                         "is not a combination of the inputs' magnitudes")
     if m.lora_bias or any(t.has_bias for t in m.modules.values()):
         problems.append(f"{label}: adapters with lora_bias cannot be merged (PEFT's merge drops the bias)")
+    bias = m.config.get("bias") or "none"
+    if bias != "none":
+        problems.append(f"{label}: bias={bias!r}: the adapter trained the base model's own biases, which replace "
+                        "the base's values instead of adding a delta to them, so they cannot be weighted or "
+                        "combined without the base model (PEFT refuses to hold two adapters with biases); train "
+                        "it with bias='none'")
     if m.target_parameters:
         problems.append(f"{label}: adapters with target_parameters ({', '.join(m.target_parameters)}) "
                         "cannot be merged")
@@ -243,6 +251,10 @@ def check_merge(
     rule = METHODS.get(method)
     if not manifests:
         problems.append("no adapters to merge")
+    repeated = sorted({lab for lab in labels if labels.count(lab) > 1})
+    if repeated:
+        problems.append(f"{', '.join(repeated)} is given more than once: give each input once, with the sum of "
+                        "its weights (a version is one parent of the merged one)")
     problems += _check_weights(list(weights), len(manifests))
     for label, m in zip(labels, manifests, strict=True):
         problems += _check_source(label, m)
@@ -261,25 +273,11 @@ def check_merge(
     if len(replication) > 1:
         problems.append("the adapters use different layer_replication settings, so module paths differ")
 
-    saved: dict[str, list[str]] = {}
-    for label, m in zip(labels, manifests, strict=True):
-        for module in m.modules_to_save:
-            saved.setdefault(module, []).append(label)
-    for module, owners in saved.items():
-        if len(owners) > 1:
-            problems.append(f"{' and '.join(owners)} both fully train module {module!r} (modules_to_save); "
-                            "such modules cannot be merged")
-    warnings = [f"modules_to_save of {owners[0]} ({module}) is not carried into the merged adapter"
-                for module, owners in saved.items() if len(owners) == 1]
-    for label, m in zip(labels, manifests, strict=True):
-        if m.config.get("trainable_token_indices"):
-            warnings.append(f"trainable tokens of {label} are not carried into the merged adapter")
-        other = sorted(k for k in m.extra_tensors if "modules_to_save" not in k and "trainable_tokens" not in k)
-        if other:
-            warnings.append(f"{label} holds {len(other)} non-LoRA tensor(s) (e.g. {other[0]}, a copy of a base "
-                            "layer PEFT saves with embedding adapters), not carried into the merged adapter")
-
     modules = sorted({name for m in manifests for name in m.modules})
+    saved_modules, saved_problems = _plan_saved_modules(manifests, list(weights), labels, modules)
+    problems += saved_problems
+    warnings = _not_carried(manifests, labels)
+
     partial: dict[str, list[str]] = {}
     mismatches: dict[str, list[str]] = {}
     module_ranks: dict[str, int] = {}
@@ -327,8 +325,11 @@ def check_merge(
     assert rule is not None
     out_rank = max(module_ranks.values())
     resolved = {k: params.get(k, PARAMS[k].default) for k in sorted(rule.accepts)}
+    if rule.rank_rule == "svd" and resolved.get("svd_rank") is None:
+        resolved["svd_rank"] = out_rank  # record the rank the default rule chose
     return MergePlan(
         method=method, combine=rule.combine, op=rule.op, out_rank=out_rank, module_ranks=module_ranks,
         rank_pattern=_compress_pattern(module_ranks, out_rank), params=resolved,
-        weights=[float(w) for w in weights], modules=modules, partial_modules=partial, warnings=warnings,
+        weights=[float(w) for w in weights], modules=modules, partial_modules=partial,
+        saved_modules=saved_modules, warnings=warnings,
     )

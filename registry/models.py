@@ -85,7 +85,8 @@ class AdapterVersion(Base):
     __tablename__ = "adapter_versions"
     __table_args__ = (
         UniqueConstraint("adapter_id", "version"),
-        UniqueConstraint("adapter_id", "weights_sha256"),
+        # A version is its weights *and* its config: the same bytes with another config are another version.
+        UniqueConstraint("adapter_id", "weights_sha256", "config_sha256"),
         # Tag search on PostgreSQL (``tag_doc @> '{"team": "ml"}'``) through GIN; a plain index on SQLite.
         Index("ix_adapter_versions_tag_doc", "tag_doc", postgresql_using="gin",
               postgresql_ops={"tag_doc": "jsonb_path_ops"}),
@@ -110,12 +111,16 @@ class AdapterVersion(Base):
     peft_version: Mapped[str | None] = mapped_column(String(32))
     adapter_config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     weights_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    config_sha256: Mapped[str] = mapped_column(String(64))  # sha256 of the canonical adapter_config JSON
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     param_count: Mapped[int] = mapped_column(BigInteger)
     dtypes: Mapped[list[Any]] = mapped_column(default=list)
     # module path -> ModuleTensors fields (kind, rank, in/out features, A/B shapes, dtype, flags)
     module_tensors: Mapped[dict[str, Any]] = mapped_column(default=dict)
     module_count: Mapped[int] = mapped_column(Integer, default=0)  # len(module_tensors), without loading it
+    # Non-LoRA tensors (modules_to_save copies, trainable tokens): key -> shape, so that checks on stored
+    # metadata see everything a check on the folder would.
+    extra_tensors: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # The version's tags as one object, kept in step with its ``tags`` rows by catalog (which holds the
     # version's row lock while it writes both); searched with one GIN lookup instead of one join per tag.
     tag_doc: Mapped[dict[str, Any]] = mapped_column(default=dict)

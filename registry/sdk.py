@@ -11,10 +11,11 @@ from sqlalchemy import select
 from registry import catalog, jobs, queries
 from registry import models as m
 from registry import types as t
+from registry.base_identity import resolve_base
 from registry.basemodel import describe_base
 from registry.config import Settings
 from registry.db import ensure_schema, make_engine, session_factory, transaction, upgrade
-from registry.errors import InvalidAdapter, InvalidReference, RegistryError, field_problems
+from registry.errors import InvalidReference, RegistryError, field_problems
 from registry.inspect import inspect_adapter, weights_path
 from registry.refs import Ref, check_slug, check_tag, parse_ref
 from registry.runs import RunInfo
@@ -108,24 +109,19 @@ class Registry:
         else:
             folder = ref.path
         manifest = inspect_adapter(folder)
-        base_name = base or manifest.base_model_name_or_path
-        if ref.hub_repo and base_name and revision is None:
-            revision = resolve_base_revision(base_name, manifest.revision)  # pin the base to a commit too
-        if not base_name:
-            raise InvalidAdapter(
-                str(folder), ["adapter_config.json has no base_model_name_or_path"], hint="pass --base NAME"
-            )
-        if base_path is None and Path(base_name).expanduser().is_dir():
-            base_path = base_name
-        if base_path is not None:
-            base_path = Path(base_path).expanduser().resolve()
-            if Path(base_name).expanduser().is_dir():
-                base_name = str(Path(base_name).expanduser().resolve())
-        description_of_base = describe_base(base_path) if base_path is not None else None
+        if ref.hub_repo:
+            base_name = base or manifest.base_model_name_or_path
+            if base_name and revision is None:
+                revision = resolve_base_revision(base_name, manifest.revision)  # pin the base to a commit too
+            identity = resolve_base(base_name, adapter_folder=None, base_path=base_path, explicit=True)
+        else:
+            identity = resolve_base(base or manifest.base_model_name_or_path, adapter_folder=folder,
+                                    base_path=base_path, explicit=base is not None)
+        description_of_base = describe_base(identity.local_path) if identity.local_path is not None else None
         storage = self.store.put_adapter(weights_path(folder), manifest.weights_sha256, manifest.config)
         with transaction(self._sessions) as session:
             base_row = catalog.upsert_base(
-                session, base_name, revision or manifest.revision, description_of_base, base_path
+                session, identity.name, revision or manifest.revision, description_of_base, identity.local_path
             )
             row, created = catalog.register_version(
                 session, name, manifest, storage, base_row, tags=tags,

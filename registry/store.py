@@ -29,6 +29,11 @@ def canonical_json(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def config_sha256(config: dict[str, Any]) -> str:
+    """The sha256 of a config's canonical JSON: with the weights' sha256, what identifies a version."""
+    return hashlib.sha256(canonical_json(config)).hexdigest()
+
+
 class ArtifactStore:
     """Files of the catalog under one root directory."""
 
@@ -64,8 +69,7 @@ class ArtifactStore:
                 tmp.flush()
                 os.fsync(tmp.fileno())
             os.replace(tmp.name, blob)
-        config_bytes = canonical_json(config)
-        relative = f"adapters/{sha256}-{hashlib.sha256(config_bytes).hexdigest()[:12]}"
+        relative = f"adapters/{sha256}-{config_sha256(config)[:12]}"
         folder = self._inside(relative)
         if folder.exists():
             return relative

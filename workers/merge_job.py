@@ -43,6 +43,13 @@ def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
 
     ctx.progress(0.0, "checking inputs", force=True)
     folders = verified_folders(registry, spec.sources)
+    with registry._sessions() as s:
+        rows = [s.get(m.AdapterVersion, src.version_id) for src in spec.sources]
+        missing = [src.ref for src, row in zip(spec.sources, rows, strict=True) if row is None]
+        if missing:
+            raise InputChanged(f"input {', '.join(missing)} was deleted from the catalog")
+        # The same metadata the static check ran on before the job was queued (base identity from the catalog).
+        manifests = [catalog.manifest_of(s, row) for row in rows]
     ctx.check_cancel()
 
     out = ctx.scratch / "merged"
@@ -50,14 +57,18 @@ def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
     report = merge_adapters(
         folders, spec.weights, spec.method, out=out,
         progress=lambda f, msg=None: ctx.progress(0.05 + 0.85 * f, msg or "merging"),
-        should_cancel=ctx.should_cancel, allow_cross_base=spec.allow_cross_base, **params,
+        should_cancel=ctx.should_cancel, allow_cross_base=spec.allow_cross_base,
+        manifests=manifests, labels=[src.ref for src in spec.sources], **params,
     )
     ctx.check_cancel()
     ctx.progress(0.92, "validating the merged adapter", force=True)
     manifest = inspect_adapter(out)  # post-merge checks: consistent tensors, no NaN/Inf, PEFT layout
     storage = registry.store.put_adapter(weights_path(out), manifest.weights_sha256, manifest.config)
     report_data = report.to_dict()
-    edge_params = {"method": spec.method, **params}
+    # The edges record every parameter as the merge resolved it (e.g. the svd_rank actually used).
+    edge_params = {"method": spec.method, **{k: v for k, v in report.params.items() if v is not None}}
+    if spec.params.dtype:
+        edge_params["dtype"] = spec.params.dtype
     if spec.allow_cross_base:
         edge_params["allow_cross_base"] = True
 

@@ -1,0 +1,89 @@
+"""One identity per base model: a Hub id, or a local folder resolved to its absolute path.
+
+PEFT writes ``base_model_name_or_path`` exactly as it was passed to ``from_pretrained``: often a path
+relative to wherever training ran (``llama-base``). Taken literally, the same base would become several
+catalog records (one per working directory) and a phantom record with no shapes. So a name from an
+adapter config is resolved here, once, before it reaches the catalog:
+
+1. a name that is a folder (``config.json`` inside) relative to the adapter folder, its parent, or the
+   working directory (or an absolute one) is that folder, by its absolute path;
+2. otherwise, with ``--base-path DIR``: a Hub-shaped name (``org/name``), or any name the user gave with
+   ``--base``, is that Hub id with ``DIR`` as its local copy; any other name is the folder ``DIR``;
+3. otherwise a Hub-shaped name, or one given with ``--base``, is a Hub id whose shapes are not checked;
+4. anything else (a relative name found nowhere, a path that does not exist) is refused with a hint.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.errors import BaseModelNotFound, InvalidAdapter
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_HINT = ("pass --base-path DIR (the base model's folder, to record and check its shapes), or --base ORG/NAME "
+         "to record a Hub model id")
+
+
+@dataclass(frozen=True)
+class BaseIdentity:
+    """The catalog name of a base model and the local folder to read its config from (if any)."""
+
+    name: str
+    local_path: Path | None
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+
+
+def candidates(name: str, adapter_folder: Path | None) -> list[Path]:
+    """Where a base name may be a folder: as given (absolute or ``~``), else relative to the adapter
+    folder, its parent and the working directory, in that order."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return [path]
+    places = []
+    if adapter_folder is not None:
+        folder = adapter_folder.expanduser().resolve()
+        places += [folder, folder.parent]
+    places.append(Path.cwd())
+    return [place / path for place in places]
+
+
+def resolve_base(
+    name: str | None, *, adapter_folder: Path | None, base_path: str | Path | None = None, explicit: bool = False,
+) -> BaseIdentity:
+    """The identity of the base model ``name`` (from ``--base`` when ``explicit``, else from the adapter config).
+
+    Raises :class:`BaseModelNotFound` with a hint when ``name`` can only be a local folder and none is found.
+    """
+    local = Path(base_path).expanduser().resolve() if base_path is not None else None
+    if local is not None and not _is_model_folder(local):
+        raise BaseModelNotFound(f"--base-path {base_path} is not a model folder (no config.json in it)")
+    if not name:
+        if local is not None:
+            return BaseIdentity(str(local), local)
+        raise InvalidAdapter(str(adapter_folder), ["adapter_config.json has no base_model_name_or_path"],
+                             hint="pass --base NAME or --base-path DIR")
+    looked = candidates(name, adapter_folder)
+    found = next((p.resolve() for p in looked if _is_model_folder(p)), None)
+    if found is not None:
+        return BaseIdentity(str(found), local or found)
+    hub_shaped = bool(_HUB_ID.match(name)) and not _looks_like_path(name)
+    if local is not None:
+        return BaseIdentity(name if (hub_shaped or explicit) and not _looks_like_path(name) else str(local), local)
+    if hub_shaped or (explicit and not _looks_like_path(name)):
+        return BaseIdentity(name, None)
+    where = ", ".join(str(p) for p in looked)
+    source = "--base" if explicit else "adapter_config.json (base_model_name_or_path)"
+    raise BaseModelNotFound(
+        f"the base model {name!r} named by {source} is not a model folder here (looked at {where}) "
+        "and is not a Hub id of the form org/name",
+        hint=_HINT,
+    )
