@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from registry.errors import IncompatibleAdapters
+from registry.inspect import KEY_PREFIX
 from registry.manifest import AdapterManifest
 
 # How a method combines one module's inputs:
@@ -227,6 +228,102 @@ def _compress_pattern(module_ranks: dict[str, int], out_rank: int) -> dict[str, 
         elif rank != out_rank:
             pattern[re.escape(module)] = rank
     return pattern
+
+
+def saved_module_tensors(m: AdapterManifest) -> dict[str, dict[str, list[int]]]:
+    """The trained copies of ``modules_to_save`` modules in an adapter's weights: module path -> {parameter: shape}.
+
+    PEFT saves its copy of a module (``classifier``) under the module's own path
+    (``base_model.model.classifier.weight``, ``...classifier.out_proj.bias`` for a nested head) and matches a
+    ``modules_to_save`` entry to a module path with ``path.endswith(entry)``; the shortest such path wins.
+    """
+    names = tuple(n for n in m.modules_to_save if n)
+    out: dict[str, dict[str, list[int]]] = {}
+    if not names:
+        return out
+    for key, shape in m.extra_tensors.items():
+        if not key.startswith(KEY_PREFIX) or "trainable_tokens" in key:
+            continue
+        parts = key[len(KEY_PREFIX):].split(".")
+        for cut in range(1, len(parts)):
+            path = ".".join(parts[:cut])
+            if path.endswith(names):
+                out.setdefault(path, {})[".".join(parts[cut:])] = list(shape)
+                break
+    return out
+
+
+def _params_text(label: str, params: dict[str, list[int]]) -> str:
+    return f"{label}: " + ", ".join(f"{name} {shape}" for name, shape in sorted(params.items()))
+
+
+def _trains_biases(m: AdapterManifest) -> bool:
+    return (m.config.get("bias") or "none") != "none"
+
+
+def _plan_saved_modules(manifests: list[AdapterManifest], weights: list[float], labels: list[str],
+                        lora_modules: list[str]) -> tuple[dict[str, list[int]], list[str]]:
+    """Which ``modules_to_save`` copies the merge carries (module -> owning inputs), and why others cannot be.
+
+    A fully trained module's merged copy is ``sum_i w_i X_i`` over the inputs that train it. With ``X_0`` the
+    base model's own copy (untrained inputs keep it), the weighted merge of what the inputs learned is
+    ``X_0 + sum_i w_i (X_i - X_0)``: the same, without ``X_0``, exactly when those weights sum to 1.
+    """
+    copies = [{} if _trains_biases(m) else saved_module_tensors(m) for m in manifests]
+    owners: dict[str, list[int]] = {}
+    for i, found in enumerate(copies):
+        for path in found:
+            owners.setdefault(path, []).append(i)
+    plan: dict[str, list[int]] = {}
+    problems: list[str] = []
+    weights_ok = len(weights) == len(manifests) and all(_is_number(w) for w in weights)
+    for path, idx in sorted(owners.items()):
+        names = " and ".join(labels[i] for i in idx)
+        if len({repr(sorted(copies[i][path].items())) for i in idx}) > 1:
+            listed = "; ".join(_params_text(labels[i], copies[i][path]) for i in idx)
+            problems.append(f"{names} fully train module {path!r} (modules_to_save) with different parameters or "
+                            f"shapes ({listed}); their copies cannot be combined")
+            continue
+        excluded = re.compile(rf"(^|.*\.){re.escape(path)}($|\..*)")  # PEFT's rule: no LoRA inside a saved module
+        lora = [module for module in lora_modules if excluded.match(module)]
+        if lora:
+            adapting = [labels[i] for i, m in enumerate(manifests) if lora[0] in m.modules]
+            problems.append(f"module {path!r} is fully trained (modules_to_save) by {names} but adapted with LoRA "
+                            f"by {' and '.join(adapting)} ({lora[0]}): a PEFT adapter cannot hold both")
+            continue
+        if weights_ok:
+            total = sum(weights[i] for i in idx)
+            if abs(total - 1) > 1e-6:
+                problems.append(
+                    f"{names} fully train{'s' if len(idx) == 1 else ''} module {path!r} (modules_to_save) with "
+                    f"weight(s) summing to {total:g}: the merged copy is the weighted sum of the trained copies, "
+                    "which merges what they learned only when those weights sum to 1 (otherwise it needs the "
+                    f"base model's own {path!r}, which a merge does not read); give "
+                    f"{'it weight 1' if len(idx) == 1 else 'them weights summing to 1'}")
+                continue
+        plan[path] = idx
+    return plan, problems
+
+
+def _not_carried(manifests: list[AdapterManifest], labels: list[str]) -> list[str]:
+    """Warnings for what an input holds that the merged adapter leaves out."""
+    warnings = []
+    for label, m in zip(labels, manifests, strict=True):
+        if m.config.get("trainable_token_indices"):
+            warnings.append(f"trainable tokens of {label} are not carried into the merged adapter")
+        carried = {f"{KEY_PREFIX}{path}.{param}" for path, params in saved_module_tensors(m).items()
+                   for param in params}
+        other = sorted(k for k in m.extra_tensors if k not in carried and "trainable_tokens" not in k)
+        base_copies = [k for k in other if ".base_layer." in k]
+        rest = [k for k in other if ".base_layer." not in k]
+        if base_copies:
+            warnings.append(f"{label} holds {len(base_copies)} non-LoRA tensor(s) copying base layers (e.g. "
+                            f"{base_copies[0]}), which PEFT saves with embedding adapters; not carried into the "
+                            "merged adapter")
+        if rest:
+            warnings.append(f"{label} holds {len(rest)} non-LoRA tensor(s) that are not modules_to_save copies "
+                            f"(e.g. {rest[0]}); not carried into the merged adapter")
+    return warnings
 
 
 def check_merge(

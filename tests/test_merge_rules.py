@@ -130,13 +130,68 @@ def test_cross_base_and_revision():
     assert any("different task types" in p for p in problems([a, manifest(task_type="SEQ_CLS")], [1, 1], "cat"))
 
 
-def test_modules_to_save():
-    a, b = manifest(modules_to_save=["lm_head"]), manifest(modules_to_save=["lm_head", "score"])
-    assert problems([a, b], [1, 1], "cat", labels=["a", "b"]) == [
-        "a and b both fully train module 'lm_head' (modules_to_save); such modules cannot be merged"]
-    plan = check_merge([manifest(), b], [1, 1], "cat", labels=["a", "b"])
-    assert plan.warnings == ["modules_to_save of b (lm_head) is not carried into the merged adapter",
-                             "modules_to_save of b (score) is not carried into the merged adapter"]
+def saving(*modules: str, classes: int = 3, **fields: Any) -> AdapterManifest:
+    """A manifest whose weights hold PEFT's trained copies of ``modules`` (modules_to_save), as a classifier."""
+    extra = {f"base_model.model.{module}.{param}": shape for module in modules
+             for param, shape in (("weight", [classes, 64]), ("bias", [classes]))}
+    return manifest(modules_to_save=[m.rsplit(".", 1)[-1] for m in modules] + ["score"], extra_tensors=extra,
+                    **fields)
+
+
+def test_modules_to_save_copies_are_combined_when_their_weights_sum_to_one():
+    a, b = saving("classifier"), saving("classifier")
+    plan = check_merge([a, b], [0.7, 0.3], "cat", labels=["a", "b"])
+    assert plan.saved_modules == {"classifier": [0, 1]} and plan.warnings == []
+    assert check_merge([a, manifest()], [1, 0.5], "cat").saved_modules == {"classifier": [0]}
+    assert check_merge([a], [1.0], "svd").saved_modules == {"classifier": [0]}
+    # weights not summing to 1: the base model's own copy would be needed
+    found = problems([a, b], [1, 1], "cat", labels=["a", "b"])
+    assert found == [
+        "a and b fully train module 'classifier' (modules_to_save) with weight(s) summing to 2: the merged copy is "
+        "the weighted sum of the trained copies, which merges what they learned only when those weights sum to 1 "
+        "(otherwise it needs the base model's own 'classifier', which a merge does not read); give them weights "
+        "summing to 1"]
+    assert "fully trains module 'classifier'" in problems([manifest(), a], [0.5, 0.5], "cat")[0]
+    # copies that differ cannot be summed
+    found = problems([a, saving("classifier", classes=5)], [0.5, 0.5], "cat", labels=["a", "b"])
+    assert len(found) == 1
+    assert "with different parameters or shapes (a: bias [3], weight [3, 64]; b: bias [5]" in found[0]
+
+
+def test_modules_to_save_nested_head_and_lora_conflict():
+    head = manifest(modules_to_save=["classifier"], extra_tensors={
+        "base_model.model.classifier.dense.weight": [64, 64], "base_model.model.classifier.out_proj.weight": [2, 64]})
+    plan = check_merge([head, head.model_copy()], [0.5, 0.5], "svd", labels=["a", "b"])
+    assert plan.saved_modules == {"classifier": [0, 1]}
+    # one input fully trains a module that another adapts with LoRA: PEFT cannot hold both in one adapter
+    lora = manifest(leaves=("q_proj",))
+    saved_q = manifest(leaves=("v_proj",), modules_to_save=["q_proj"], extra_tensors={
+        f"base_model.model.model.layers.{i}.self_attn.q_proj.weight": [64, 64] for i in range(2)})
+    found = problems([lora, saved_q], [0.5, 0.5], "cat", labels=["a", "b"])
+    assert len(found) == 2 and all("fully trained (modules_to_save) by b but adapted with LoRA by a" in p
+                                   for p in found)
+
+
+def test_non_lora_tensors_are_named_correctly():
+    emb = manifest(extra_tensors={"base_model.model.model.embed_tokens.base_layer.weight": [128, 64]})
+    odd = manifest(extra_tensors={"base_model.model.model.norm.weight": [64]})
+    assert check_merge([emb, odd], [1, 1], "cat", labels=["a", "b"]).warnings == [
+        "a holds 1 non-LoRA tensor(s) copying base layers (e.g. "
+        "base_model.model.model.embed_tokens.base_layer.weight), which PEFT saves with embedding adapters; not "
+        "carried into the merged adapter",
+        "b holds 1 non-LoRA tensor(s) that are not modules_to_save copies (e.g. base_model.model.model.norm.weight); "
+        "not carried into the merged adapter"]
+
+
+@pytest.mark.parametrize("bias", ["all", "lora_only"])
+def test_trained_biases_refused(bias):
+    extra = {"base_model.model.model.layers.0.self_attn.q_proj.base_layer.bias": [64]}
+    found = problems([manifest(), manifest(config={"bias": bias}, extra_tensors=extra)], [1, 1], "cat",
+                     labels=["a", "b"])
+    assert found == [f"b: bias={bias!r}: the adapter trained the base model's own biases, which replace the base's "
+                     "values instead of adding a delta to them, so they cannot be weighted or combined without the "
+                     "base model (PEFT refuses to hold two adapters with biases); train it with bias='none'"]
+    assert check_merge([manifest(), manifest(config={"bias": "none"})], [1, 1], "cat").warnings == []
 
 
 def test_shapes_must_agree_on_shared_modules():
