@@ -19,7 +19,16 @@ from pathlib import Path
 import factories
 import pytest
 import torch
-from merge_fixtures import PeftReference, exact_deltas, fake_adapter, merged_deltas, value_mask
+from merge_fixtures import (
+    PeftReference,
+    assert_loads_exactly,
+    assert_matches_peft,
+    exact_deltas,
+    fake_adapter,
+    logits,
+    merged_deltas,
+    value_mask,
+)
 from peft import PeftModel
 from peft.utils import merge_utils
 from safetensors.torch import load_file, save_file
@@ -109,24 +118,13 @@ def test_matches_peft(bases, references, tmp_path, monkeypatch, pair, method, kw
     ref = references(base, *inputs)
     try:
         ref.merge("merged", WEIGHTS, method, **kw)
-        ref.load("ours", tmp_path / "out")
-        theirs, ours = ref.layers("merged"), ref.layers("ours")
-        assert theirs.keys() == ours.keys()
-        for name, (a_ref, b_ref, s_ref) in theirs.items():
-            a, b, s = ours[name]
-            assert s == 1.0
-            if method in FACTOR_TYPES and a.shape == a_ref.shape:
-                torch.testing.assert_close(a, a_ref * s_ref, rtol=1e-6, atol=1e-7)
-                torch.testing.assert_close(b, b_ref, rtol=1e-6, atol=1e-7)
-            else:
-                torch.testing.assert_close(b @ a, s_ref * (b_ref @ a_ref), rtol=1e-4, atol=2e-6)
-        torch.testing.assert_close(ref.logits("ours"), ref.logits("merged"), rtol=1e-4, atol=1e-5)
+        assert_matches_peft(ref, tmp_path / "out", method in FACTOR_TYPES)
     finally:
         ref.drop("merged", "ours")
 
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
     assert config["lora_alpha"] == config["r"] == report.out_rank and config["use_rslora"] is False
-    assert config["target_modules"] == sorted({m.module.rsplit(".", 1)[-1] for m in report.modules})
+    assert config["target_modules"] == [m.module for m in report.modules]  # full paths: exactly these modules
     assert config["base_model_name_or_path"] == str(bases[base]) and config["task_type"] == "CAUSAL_LM"
     if pair == "embedding":  # PEFT saved copies of the embedding and lm_head base layers; they are not merged
         assert sum("non-LoRA tensor" in w for w in report.warnings) == 2
@@ -407,6 +405,7 @@ def test_every_problem_is_reported_at_once(bases, tmp_path):
     ({"use_dora": True}, "DoRA"), ({"lora_bias": True}, "lora_bias"),
     ({"target_parameters": ["mlp.experts"]}, "target_parameters"), ({"init_lora_weights": "pissa"}, "pissa"),
     ({"revision": "abc123"}, "different base models or revisions"),
+    ({"bias": "all"}, "bias='all': the adapter trained"), ({"bias": "lora_only"}, "bias='lora_only'"),
 ])
 def test_unsupported_features_refused_before_work(bases, tmp_path, edit, message):
     odd = shutil.copytree(bases["llama-b"], tmp_path / "odd")
@@ -421,20 +420,59 @@ def test_unsupported_features_refused_before_work(bases, tmp_path, edit, message
         merge_adapters([bases["llama-a"], odd], [1, 1], "cat", out=tmp_path / "out", allow_cross_base=True)
 
 
-def test_modules_to_save_on_the_same_module_refused(bases, tmp_path):
-    folders = []
-    for name in ("x", "y"):
-        folder = shutil.copytree(bases["llama-a"], tmp_path / name)
-        cfg = json.loads((folder / "adapter_config.json").read_text())
-        cfg["modules_to_save"] = ["lm_head"]
-        (folder / "adapter_config.json").write_text(json.dumps(cfg))
-        folders.append(folder)
-    with pytest.raises(IncompatibleAdapters, match="modules_to_save") as info:
-        merge_adapters(folders, [1, 1], "cat", out=tmp_path / "out")
-    assert str(folders[0]) in str(info.value) and str(folders[1]) in str(info.value)
-    report = merge_adapters([folders[0], bases["llama-b"]], [1, 1], "cat", out=tmp_path / "one")
-    assert any("modules_to_save" in w for w in report.warnings)
-    assert json.loads((tmp_path / "one" / "adapter_config.json").read_text())["modules_to_save"] is None
+def _with_head(bases: dict[str, Path], folder: Path, seed: int) -> Path:
+    """llama-a's LoRA plus a trained copy of lm_head (modules_to_save), written as PEFT saves it."""
+    shutil.copytree(bases["llama-a"], folder)
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    cfg["modules_to_save"] = ["lm_head"]
+    (folder / "adapter_config.json").write_text(json.dumps(cfg))
+    tensors = load_file(folder / "adapter_model.safetensors")
+    tensors["base_model.model.lm_head.weight"] = torch.randn(128, 64, generator=torch.Generator().manual_seed(seed))
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    return folder
+
+
+def test_modules_to_save_copies_are_carried(bases, references, tmp_path):
+    """A fully trained lm_head is carried as the weighted sum of the trained copies, when those weights sum to 1.
+
+    PEFT's add_weighted_adapter gives the merged adapter a fresh copy of the base model's lm_head instead (and
+    refuses two inputs that train it): the trained head is lost. Here the output loads in PEFT with exactly
+    the LoRA layers and the head of the inputs, and gives PEFT's merged LoRA with the carried head.
+    """
+    x, y = _with_head(bases, tmp_path / "x", 1), _with_head(bases, tmp_path / "y", 2)
+    heads = [load_file(f / "adapter_model.safetensors")["base_model.model.lm_head.weight"] for f in (x, y)]
+    report = merge_adapters([x, bases["llama-b"]], [1.0, 0.5], "cat", out=tmp_path / "one")
+    assert report.saved_modules == {"lm_head": [str(x)]} and report.warnings == []
+    two = merge_adapters([x, y], [0.7, 0.3], "svd", out=tmp_path / "two")
+    assert two.saved_modules == {"lm_head": [str(x), str(y)]}
+    for out, head in (("one", heads[0]), ("two", 0.7 * heads[0] + 0.3 * heads[1])):
+        config = json.loads((tmp_path / out / "adapter_config.json").read_text())
+        assert config["modules_to_save"] == ["lm_head"]
+        model = PeftModel.from_pretrained(factories.load_base(bases["llama"]), str(tmp_path / out))
+        assert_loads_exactly(model, tmp_path / out)
+        torch.testing.assert_close(model.base_model.model.lm_head.modules_to_save["default"].weight, head)
+    ref = references("llama", "llama-a", "llama-b")
+    try:  # PEFT on the same LoRA factors; the lm_head it would use is the one carried here
+        ref.merge("merged", [1.0, 0.5], "cat")
+        peft_head = ref.model.base_model.model.lm_head
+        ours = PeftModel.from_pretrained(factories.load_base(bases["llama"]), str(tmp_path / "one")).eval()
+        original = peft_head.weight.detach().clone()
+        with torch.no_grad():
+            peft_head.weight.copy_(heads[0])
+            expected = ref.logits("merged")
+            peft_head.weight.copy_(original)
+        torch.testing.assert_close(logits(ours), expected, rtol=1e-4, atol=1e-5)
+    finally:
+        ref.drop("merged")
+    with pytest.raises(IncompatibleAdapters, match="fully trains module 'lm_head'") as info:
+        merge_adapters([x, bases["llama-b"]], [0.5, 0.5], "cat", out=tmp_path / "half")
+    assert "weight(s) summing to 0.5" in str(info.value)
+    with pytest.raises(IncompatibleAdapters, match="summing to 2"):
+        merge_adapters([x, y], [1, 1], "cat", out=tmp_path / "sum2")
+    peft_two = PeftModel.from_pretrained(factories.load_base(bases["llama"]), str(x), adapter_name="x")
+    peft_two.load_adapter(str(y), adapter_name="y")
+    with pytest.raises(ValueError, match="target the same module with modules_to_save"):  # PEFT refuses
+        peft_two.add_weighted_adapter(["x", "y"], [0.7, 0.3], "xy", combination_type="svd")
 
 
 def test_conv_layers_refused(tmp_path):

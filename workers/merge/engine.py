@@ -22,14 +22,15 @@ from safetensors.torch import save_file
 from registry.errors import InvalidAdapter, RegistryError
 from registry.inspect import KEY_PREFIX, inspect_adapter, weights_path
 from registry.manifest import AdapterManifest
-from registry.merge_rules import MergePlan, check_merge
+from registry.merge_rules import MergePlan, check_merge, saved_module_tensors
 from workers.merge.methods import ModuleInputs, merge_cat, merge_dense_svd, merge_exact_svd, merge_factors
 from workers.merge.report import ExactDelta, MergeReport, ModuleReport, peak_rss_bytes
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # PEFT's key suffixes: linear layers hold modules (``.weight``), embeddings hold bare parameters.
 KEYS = {"linear": ("lora_A.weight", "lora_B.weight"), "embedding": ("lora_embedding_A", "lora_embedding_B")}
-# Config fields that restrict which modules match target_modules: kept only when every input agrees.
+# Config fields that restrict which modules match target_modules: the output's target_modules lists the merged
+# modules' full paths, which match exactly those modules, so these are cleared.
 _RESTRICTIONS = ("layers_to_transform", "layers_pattern", "exclude_modules")
 
 
@@ -161,7 +162,9 @@ def merge_adapters(
             shutil.rmtree(staging, ignore_errors=True)
     return MergeReport(
         method=plan.method, out=str(out), out_rank=plan.out_rank, weights=plan.weights, params=plan.params,
-        modules=module_reports, partial_modules=plan.partial_modules, seconds=time.perf_counter() - start,
+        modules=module_reports, partial_modules=plan.partial_modules,
+        saved_modules={path: [labels[i] for i in owners] for path, owners in plan.saved_modules.items()},
+        seconds=time.perf_counter() - start,
         peak_rss_bytes=peak_rss_bytes(), peak_module_bytes=peak_module,
         dtype=str(out_dtype).removeprefix("torch."), warnings=plan.warnings,
     )
@@ -203,7 +206,26 @@ def _run(folders: list[Path], manifests: list[AdapterManifest], labels: list[str
                                         error / reference if reference > 0 else None, error, reference))
             if progress is not None:
                 progress((index + 1) / len(modules), f"{index + 1}/{len(modules)} modules")
+        tensors.update(_saved_copies(handles, manifests, labels, plan, out_dtype))
     return tensors, reports, peak
+
+
+def _saved_copies(handles: list[Any], manifests: list[AdapterManifest], labels: list[str], plan: MergePlan,
+                  out_dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The modules_to_save copies of the plan: ``sum_i w_i X_i`` per parameter over the inputs that train the
+    module (their weights sum to 1, see :func:`registry.merge_rules.check_merge`), under PEFT's key names."""
+    out: dict[str, torch.Tensor] = {}
+    for path, owners in sorted(plan.saved_modules.items()):
+        for param in sorted(saved_module_tensors(manifests[owners[0]])[path]):
+            key = f"{KEY_PREFIX}{path}.{param}"
+            total = sum(plan.weights[i] * _read(handles[i], key, labels[i]) for i in owners)
+            assert isinstance(total, torch.Tensor)
+            merged = total.to(out_dtype).contiguous()
+            if not _finite(merged):
+                raise RegistryError(f"module {path}: the merged copy of {param} overflows {out_dtype} (NaN/Inf); "
+                                    "merge with dtype='float32'")
+            out[key] = merged
+    return out
 
 
 def _small_work(manifests: list[AdapterManifest], plan: MergePlan, device: str) -> bool:
@@ -296,19 +318,23 @@ def _out_config(manifests: list[AdapterManifest], plan: MergePlan) -> dict[str, 
     """The first input's config (as PEFT's ``replace``), made to describe exactly the merged tensors.
 
     ``r`` is the largest module rank, ``lora_alpha = r`` and ``alpha_pattern = rank_pattern`` so that every
-    module's scaling is 1; rsLoRA, DoRA and lora_bias are off; target_modules lists the merged leaf names.
+    module's scaling is 1; rsLoRA, DoRA and lora_bias are off. ``target_modules`` lists the merged modules' full
+    paths (PEFT matches a list entry to a module whose name equals it or ends with ``.`` + it), so PEFT creates LoRA
+    layers on exactly those modules, whatever form the inputs' target_modules had (a regex string, leaf names,
+    with or without layers_to_transform / exclude_modules, which are therefore cleared). ``modules_to_save``
+    lists the full paths of the carried copies (``None`` when there are none).
     """
     config = dict(manifests[0].config)
     config["base_model_name_or_path"] = manifests[0].base_model_name_or_path  # the resolved identity
     config["revision"] = manifests[0].revision
     for key in _RESTRICTIONS:
-        values = [m.config.get(key) for m in manifests]
-        config[key] = values[0] if all(v == values[0] for v in values) else None
+        config[key] = None
     config.update(
         r=plan.out_rank, lora_alpha=plan.out_rank, rank_pattern=dict(plan.rank_pattern),
         alpha_pattern={k: float(v) for k, v in plan.rank_pattern.items()}, use_rslora=False, use_dora=False,
         lora_bias=False, init_lora_weights=True, inference_mode=True,
-        target_modules=sorted({m.rsplit(".", 1)[-1] for m in plan.modules}),
-        modules_to_save=None, trainable_token_indices=None, peft_version=_peft_version(),
+        target_modules=sorted(plan.modules, key=_natural_key),
+        modules_to_save=sorted(plan.saved_modules, key=_natural_key) or None, trainable_token_indices=None,
+        peft_version=_peft_version(),
     )
     return config

@@ -35,6 +35,7 @@ class MergeReport:
     params: dict[str, Any]
     modules: list[ModuleReport]
     partial_modules: dict[str, list[str]]
+    saved_modules: dict[str, list[str]]  # modules_to_save copies carried -> labels of the inputs combined
     seconds: float
     peak_rss_bytes: int  # the process's peak RSS (ru_maxrss), which includes what ran before the merge
     peak_module_bytes: int  # the largest per-module working set: inputs read plus dense intermediates
