@@ -67,7 +67,7 @@ VERSION_COLUMNS = [
 TABLES = ["base_models", "adapters", "adapter_versions", "tags", "version_targets", "aliases", "lineage_edges",
           "compatibility"]
 # Columns that a schema may have beyond VERSION_COLUMNS (denormalised for search); filled when present.
-OPTIONAL_COLUMNS = ["module_count", "tag_doc"]
+OPTIONAL_COLUMNS = ["module_count", "tag_doc", "config_sha256", "extra_tensors"]
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -146,7 +146,8 @@ def load(engine: Any, versions: int, seed: int = 0) -> dict[str, Any]:
         tags = {"team": TEAMS[adapter_id % len(TEAMS)] if rnd.random() < 0.8 else rnd.choice(TEAMS),
                 "lang": rnd.choice(LANGS), "stage": rnd.choice(STAGES)}
         tag_rows.extend((vid, key, value) for key, value in tags.items())
-        derived[vid] = {"module_count": len(tensors), "tag_doc": json.dumps(tags)}
+        derived[vid] = {"module_count": len(tensors), "tag_doc": json.dumps(tags), "config_sha256": _sha("config", vid),
+                        "extra_tensors": "{}"}
         target_rows.extend((vid, p) for p in targets)
         compat_rows.append((vid, base, "exact", json.dumps({"declared": True, "shapes_checked": True,
                                                                "modules": len(tensors)}), created))
@@ -269,7 +270,7 @@ def search_row_by_row(reg: Any, base_model: str, tags: dict[str, str]) -> list[A
 
     with transaction(reg._sessions) as session:
         rows, _ = queries.search(session, queries.SearchFilters(base_model=base_model, tags=tags, limit=50))
-        return [queries.describe(session, [row], reg.store.root, full=False)[0] for row in rows]
+        return [queries.describe(session, [row], reg.store.root)[0] for row in rows]
 
 
 def lineage_by_loop(reg: Any, version_id: int) -> tuple[int, int]:

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from registry.errors import BaseModelNotFound, InvalidAdapter
+from registry.errors import BaseModelNotFound, InvalidAdapter, RegistryError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _HINT = ("pass --base-path DIR (the base model's folder, to record and check its shapes), or --base ORG/NAME "
@@ -87,3 +87,22 @@ def resolve_base(
         "and is not a Hub id of the form org/name",
         hint=_HINT,
     )
+
+
+def is_hub_id(name: str) -> bool:
+    """True for ``org/name`` that is not also a folder here."""
+    return bool(_HUB_ID.match(name)) and not _looks_like_path(name) and not Path(name).exists()
+
+
+def card_base_model(base_name: str | None, given: str | None, ref: str) -> str:
+    """The Hub id a published model card names as ``base_model``: ``given`` (``--base-model-id``), else the
+    version's base when that is a Hub id. Refused, before any job exists, when neither is."""
+    if given is not None:
+        if not _HUB_ID.match(given):
+            raise RegistryError(f"--base-model-id {given!r} is not a Hub id of the form org/name")
+        return given
+    if base_name and is_hub_id(base_name):
+        return base_name
+    raise RegistryError(
+        f"{ref}: its base model is not a Hub id ({base_name or 'none'}), so the model card's base_model would be "
+        "wrong", hint="name the base model's Hub id with --base-model-id ORG/NAME (base_model_id= in the SDK)")

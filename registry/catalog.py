@@ -112,6 +112,10 @@ def _adapter(session: Session, name: str, *, create: bool) -> m.Adapter | None:
     return session.scalars(select(m.Adapter).where(m.Adapter.name == name)).one_or_none()
 
 
+def adapter_exists(session: Session, name: str) -> bool:
+    return _adapter(session, name, create=False) is not None
+
+
 def register_version(
     session: Session,
     name: str,

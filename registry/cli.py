@@ -9,10 +9,11 @@ from typing import Any
 
 import click
 import typer
+from rich.markup import escape
 from typer.core import TyperCommand
 
 from registry import types as t
-from registry.cli_output import emits, human_size, stderr, stdout, table
+from registry.cli_output import activity, emits, human_size, stderr, stdout, table
 from registry.queries import SearchFilters
 from registry.refs import parse_tag
 
@@ -39,16 +40,21 @@ _state: dict[str, Any] = {}
 def _main(
     db: str | None = typer.Option(None, "--db", envvar="ADREG_DATABASE_URL", help="Catalog database URL."),
     home: Path | None = typer.Option(None, "--home", envvar="ADREG_HOME", help="Embedded catalog folder."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Let libraries print their own progress and warnings."),
 ) -> None:
+    import os
+
     _state.clear()
     _state.update(db=db, home=home)
+    if verbose:
+        os.environ["ADREG_VERBOSE"] = "1"  # read where the workers load models (workers.quiet)
 
 
 def _registry():  # type: ignore[no-untyped-def]
     from registry.sdk import Registry
 
     if "registry" not in _state:
-        _state["registry"] = Registry(_state.get("db"), home=_state.get("home"))
+        _state["registry"] = Registry(_state.get("db"), home=_state.get("home"), on_progress=activity.job)
     return _state["registry"]
 
 
@@ -57,6 +63,9 @@ def _tags(values: list[str] | None) -> dict[str, str]:
 
 
 # -- rendering ------------------------------------------------------------------------------------
+
+
+_LEVELS = {"declared": "declared, shapes not checked"}
 
 
 def _render_version(v: t.AdapterVersion) -> None:
@@ -72,10 +81,11 @@ def _render_version(v: t.AdapterVersion) -> None:
         ["sha256", v.weights_sha256],
         ["tags", ", ".join(f"{k}={val}" for k, val in sorted(v.tags.items())) or "-"],
         ["aliases", ", ".join(v.aliases) or "-"],
+        ["description", v.description or "-"],
         ["parents", ", ".join(
             f"{p.ref} ({p.relation}" + (f", w={p.weight:g}" if p.weight is not None else "") + ")" for p in v.parents
         ) or "-"],
-        ["compatible", ", ".join(f"{c.base_model} [{c.level}]" for c in v.compatible) or "-"],
+        ["compatible", ", ".join(f"{c.base_model} [{_LEVELS.get(c.level, c.level)}]" for c in v.compatible) or "-"],
         ["path", v.path],
         ["created", v.created_at.strftime("%Y-%m-%d %H:%M:%S")],
     ]
@@ -97,11 +107,18 @@ def _render_versions(items: list[t.AdapterVersion] | t.SearchPage) -> None:
 
 
 def _render_lineage(g: t.LineageGraph) -> None:
-    stdout.print(f"lineage of [bold]{g.root}[/]: {len(g.nodes)} version(s), {len(g.edges)} edge(s)")
-    if not g.edges:
-        return
-    table(None, ["child", "relation", "parent", "weight", "position"],
-          [[e.child, e.relation, e.parent, "" if e.weight is None else f"{e.weight:g}", e.position] for e in g.edges])
+    from rich.tree import Tree
+
+    from registry.lineage_render import to_tree_lines
+
+    rows = to_tree_lines(g)
+    root = Tree(f"[bold]{escape(g.root)}[/]  [dim]{len(g.nodes)} version(s), {len(g.edges)} edge(s)[/]")
+    stack = [root]
+    for depth, ref, edge in rows[1:]:
+        del stack[depth:]
+        label = f"[dim]{ref}[/]" if ref in ("ancestors", "descendants") else escape(ref)
+        stack.append(stack[-1].add(label + (f"  [cyan]{escape(edge)}[/]" if edge else "")))
+    stdout.print(root)
 
 
 def _render_bases(bases: list[t.BaseModelInfo]) -> None:
@@ -137,10 +154,14 @@ def register(
     json_output: bool = JSON,
 ) -> t.AdapterVersion:
     """Register an adapter folder as the next version of NAME."""
-    return _registry().register(
+    version = _registry().register(
         source, name=name, tags=_tags(tag), base=base, base_path=base_path, revision=revision,
         description=description,
     )
+    if not any(c.level != "declared" for c in version.compatible):
+        stderr.print(f"[yellow]warning:[/] the shapes of base model {escape(str(version.base_model))} were not "
+                     "checked (its config.json was not read); pass --base-path DIR to check them", highlight=False)
+    return version
 
 
 @app.command("list")
@@ -204,18 +225,20 @@ def untag(ref: str = typer.Argument(...), keys: list[str] = typer.Argument(...),
 @app.command()
 def lineage(
     ref: str = typer.Argument(...),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json, mermaid or dot."),
+    fmt: str = typer.Option("tree", "--format", "-f", help="tree, json, mermaid or dot."),
     json_output: bool = JSON,
 ) -> None:
-    """Ancestors and descendants of a version (as a table, JSON, mermaid or Graphviz dot)."""
+    """Ancestors and descendants of a version (as a tree, JSON, mermaid or Graphviz dot)."""
     from registry.cli_output import fail
     from registry.errors import RegistryError
     from registry.lineage_render import to_dot, to_mermaid
 
     if json_output:
         fmt = "json"
-    if fmt not in ("table", "json", "mermaid", "dot"):
-        fail(RegistryError(f"--format must be table, json, mermaid or dot (got {fmt!r})"))
+    if fmt == "table":
+        fmt = "tree"  # the earlier name of the terminal view
+    if fmt not in ("tree", "json", "mermaid", "dot"):
+        fail(RegistryError(f"--format must be tree, json, mermaid or dot (got {fmt!r})"))
     try:
         graph = _registry().lineage(ref)
     except RegistryError as err:
@@ -240,10 +263,27 @@ def alias_set(ref: str = typer.Argument(...), alias: str = typer.Argument(...), 
 
 @alias_app.command("rm")
 @emits(lambda d: stdout.print(f"removed {d['name']}@{d['alias']}"))
-def alias_rm(name: str = typer.Argument(...), alias: str = typer.Argument(...), json_output: bool = JSON) -> Any:
-    """Remove an alias."""
-    _registry().remove_alias(name, alias)
+def alias_rm(
+    ref: str = typer.Argument(..., help="name@alias"),
+    alias: str | None = typer.Argument(None, help="(old form: NAME ALIAS)"),
+    json_output: bool = JSON,
+) -> Any:
+    """Remove an alias: adreg alias rm NAME@ALIAS."""
+    from registry.refs import parse_ref
+
+    _registry().remove_alias(ref, alias)
+    name, alias = (ref, alias) if alias is not None else (parse_ref(ref).name, parse_ref(ref).alias)
     return {"name": name, "alias": alias}
+
+
+@alias_app.command("list")
+@emits(lambda items: table(None, ["alias", "version", "updated"],
+                           [[f"{a.name}@{a.alias}", a.ref, a.updated_at.strftime("%Y-%m-%d %H:%M:%S")]
+                            for a in items]))
+def alias_list(name: str | None = typer.Argument(None, help="Only this adapter's aliases."),
+               json_output: bool = JSON) -> Any:
+    """Aliases and the versions they point at."""
+    return _registry().aliases(name)
 
 
 @base_app.command("list")
@@ -270,35 +310,48 @@ def demo(json_output: bool = JSON) -> Any:
     """Build a tiny base and three adapters with PEFT, register and merge them, show the lineage."""
     from workers.demo import run_demo
 
-    reg = _registry()
-    if json_output:
-        return run_demo(reg)
-    with stdout.status("starting") as status:
-        return run_demo(reg, say=lambda msg: status.update(msg))
+    return run_demo(_registry(), say=activity.say)
 
 
 # -- merges and jobs ------------------------------------------------------------------------------
 
 
 class _MultiValueCommand(TyperCommand):
-    """Lets ``--weights 0.5 0.3 0.2`` (space-separated, as people write it) mean ``--weights 0.5,0.3,0.2``."""
+    """Lets ``--weights 0.5 0.3 0.2`` (space-separated, as people write it) mean ``--weights 0.5,0.3,0.2``.
 
-    multi = ("--weights",)
+    After ``--weights`` it takes numbers and comma-separated lists of numbers; while fewer weights than the
+    references given before ``--weights`` have been taken, it takes any other word too, so that
+    ``--weights 0.5 abc`` is reported as a bad weight rather than read as a reference.
+    """
+
+    multi = ("--weights", "-w")
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        takes_value = {opt for p in self.params if isinstance(p, click.Option) and not p.is_flag for opt in p.opts}
         out: list[str] = []
+        positional = 0
         i = 0
         while i < len(args):
-            out.append(args[i])
-            if args[i] in self.multi:
-                values = []
-                i += 1
-                while i < len(args) and not args[i].startswith("--") and _is_number(args[i]):
-                    values.append(args[i])
-                    i += 1
-                out.append(",".join(values))
-                continue
+            token = args[i]
+            out.append(token)
             i += 1
+            if token not in self.multi:
+                if not token.startswith("-"):
+                    positional += 1
+                elif token in takes_value and i < len(args):
+                    out.append(args[i])  # the value of another option is not a reference
+                    i += 1
+                continue
+            values: list[str] = []
+            count = 0
+            while i < len(args) and (not args[i].startswith("-") or _is_number(args[i])):
+                numbers = _is_number_list(args[i])
+                if not numbers and count >= positional:
+                    break
+                values.append(args[i])
+                count += len(args[i].split(",")) if numbers else 1
+                i += 1
+            out.append(",".join(values))
         return super().parse_args(ctx, out)
 
 
@@ -310,16 +363,40 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def _is_number_list(text: str) -> bool:
+    parts = text.split(",")
+    return all(_is_number(p) for p in parts if p.strip()) and any(p.strip() for p in parts)
+
+
 def _floats(text: str) -> list[float]:
     from registry.errors import RegistryError
 
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise RegistryError(f"--weights must be numbers (got {text!r})") from None
+    hint = "write --weights 0.7 0.3 or --weights 0.7,0.3"
+    values = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in values if not _is_number(x)]
+    if bad:
+        raise RegistryError(f"--weights takes numbers, one per source: {', '.join(map(repr, bad))} is not a number",
+                            hint=hint)
+    if not values:
+        raise RegistryError("--weights needs one number per source", hint=hint)
+    return [float(x) for x in values]
+
+
+class JobChain:
+    """A job and the follow-ups it queued (validation, then publishing), shown one after the other."""
+
+    def __init__(self, jobs: list[Any]) -> None:
+        self.jobs = jobs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.jobs[0].to_dict(), "follow_ups": [j.to_dict() for j in self.jobs[1:]]}
 
 
 def _render_job(job: Any) -> None:
+    if isinstance(job, JobChain):
+        for one in job.jobs:
+            _render_job(one)
+        return
     rows = [["job", job.id], ["kind", job.kind], ["status", job.status], ["queue", job.queue],
             ["progress", f"{job.progress:.0%}" + (f" ({job.message})" if job.message else "")],
             ["attempts", job.attempts], ["created", job.created_at]]
@@ -342,10 +419,48 @@ def _render_job(job: Any) -> None:
         if "timings" in job.report:
             rows.append(["time", ", ".join(f"{k} {v:.2f}s" for k, v in job.report["timings"].items())])
         rows.append(["registered", ", ".join(job.report.get("registered", []))])
-    for key in ("layer_status", "logits", "distance_from_parents", "exact_check"):
-        if key in job.report:
-            rows.append([key.replace("_", " "), json.dumps(job.report[key], default=str)])
     table(None, ["field", "value"], rows)
+    if isinstance(job.report, dict) and "layer_status" in job.report:
+        _render_validation(job.report)
+
+
+def _g(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def validation_rows(report: dict[str, Any]) -> list[list[str]]:
+    """A runtime validation report as (check, outcome, detail) rows, numbers to 3 significant digits."""
+    rows: list[list[str]] = []
+    layers = report.get("layer_status") or {}
+    if layers:
+        problems = [f"{len(layers[k])} {k}" for k in ("missing", "unexpected", "nested", "disabled") if layers.get(k)]
+        if layers.get("trainable_params"):
+            problems.append(f"{layers['trainable_params']:,} trainable parameters")
+        rows.append(["adapter layers", "FAIL" if problems else "ok",
+                     f"{layers.get('layers')} of {layers.get('expected_layers')} expected LoRA layers"
+                     + (": " + ", ".join(problems) if problems else ", all active, none nested, nothing trainable")])
+    logits = report.get("logits") or {}
+    if logits:
+        moved = logits.get("max_abs_diff_from_base")
+        ok = logits.get("finite") and (moved or 0) > 1e-6
+        rows.append(["changes the base", "ok" if ok else "FAIL",
+                     ("finite" if logits.get("finite") else "NaN/Inf in the output") + f", max |diff| {_g(moved)}"])
+    for parent, distance in (report.get("distance_from_parents") or {}).items():
+        rows.append([f"distance from {parent}", "-", f"max |diff| {_g(distance)}"])
+    exact = report.get("exact_check")
+    if exact:
+        ok = exact["max_abs_diff"] <= exact["atol"]
+        rows.append([f"equals the weighted sum ({exact['method']})", "ok" if ok else "FAIL",
+                     f"max |diff| {_g(exact['max_abs_diff'])} (tolerance {_g(exact['atol'])})"])
+    return rows
+
+
+def _render_validation(report: dict[str, Any]) -> None:
+    table(f"runtime validation of {report.get('ref', '')} on {report.get('device', '?')}",
+          ["check", "outcome", "detail"], validation_rows(report))
+    stdout.print("[dim]max |diff|: the largest absolute difference between output logits of the two models on the "
+                 "same random probe inputs (the adapter vs the base, a parent or the exact weighted sum of the "
+                 "parents).[/]")
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
@@ -385,18 +500,45 @@ def _wait(job: Any, show_progress: bool) -> Any:
 
 
 def _follow(job: Any, wait: bool, json_output: bool, what: str) -> Any:
-    """Wait for a submitted job if asked (a progress bar for people); a failed job is a user error."""
-    from registry.errors import RegistryError
+    """Wait for a submitted job if asked (a progress bar for people). A job that ended failed or cancelled is
+    shown, then the command exits 1."""
+    from registry.cli_output import FailedOutcome
 
     if wait and not job.done:
         job = _wait(job, show_progress=not json_output)
-    if job.status == "failed":
-        raise RegistryError(f"{what} job {job.id} failed: {job.error}")
+    if job.status in ("failed", "cancelled"):
+        raise FailedOutcome(f"{what} job {job.id} {job.status}: {job.error or job.message or ''}".rstrip(": "), job)
     return job
 
 
+def _follow_chain(job: Any, follow_ups: int, wait: bool, json_output: bool, what: str) -> Any:
+    """:func:`_follow` a job, then the ``follow_ups`` jobs it queues one after another (a worker queues each
+    right after finishing the previous one, so each is looked for for a few seconds)."""
+    import time
+
+    from registry.cli_output import FailedOutcome
+
+    job = _follow(job, wait, json_output, what)
+    if not wait or not follow_ups:
+        return job
+    chain = [job]
+    while len(chain) <= follow_ups:
+        deadline = time.monotonic() + 15
+        children = _registry().jobs(parent_job_id=chain[-1].id)
+        while not children and time.monotonic() < deadline:
+            time.sleep(0.2)
+            children = _registry().jobs(parent_job_id=chain[-1].id)
+        if not children:
+            break
+        try:
+            chain.append(_follow(children[-1], True, json_output, children[-1].kind))
+        except FailedOutcome as err:
+            raise FailedOutcome(str(err), JobChain([*chain, err.data])) from None
+    return JobChain(chain)
+
+
 def _merge_report_render(data: Any) -> None:
-    if hasattr(data, "kind"):  # a catalog job
+    if hasattr(data, "kind") or isinstance(data, JobChain):  # a catalog job
         _render_job(data)
         return
     overall = data.get("overall", {})
@@ -434,16 +576,15 @@ def merge(
     params = dict(density=density, svd_rank=svd_rank, svd_clamp=svd_clamp,
                   majority_sign_method=majority_sign_method, seed=seed)
     if out is not None:
-        return _merge_folders(sources, weight_list, method, out, dtype, params, quiet=json_output,
-                              allow_cross_base=allow_cross_base)
+        return _merge_folders(sources, weight_list, method, out, dtype, params, allow_cross_base=allow_cross_base)
     job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,
                             tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate,
                             publish_to=publish, **params)
-    return _follow(job, wait, json_output, "merge")
+    return _follow_chain(job, 2 if publish else int(validate), wait, json_output, "merge")
 
 
 def _merge_folders(sources: list[str], weights: list[float], method: str, out: Path, dtype: str | None,
-                   params: dict[str, Any], quiet: bool, allow_cross_base: bool = False) -> dict[str, Any]:
+                   params: dict[str, Any], allow_cross_base: bool = False) -> dict[str, Any]:
     from registry.inspect import inspect_adapter
     from registry.merge_rules import check_merge
     from workers.merge import merge_adapters
@@ -451,12 +592,11 @@ def _merge_folders(sources: list[str], weights: list[float], method: str, out: P
     manifests = [inspect_adapter(Path(src)) for src in sources]
     given = {k: v for k, v in params.items() if v is not None}
     check_merge(manifests, weights, method, given, allow_cross_base=allow_cross_base, labels=list(sources))
-    with stderr.status(f"merging {len(sources)} adapters by {method}") as status:
-        report = merge_adapters(
-            [Path(s) for s in sources], weights, method, out=out, dtype=dtype, allow_cross_base=allow_cross_base,
-            progress=None if quiet else (lambda f, msg=None: status.update(f"{method}: {f:.0%} {msg or ''}")),
-            **given,
-        )
+    activity.say(f"merging {len(sources)} adapters by {method}")
+    report = merge_adapters(
+        [Path(s) for s in sources], weights, method, out=out, dtype=dtype, allow_cross_base=allow_cross_base,
+        progress=lambda f, msg=None: activity.say(f"{method}: {f:.0%} {msg or ''}"), **given,
+    )
     data = report.to_dict()
     data["out"] = str(out)
     return data
@@ -466,12 +606,17 @@ def _merge_folders(sources: list[str], weights: list[float], method: str, out: P
 @emits(_render_job)
 def train(
     sources: list[str] = typer.Argument(None, help="Version(s) to continue: name:2, name@alias."),
-    data: Path = typer.Option(..., "--data", help="JSONL/JSON (text | prompt+completion | messages), .txt, .parquet."),
+    data: Path = typer.Option(..., "--data", help="JSONL/JSON, .txt, .parquet; columns per task in docs/train.md."),
     steps: int = typer.Option(100, "--steps", min=1),
     lr: float = typer.Option(1e-4, "--lr"),
     name: str | None = typer.Option(None, "--name", "-n", help="Register as this name (default: the source's)."),
     new: str | None = typer.Option(None, "--new", help="Create a fresh adapter with this name."),
+    reuse_name: bool = typer.Option(
+        False, "--reuse-name", help="Let --new add a version to an existing name (no lineage to its versions)."),
     base: str | None = typer.Option(None, "--base", help="Base model (name or local folder) for --new."),
+    task_type: str | None = typer.Option(
+        None, "--task-type", help="Task of a --new adapter: CAUSAL_LM, SEQ_CLS, TOKEN_CLS or SEQ_2_SEQ_LM "
+                                  "(default: from the base's architecture)."),
     targets: str = typer.Option("all-linear", "--targets", help="Comma-separated module names, or all-linear."),
     r: int = typer.Option(16, "--r", help="Rank of a new adapter."),
     alpha: float = typer.Option(32, "--alpha", help="lora_alpha of a new adapter."),
@@ -505,7 +650,7 @@ def train(
         eval_rows=eval_rows,
         new={"r": r, "alpha": alpha, "targets": targets.split(","), "dropout": dropout} if new else None,
         seed=seed, checkpoint_every=checkpoint_every, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-        tags=_tags(tag), validate=validate,
+        tags=_tags(tag), validate=validate, task_type=task_type, reuse_name=reuse_name,
     )
     return _follow(job, wait, json_output, "training")
 
@@ -518,11 +663,14 @@ def publish(
     branch: str = typer.Option("main", "--branch"),
     private: bool = typer.Option(False, "--private"),
     create_pr: bool = typer.Option(False, "--create-pr", help="Open a pull request instead of pushing."),
+    base_model_id: str | None = typer.Option(
+        None, "--base-model-id", help="Hub id for the card's base_model when the base is a local folder."),
     wait: bool = typer.Option(True, "--wait/--no-wait"),
     json_output: bool = JSON,
 ) -> Any:
     """Publish a version to the Hugging Face Hub with a model card (base_model, lineage, recipe, evidence)."""
-    job = _registry().publish(ref, repo, branch=branch, private=private, create_pr=create_pr)
+    job = _registry().publish(ref, repo, branch=branch, private=private, create_pr=create_pr,
+                              base_model_id=base_model_id)
     return _follow(job, wait, json_output, "publish")
 
 
@@ -534,10 +682,7 @@ def validate_cmd(
     json_output: bool = JSON,
 ) -> Any:
     """Validate a version at run time against its base model's real weights (PEFT, logits probes)."""
-    job = _registry().validate(ref)
-    if wait and not job.done:
-        job = _wait(job, show_progress=not json_output)
-    return job
+    return _follow(_registry().validate(ref), wait, json_output, "validation")
 
 
 def _render_run(run: Any) -> None:
@@ -580,8 +725,13 @@ def jobs_cmd(
 @app.command("run")
 @emits(_render_run)
 def run_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file."), json_output: bool = JSON) -> Any:
-    """Check a recipe and run it once as a chain of jobs."""
-    return _registry().run_recipe(recipe)
+    """Check a recipe and run it once as a chain of jobs (exit 1 if the run failed)."""
+    from registry.cli_output import FailedOutcome
+
+    run = _registry().run_recipe(recipe)
+    if run.status in ("failed", "cancelled"):
+        raise FailedOutcome(f"run {run.id} of {run.recipe_name} {run.status}: {run.message or ''}".rstrip(": "), run)
+    return run
 
 
 @app.command("runs")
@@ -732,17 +882,8 @@ def job_cmd(
     json_output: bool = JSON,
 ) -> Any:
     """Show one job (its progress, error, report and result)."""
-    from registry.errors import RegistryError
-
     job = _registry().job(job_id)
-    if wait and not job.done:
-        job = _wait(job, show_progress=not json_output)
-    if wait and job.status != "succeeded":
-        if json_output:
-            sys.stdout.write(json.dumps(job.to_dict(), indent=2) + "\n")
-            raise typer.Exit(1)
-        raise RegistryError(f"job {job.id} {job.status}: {job.error or ''}")
-    return job
+    return _follow(job, True, json_output, job.kind) if wait else job
 
 
 @app.command("cancel")

@@ -24,6 +24,36 @@ stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
 
 
+class Activity:
+    """The one transient status line on stderr for long work in this process (local jobs, folder merges,
+    the demo). Shown only to a person: nothing in ``--json`` mode or when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self.json_mode = False
+        self._status: Any = None
+
+    def say(self, text: str) -> None:
+        if self.json_mode or not stderr.is_terminal:
+            return
+        if self._status is None:
+            self._status = stderr.status(escape(text))
+            self._status.start()
+        else:
+            self._status.update(escape(text))
+
+    def job(self, job_id: int, fraction: float, message: str | None) -> None:
+        """A progress listener for :class:`registry.Registry` (``on_progress``)."""
+        self.say(f"job {job_id}: {fraction:>4.0%} {message or ''}")
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+activity = Activity()
+
+
 def jsonable(data: Any) -> Any:
     if hasattr(data, "to_dict"):
         return data.to_dict()
@@ -38,6 +68,15 @@ def jsonable(data: Any) -> Any:
     if isinstance(data, dict):
         return {k: jsonable(v) for k, v in data.items()}
     return _jsonable(data)
+
+
+class FailedOutcome(RegistryError):
+    """A command whose work ran and failed (a job, a validation, a recipe run): its ``data`` is still shown
+    (table or JSON) before the error, and the exit code is 1."""
+
+    def __init__(self, message: str, data: Any) -> None:
+        super().__init__(message)
+        self.data = data
 
 
 def fail(err: RegistryError) -> None:
@@ -57,19 +96,32 @@ def emits(render: Callable[[Any], None] | None = None) -> Callable[[Callable[...
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> None:
+            activity.json_mode = bool(kwargs.get("json_output"))
             try:
                 data = fn(*args, **kwargs)
-            except RegistryError as err:
+            except FailedOutcome as err:
+                activity.stop()
+                _show(err.data, render, kwargs.get("json_output"))
                 fail(err)
                 return
-            if kwargs.get("json_output"):
-                sys.stdout.write(json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n")
-            elif render is not None and data is not None:
-                render(data)
+            except RegistryError as err:
+                activity.stop()
+                fail(err)
+                return
+            finally:
+                activity.stop()
+            _show(data, render, kwargs.get("json_output"))
 
         return wrapper
 
     return deco
+
+
+def _show(data: Any, render: Callable[[Any], None] | None, json_mode: bool | None) -> None:
+    if json_mode:
+        sys.stdout.write(json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n")
+    elif render is not None and data is not None:
+        render(data)
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:

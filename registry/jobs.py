@@ -74,6 +74,7 @@ class PublishTarget(BaseModel):
     branch: str = Field(default="main", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
     private: bool = False
     create_pr: bool = False
+    base_model_id: str | None = Field(default=None, pattern=_REPO_ID)  # the card's base_model, if not the base's
 
 
 class MergeParams(BaseModel):
@@ -148,8 +149,11 @@ class DataSpec(BaseModel):
     path: str
     sha256: str
     format: Literal["json", "text", "parquet"]
-    fields: Literal["text", "prompt_completion", "messages"]
+    # text | prompt_completion | messages (CAUSAL_LM), text_label (SEQ_CLS), token_labels (TOKEN_CLS),
+    # text_target (SEQ_2_SEQ_LM); see registry.trainset
+    fields: Literal["text", "prompt_completion", "messages", "text_label", "token_labels", "text_target"]
     rows: int = Field(gt=0)
+    num_labels: int | None = Field(default=None, gt=0)  # classification: the largest class id in the file + 1
 
 
 class TrainSpec(BaseModel):
@@ -161,6 +165,8 @@ class TrainSpec(BaseModel):
     new: LoraSpec | None = None
     base_model_id: int
     names: list[Slug] = Field(min_length=1)  # the output adapter name for each trained adapter
+    task_type: Literal["CAUSAL_LM", "SEQ_CLS", "TOKEN_CLS", "SEQ_2_SEQ_LM"] = "CAUSAL_LM"
+    num_labels: int | None = Field(default=None, gt=0)  # classes of a head the job creates (base without one)
     active: list[int] | None = None  # indices of the adapters to activate; default: all
     data: DataSpec
     steps: int = Field(default=100, gt=0)
@@ -319,13 +325,14 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, on_progress: Callable[[int, float, str | None], None] | None = None) -> None:
         self.registry = registry
+        self.on_progress = on_progress
 
     def dispatch(self, job_id: int, queue: str) -> None:
         from workers.runners import run_job  # lazy: the registry package never imports torch eagerly
 
-        run_job(job_id, self.registry)
+        run_job(job_id, self.registry, self.on_progress)
 
 
 class CeleryExecutor:

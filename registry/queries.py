@@ -117,8 +117,9 @@ _PARENT_VERSION = aliased(m.AdapterVersion, name="parent_version")
 _PARENT_ADAPTER = aliased(m.Adapter, name="parent_adapter")
 
 
-def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path, *, full: bool) -> list[t.AdapterVersion]:
-    """Turn rows into SDK objects, loading tags/aliases (and with ``full`` parents/compat) in bulk."""
+def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path) -> list[t.AdapterVersion]:
+    """Turn rows into SDK objects, loading tags, aliases, parents and compatibility in bulk (five queries for
+    any number of rows), so that a listing carries every field ``show`` has."""
     ids = [r.id for r in rows]
     if not ids:
         return []
@@ -139,26 +140,25 @@ def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path, *
     ):
         aliases[vid].append(name)
     parents: dict[int, list[t.ParentLink]] = defaultdict(list)
+    p_ver, p_ad = _PARENT_VERSION, _PARENT_ADAPTER
+    for e, pname, pversion in session.execute(
+        select(m.LineageEdge, p_ad.name, p_ver.version)
+        .join(p_ver, p_ver.id == m.LineageEdge.parent_id).join(p_ad, p_ad.id == p_ver.adapter_id)
+        .where(m.LineageEdge.child_id.in_(ids)).order_by(m.LineageEdge.position)
+    ):
+        parents[e.child_id].append(t.ParentLink(
+            ref=f"{pname}:{pversion}", relation=e.relation, weight=e.weight, position=e.position,
+            params=e.params or {},
+        ))
     compat: dict[int, list[t.CompatInfo]] = defaultdict(list)
-    if full:
-        p_ver, p_ad = _PARENT_VERSION, _PARENT_ADAPTER
-        for e, pname, pversion in session.execute(
-            select(m.LineageEdge, p_ad.name, p_ver.version)
-            .join(p_ver, p_ver.id == m.LineageEdge.parent_id).join(p_ad, p_ad.id == p_ver.adapter_id)
-            .where(m.LineageEdge.child_id.in_(ids)).order_by(m.LineageEdge.position)
-        ):
-            parents[e.child_id].append(t.ParentLink(
-                ref=f"{pname}:{pversion}", relation=e.relation, weight=e.weight, position=e.position,
-                params=e.params or {},
-            ))
-        for c, bname, brev in session.execute(
-            select(m.Compatibility, m.BaseModelRecord.name, m.BaseModelRecord.revision)
-            .join(m.BaseModelRecord, m.BaseModelRecord.id == m.Compatibility.base_model_id)
-            .where(m.Compatibility.version_id.in_(ids)).order_by(m.Compatibility.id)
-        ):
-            compat[c.version_id].append(
-                t.CompatInfo(base_model=bname, revision=brev, level=c.level, evidence=c.evidence or {})
-            )
+    for c, bname, brev in session.execute(
+        select(m.Compatibility, m.BaseModelRecord.name, m.BaseModelRecord.revision)
+        .join(m.BaseModelRecord, m.BaseModelRecord.id == m.Compatibility.base_model_id)
+        .where(m.Compatibility.version_id.in_(ids)).order_by(m.Compatibility.id)
+    ):
+        compat[c.version_id].append(
+            t.CompatInfo(base_model=bname, revision=brev, level=c.level, evidence=c.evidence or {})
+        )
 
     out = []
     for r in rows:
@@ -173,7 +173,8 @@ def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path, *
             alpha_pattern=dict(r.alpha_pattern or {}), fan_in_fan_out=r.fan_in_fan_out,
             peft_version=r.peft_version, weights_sha256=r.weights_sha256, size_bytes=r.size_bytes,
             param_count=r.param_count, dtypes=list(r.dtypes or []), module_count=r.module_count,
-            path=str(store_root / r.storage_path), source_uri=r.source_uri, created_at=r.created_at,
+            path=str(store_root / r.storage_path), source_uri=r.source_uri, description=r.description,
+            created_at=r.created_at,
             tags=dict(tags.get(r.id, {})), aliases=aliases.get(r.id, []), parents=parents.get(r.id, []),
             compatible=compat.get(r.id, []),
         ))
@@ -229,3 +230,17 @@ def base_models(session: Session) -> list[t.BaseModelInfo]:
         )
         for b in session.scalars(select(m.BaseModelRecord).order_by(m.BaseModelRecord.name, m.BaseModelRecord.id))
     ]
+
+
+def aliases(session: Session, name: str | None = None) -> list[t.AliasInfo]:
+    """Every alias (of one adapter when ``name`` is given), by adapter and alias name."""
+    query = (
+        select(m.Adapter.name, m.Alias.name, m.AdapterVersion.version, m.Alias.updated_at)
+        .join(m.Alias, m.Alias.adapter_id == m.Adapter.id)
+        .join(m.AdapterVersion, m.AdapterVersion.id == m.Alias.version_id)
+        .order_by(m.Adapter.name, m.Alias.name)
+    )
+    if name is not None:
+        query = query.where(m.Adapter.name == name)
+    return [t.AliasInfo(name=adapter, alias=alias, ref=f"{adapter}:{version}", updated_at=updated)
+            for adapter, alias, version, updated in session.execute(query)]

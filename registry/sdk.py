@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -11,11 +12,11 @@ from sqlalchemy import select
 from registry import catalog, jobs, queries
 from registry import models as m
 from registry import types as t
-from registry.base_identity import resolve_base
+from registry.base_identity import card_base_model, resolve_base
 from registry.basemodel import describe_base
 from registry.config import Settings
 from registry.db import ensure_schema, make_engine, session_factory, transaction, upgrade
-from registry.errors import InvalidReference, RegistryError, field_problems
+from registry.errors import ConflictError, InvalidReference, RegistryError, field_problems
 from registry.inspect import inspect_adapter, weights_path
 from registry.refs import Ref, check_slug, check_tag, parse_ref
 from registry.runs import RunInfo
@@ -35,8 +36,14 @@ class Registry:
     opens a shared one, which must have been created with ``adreg init``.
     """
 
-    def __init__(self, database_url: str | None = None, *, home: str | Path | None = None) -> None:
+    def __init__(
+        self, database_url: str | None = None, *, home: str | Path | None = None,
+        on_progress: Callable[[int, float, str | None], None] | None = None,
+    ) -> None:
+        """``on_progress(job_id, fraction, message)`` hears the progress of jobs run in this process (the
+        embedded default's local executor); jobs on Celery workers report through ``Job.refresh()``."""
         self.settings = Settings.from_env(database_url, home)
+        self._on_progress = on_progress
         self.engine = make_engine(self.settings.database_url)
         ensure_schema(self.engine)
         self._sessions = session_factory(self.engine)
@@ -50,7 +57,7 @@ class Registry:
             if self.settings.broker_url:
                 self._executor = jobs.CeleryExecutor(self.settings.broker_url)
             else:
-                self._executor = jobs.LocalExecutor(self)
+                self._executor = jobs.LocalExecutor(self, self._on_progress)
         return self._executor
 
     @staticmethod
@@ -129,7 +136,7 @@ class Registry:
             )
             if not created and tags:
                 catalog.set_tags(session, row, tags)
-            return queries.describe(session, [row], self.store.root, full=True)[0]
+            return queries.describe(session, [row], self.store.root)[0]
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -137,12 +144,12 @@ class Registry:
         """The version ``ref`` names: ``name`` (latest), ``name:3`` or ``name@alias``."""
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
-            return queries.describe(session, [row], self.store.root, full=True)[0]
+            return queries.describe(session, [row], self.store.root)[0]
 
     def search_page(self, filters: queries.SearchFilters) -> t.SearchPage:
         with transaction(self._sessions) as session:
             rows, total = queries.search(session, filters)
-            items = queries.describe(session, rows, self.store.root, full=False)
+            items = queries.describe(session, rows, self.store.root)
             return t.SearchPage(items=items, total=total, limit=filters.limit, offset=filters.offset)
 
     def search(
@@ -187,7 +194,7 @@ class Registry:
                 select(m.AdapterVersion).join(m.Adapter)
                 .where(m.Adapter.name == check_slug(name)).order_by(m.AdapterVersion.version)
             ).all()
-            return queries.describe(session, list(rows), self.store.root, full=False)
+            return queries.describe(session, list(rows), self.store.root)
 
     # -- labels ---------------------------------------------------------------------------------
 
@@ -197,24 +204,35 @@ class Registry:
             row = catalog.resolve(session, parse_ref(ref))
             catalog.set_alias(session, row, alias)
             session.flush()
-            return queries.describe(session, [row], self.store.root, full=True)[0]
+            return queries.describe(session, [row], self.store.root)[0]
 
-    def remove_alias(self, name: str, alias: str) -> None:
+    def remove_alias(self, name: str, alias: str | None = None) -> None:
+        """Remove an alias: ``remove_alias("tone@production")`` (or ``remove_alias("tone", "production")``)."""
+        if alias is None:
+            parsed = parse_ref(name)
+            if parsed.alias is None:
+                raise InvalidReference(f"{name!r} is not name@alias")
+            name, alias = parsed.name or "", parsed.alias
         with transaction(self._sessions) as session:
             catalog.remove_alias(session, name, alias)
+
+    def aliases(self, name: str | None = None) -> list[t.AliasInfo]:
+        """Every alias and the version it points at (only ``name``'s when given)."""
+        with transaction(self._sessions) as session:
+            return queries.aliases(session, check_slug(name) if name is not None else None)
 
     def tag(self, ref: str, tags: dict[str, str]) -> t.AdapterVersion:
         """Set tags (key -> value) on a version, overwriting existing values of the same keys."""
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
             catalog.set_tags(session, row, tags)
-            return queries.describe(session, [row], self.store.root, full=True)[0]
+            return queries.describe(session, [row], self.store.root)[0]
 
     def untag(self, ref: str, keys: list[str]) -> t.AdapterVersion:
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
             catalog.remove_tags(session, row, keys)
-            return queries.describe(session, [row], self.store.root, full=True)[0]
+            return queries.describe(session, [row], self.store.root)[0]
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -258,6 +276,10 @@ class Registry:
             manifests = [catalog.manifest_of(session, r) for r in rows]
         check_merge(manifests, list(weights), method, {k: v for k, v in params.items() if v is not None},
                     allow_cross_base=allow_cross_base, labels=refs)
+        if isinstance(publish_to, str):
+            publish_to = self._publish_target(publish_to)
+        if publish_to is not None:
+            card_base_model(manifests[0].base_model_name_or_path, publish_to.base_model_id, f"the merge {name!r}")
         try:
             spec = jobs.MergeSpec(
                 sources=[jobs.SourceRef(ref=ref, version_id=r.id, weights_sha256=r.weights_sha256,
@@ -265,7 +287,7 @@ class Registry:
                 weights=list(weights), method=method, params=jobs.MergeParams(**params, dtype=dtype), name=name,
                 tags=dict(tags or {}), description=description, allow_cross_base=allow_cross_base,
                 validate_after=validate or publish_to is not None,
-                publish_to=jobs.PublishTarget(repo_id=publish_to) if isinstance(publish_to, str) else publish_to,
+                publish_to=publish_to,
             )
         except ValidationError as exc:
             raise _invalid("merge request", exc) from None
@@ -303,8 +325,9 @@ class Registry:
                 raise RegistryError(f"no job {job_id}", hint="see `adreg jobs`")
             return jobs.job_from_row(session, row, self)
 
-    def jobs(self, *, status: str | None = None, kind: str | None = None, limit: int = 50) -> list[jobs.Job]:
-        """Recent jobs, newest first."""
+    def jobs(self, *, status: str | None = None, kind: str | None = None, parent_job_id: int | None = None,
+             limit: int = 50) -> list[jobs.Job]:
+        """Recent jobs, newest first (only the follow-ups of ``parent_job_id`` when given)."""
         if status is not None and status not in jobs.STATUSES:
             raise RegistryError(f"status must be one of {', '.join(jobs.STATUSES)}")
         with self._sessions() as session:
@@ -313,6 +336,8 @@ class Registry:
                 query = query.where(m.Job.status == status)
             if kind:
                 query = query.where(m.Job.kind == kind)
+            if parent_job_id is not None:
+                query = query.where(m.Job.parent_job_id == parent_job_id)
             return [jobs.job_from_row(session, r, self) for r in session.scalars(query)]
 
     def cancel(self, job_id: int) -> str:
@@ -345,6 +370,8 @@ class Registry:
         validate: bool = False,
         idempotency_key: str | None = None,
         run_id: int | None = None,
+        task_type: str | None = None,
+        reuse_name: bool = False,
     ) -> jobs.Job:
         """Continue ``source`` (and ``joint_with``, trained together), or create a ``new`` adapter on ``base``.
 
@@ -354,9 +381,20 @@ class Registry:
         anything that is not a linear or embedding module of the base is refused with the valid list).
         Each trained adapter is registered as a new version (continuing: of its own name, or ``name``).
         ``eval_rows`` rows are held out for the eval loss before and after (default: a tenth, at most 200).
+
+        ``task_type`` (CAUSAL_LM, SEQ_CLS, TOKEN_CLS, SEQ_2_SEQ_LM) is a new adapter's PEFT task type, by default
+        the one the base's architecture serves; a continued adapter keeps its own. Any other task type is
+        refused here, listing the supported ones, and the data file must have the task's columns.
+        A ``new`` adapter's ``name`` must not exist yet unless ``reuse_name``.
         """
-        from registry.targets import resolve_targets
-        from registry.trainset import describe_dataset
+        from registry.targets import resolve_targets, saved_modules
+        from registry.trainset import (
+            CLASSIFICATION_TASKS,
+            check_trainable_task,
+            describe_dataset,
+            head_size,
+            task_for_architecture,
+        )
 
         refs = ([source] if source else []) + list(joint_with or [])
         if new is not None and refs:
@@ -368,18 +406,29 @@ class Registry:
             if parsed.path is not None:
                 inspect_adapter(parsed.path)  # refuses pickles and broken folders with the precise reason
                 raise RegistryError(f"{ref} is a folder: register it first (`adreg register {ref} --name NAME`)")
-        data_spec = describe_dataset(data)
         with transaction(self._sessions) as session:
             rows = [catalog.resolve(session, parse_ref(ref)) for ref in refs]
             if new is not None:
                 if not base:
                     raise RegistryError("a new adapter needs a base model (`base=`, `--base`)")
                 base_row = catalog.find_base(session, base)
+                default_task = task_for_architecture(base_row.architecture, base_row.model_type)
+                if task_type is None and default_task is None:
+                    raise RegistryError(f"cannot tell the task type of base {base_row.name!r} from its architecture "
+                                        f"{base_row.architecture!r}: give task_type= (--task-type)")
+                task = check_trainable_task(task_type or default_task, f"a new adapter on {base_row.name!r}")
                 lora = new if isinstance(new, jobs.LoraSpec) else None
                 raw = lora.model_dump() if lora else dict(new)
-                raw["targets"] = resolve_targets(base_row.module_shapes, raw.get("targets") or [])
+                raw["targets"] = resolve_targets(base_row.module_shapes, raw.get("targets") or [],
+                                                 ("classifier", "score") if task in CLASSIFICATION_TASKS else ())
                 if not name:
                     raise RegistryError("a new adapter needs a name")
+                if not reuse_name and catalog.adapter_exists(session, name):
+                    raise ConflictError(
+                        f"an adapter named {name!r} exists: a new adapter would become its next version, with other "
+                        "targets and rank and no lineage to it",
+                        hint=f"continue it with `adreg train {name} ...`, choose another name, or pass --reuse-name "
+                             "(reuse_name=True) to add an unrelated version under this name")
                 names = [name]
             else:
                 base_ids = {r.base_model_id for r in rows}
@@ -391,15 +440,35 @@ class Registry:
                     raise RegistryError("`name` applies to a single adapter; joint runs keep each adapter's name")
                 names = [name] if name else adapter_names
                 refs = [f"{n}:{r.version}" for n, r in zip(adapter_names, rows, strict=True)]
+                tasks = {r.task_type or task_for_architecture(base_row.architecture, base_row.model_type)
+                         for r in rows}
+                if len(tasks) != 1:
+                    raise RegistryError(f"jointly trained adapters must share one task type: {sorted(map(str, tasks))}")
+                task = check_trainable_task(tasks.pop(), f"continuing {', '.join(refs)}")
+                if task_type is not None and task_type.strip().upper() != task:
+                    raise RegistryError(f"{refs[0]} is a {task} adapter; a continued adapter keeps its task type")
+                owners: dict[str, str] = {}
+                for ref, r in zip(refs, rows, strict=True):
+                    for module in saved_modules(r.extra_tensors or {}, r.modules_to_save)[0]:
+                        if module in owners:
+                            raise RegistryError(
+                                f"{owners[module]} and {ref} both train module {module!r} in full (modules_to_save): "
+                                "PEFT activates only one copy of such a module, so they cannot be trained jointly")
+                        owners[module] = ref
             if not base_row.local_path:
                 raise RegistryError(f"base model {base_row.name!r} has no local weights recorded",
                                     hint="register an adapter with --base-path DIR pointing at the base folder")
             sources = [jobs.SourceRef(ref=ref, version_id=r.id, weights_sha256=r.weights_sha256,
                                       storage_path=r.storage_path) for ref, r in zip(refs, rows, strict=True)]
             base_id = base_row.id
+            base_info = (base_row.architecture, base_row.model_type, base_row.local_path)
+            sources_extra = [dict(r.extra_tensors or {}) for r in rows]
+        data_spec = describe_dataset(data, task)
+        num_labels = head_size(task, *base_info, sources_extra, data_spec)
         try:
             spec = jobs.TrainSpec(
                 sources=sources, new=jobs.LoraSpec(**raw) if new is not None else None, base_model_id=base_id,
+                task_type=task, num_labels=num_labels,
                 names=names, active=active, data=data_spec, steps=steps, lr=lr, lrs=lrs, batch_size=batch_size,
                 grad_accum=grad_accum, max_length=max_length, eval_rows=eval_rows, seed=seed,
                 checkpoint_every=checkpoint_every, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
@@ -417,23 +486,31 @@ class Registry:
 
     def publish(
         self, ref: str, repo_id: str, *, branch: str = "main", private: bool = False, create_pr: bool = False,
-        run_id: int | None = None,
+        base_model_id: str | None = None, run_id: int | None = None,
     ) -> jobs.Job:
         """Push a version to a Hub repository with a model card that records its base, lineage and evidence.
 
+        The card's ``base_model`` is the version's base when that is a Hub id, else ``base_model_id`` (e.g. the
+        Hub id a local base folder was downloaded from); with neither, it is refused before any job exists.
         Publishing the same version to the same repo and branch again is a no-op (the remote weights'
         sha256 is compared). The token comes from ``HF_TOKEN`` or ``huggingface_hub``'s login and is
         never stored.
         """
-        try:
-            target = jobs.PublishTarget(repo_id=repo_id, branch=branch, private=private, create_pr=create_pr)
-        except ValidationError as exc:
-            raise RegistryError(f"invalid Hub target {repo_id!r}@{branch!r}: "
-                                + "; ".join(e["msg"] for e in exc.errors())) from None
+        target = self._publish_target(repo_id, branch=branch, private=private, create_pr=create_pr,
+                                      base_model_id=base_model_id)
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
             exact = catalog.exact_ref(session, row)
+            base = session.get(m.BaseModelRecord, row.base_model_id) if row.base_model_id else None
+            card_base_model(base.name if base else None, target.base_model_id, exact)
         return self.submit(jobs.PublishSpec(version_id=row.id, ref=exact, target=target), run_id=run_id)
+
+    @staticmethod
+    def _publish_target(repo_id: str, **options: object) -> jobs.PublishTarget:
+        try:
+            return jobs.PublishTarget(repo_id=repo_id, **options)
+        except ValidationError as exc:
+            raise _invalid(f"Hub target {repo_id!r}", exc) from None
 
     def publications(self, ref: str) -> list[dict]:
         """Where a version has been published (repo, branch, commit, URL, time)."""

@@ -83,11 +83,22 @@ class AdapterVersion(_Serializable):
     module_count: int
     path: str
     source_uri: str | None
+    description: str | None
     created_at: datetime
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     aliases: list[str] = dataclasses.field(default_factory=list)
     parents: list[ParentLink] = dataclasses.field(default_factory=list)
     compatible: list[CompatInfo] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class AliasInfo(_Serializable):
+    """``name@alias`` and the exact version it points at."""
+
+    name: str
+    alias: str
+    ref: str
+    updated_at: datetime
 
 
 @dataclasses.dataclass(frozen=True)

@@ -143,3 +143,19 @@ def test_lineage_mermaid_structure(merged, db_url):
     dot = CliRunner().invoke(app, ["--db", db_url, "--home", str(merged.settings.home),
                                    "lineage", "tone-legal:1", "--format", "dot"]).stdout
     assert dot.startswith("digraph lineage {") and dot.count("->") == 2
+
+
+def test_publish_of_a_local_base_is_checked_before_any_job(registry, hub, tiny):
+    """A version whose base is a local folder: refused before a job exists, unless the card's base_model is named."""
+    local = registry.register(tiny["tone"], name="tone")
+    assert local.base_model == str(tiny["llama"].resolve())
+    with pytest.raises(Exception, match="not a Hub id") as err:
+        registry.publish("tone:1", "acme/tone")
+    assert "--base-model-id" in (err.value.hint or "") and registry.jobs() == []
+    job = registry.publish("tone:1", "acme/tone", base_model_id=BASE_ID)
+    assert job.status == "succeeded", job.error
+    files = hub.repos["acme/tone"].commits[job.report["commit"]]
+    assert ModelCard(files["README.md"].decode()).data.to_dict()["base_model"] == BASE_ID
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == BASE_ID
+    result = CliRunner().invoke(app, ["--db", str(registry.engine.url), "publish", "tone:1", "--repo", "acme/t2"])
+    assert result.exit_code == 1 and "--base-model-id" in result.stderr and "Traceback" not in result.output

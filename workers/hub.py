@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from registry import models as m
 from registry import queries
+from registry.base_identity import card_base_model
 from registry.db import transaction
 from registry.errors import InvalidAdapter, RegistryError
 from registry.inspect import CONVERT_HINT, WEIGHTS_FILE
@@ -252,10 +253,7 @@ def run_publish(registry: Registry, ctx: JobContext, spec: PublishSpec) -> None:
             m.Publication.version_id == row.id, m.Publication.repo_id == target.repo_id,
             m.Publication.branch == target.branch)).first()
     base = card_ctx["base"]
-    if base is None or "/" not in base.name or Path(base.name).exists():
-        raise RegistryError(
-            f"{spec.ref}: its base model is not a Hub id ({base.name if base else 'none'}), so the card's base_model "
-            "would be wrong", hint="register the adapter with --base ORG/NAME (and --base-path for local weights)")
+    base_id = card_base_model(base.name if base else None, target.base_model_id, spec.ref)
 
     label = f"publish {spec.ref} to {target.repo_id}"
     url = f"{(endpoint() or 'https://huggingface.co').rstrip('/')}/{target.repo_id}/tree/{target.branch}"
@@ -276,9 +274,9 @@ def run_publish(registry: Registry, ctx: JobContext, spec: PublishSpec) -> None:
     ctx.progress(0.1, "preparing files", force=True)
     folder = registry.store.path(row.storage_path)
     config = json.loads((folder / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = base.name
-    config["revision"] = base.revision
-    card = build_card(card_ctx, base.name)
+    config["base_model_name_or_path"] = base_id
+    config["revision"] = base.revision if base is not None and base.name == base_id else None
+    card = build_card(card_ctx, base_id)
     ops = [
         CommitOperationAdd(path_in_repo=WEIGHTS_FILE, path_or_fileobj=str(folder / WEIGHTS_FILE)),
         CommitOperationAdd(path_in_repo="adapter_config.json",

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from registry.sdk import Registry
 
 log = logging.getLogger("adreg.runner")
+ProgressListener = Callable[[int, float, "str | None"], None]
 
 
 class JobCancelled(Exception):
@@ -46,8 +47,10 @@ def lease_seconds() -> float:
 class JobContext:
     """What a job function gets: its row's id and attempt, progress reporting, cancel checks, scratch space."""
 
-    def __init__(self, registry: Registry, job_id: int, attempt: int) -> None:
+    def __init__(self, registry: Registry, job_id: int, attempt: int,
+                 on_progress: ProgressListener | None = None) -> None:
         self.registry = registry
+        self.on_progress = on_progress
         self.job_id = job_id
         self.attempt = attempt
         self.scratch = registry.store.root / "scratch" / f"job-{job_id}"
@@ -61,13 +64,17 @@ class JobContext:
         return (t.c.id == self.job_id) & (t.c.attempts == self.attempt) & (t.c.status == "running")
 
     def progress(self, fraction: float, message: str | None = None, *, force: bool = False) -> None:
+        """Record progress on the job row (at most twice a second unless ``force``) and tell the listener."""
+        fraction = max(0.0, min(1.0, fraction))
+        if self.on_progress is not None:
+            self.on_progress(self.job_id, fraction, message)
         now = time.monotonic()
         if not force and now - self._last_write < 0.5:
             return
         self._last_write = now
         with transaction(self.registry._sessions) as s:
             s.execute(update(m.Job.__table__).where(self._mine())
-                      .values(progress=max(0.0, min(1.0, fraction)), progress_message=message))
+                      .values(progress=fraction, progress_message=message))
 
     def should_cancel(self) -> bool:
         now = time.monotonic()
@@ -137,14 +144,18 @@ def _runners() -> dict[str, JobFunction]:
     return {"merge": run_merge, "validate": run_validate, "train": run_train, "publish": run_publish}
 
 
-def run_job(job_id: int, registry: Registry) -> str:
-    """Claim and run job ``job_id``; return its status afterwards. Never raises for job failures."""
+def run_job(job_id: int, registry: Registry, on_progress: ProgressListener | None = None) -> str:
+    """Claim and run job ``job_id``; return its status afterwards. Never raises for job failures.
+
+    ``on_progress(job_id, fraction, message)`` hears every progress report (the local executor's way to show
+    progress in the process that waits for the job; Celery workers report through the job row only).
+    """
     attempt = claim(registry, job_id)
     if attempt is None:
         with registry._sessions() as s:
             row = s.get(m.Job, job_id)
             return row.status if row is not None else "missing"
-    ctx = JobContext(registry, job_id, attempt)
+    ctx = JobContext(registry, job_id, attempt, on_progress)
     stop = threading.Event()
     beat = threading.Thread(target=_heartbeat, args=(registry, ctx, stop), daemon=True)
     beat.start()
