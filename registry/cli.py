@@ -301,7 +301,8 @@ def _render_demo(report: Any) -> None:
         table(f"lineage of the {graph['root']}", ["child", "relation", "parent", "weight"],
               [[e["child"], e["relation"], e["parent"], e["weight"]] for e in graph["edges"]])
     stdout.print(f"catalog:   {report.catalog}\nartifacts: {report.artifacts}\ndemo files: {report.workdir}")
-    stdout.print("next: [bold]adreg list[/], [bold]adreg show demo-legal@production[/]")
+    stdout.print(f"next: [bold]cd {escape(report.workdir)}[/] and follow the README's tour "
+                 "([bold]adreg register ./demo-tone --name support-tone[/], ...), or [bold]adreg list[/]")
 
 
 @app.command()

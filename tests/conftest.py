@@ -207,3 +207,23 @@ def kill_worker_while_running(job, worker: WorkerProcess) -> None:  # type: igno
     wait_for_status(job, "running")
     os.kill(worker.proc.pid, signal.SIGKILL)
     worker.proc.wait(10)
+
+
+SENTINEL = "hf_sentinel_write_token_9f8e7d"  # the fake Hub's write token
+READ_ONLY = "hf_read_only_token_1a2b3c"
+
+
+@pytest.fixture
+def hub(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
+    """A local fake Hub (tests/fake_hub.py) that the real huggingface_hub client talks to."""
+    import huggingface_hub.constants
+    from fake_hub import FakeHub
+
+    server = FakeHub().add_token(SENTINEL, "write").add_token(READ_ONLY, "read").start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_TOKEN", SENTINEL)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    # The fake Hub speaks the LFS protocol; the real one also speaks Xet, which hf_xet would use.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    yield server
+    server.stop()

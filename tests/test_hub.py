@@ -9,7 +9,7 @@ import re
 
 import pytest
 import yaml
-from fake_hub import FakeHub
+from conftest import READ_ONLY, SENTINEL
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from sqlalchemy import text
 from typer.testing import CliRunner
@@ -18,23 +18,7 @@ from registry import models as m
 from registry.cli import app
 from registry.errors import InvalidAdapter
 
-SENTINEL = "hf_sentinel_write_token_9f8e7d"
-READ_ONLY = "hf_read_only_token_1a2b3c"
 BASE_ID = "acme/tiny-llama"
-
-
-@pytest.fixture
-def hub(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
-    import huggingface_hub.constants
-
-    server = FakeHub().add_token(SENTINEL, "write").add_token(READ_ONLY, "read").start()
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    monkeypatch.setenv("HF_TOKEN", SENTINEL)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    # The fake Hub speaks the LFS protocol; the real one also speaks Xet, which hf_xet would use.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
-    yield server
-    server.stop()
 
 
 @pytest.fixture
