@@ -12,7 +12,7 @@ from typing import Any
 import factories
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from peft.utils import get_peft_model_state_dict
+from peft.utils import get_peft_model_state_dict, merge_utils
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoModelForCausalLM,
@@ -28,9 +28,21 @@ from transformers import (
     T5Config,
 )
 
+import workers.merge.methods as methods
 from registry.inspect import inspect_adapter
 
 PREFIX = "base_model.model."
+
+WEIGHTS = [0.7, -0.3]
+FACTOR_TYPES = {"linear", "cat", "ties", "magnitude_prune", "dare_linear", "dare_ties"}
+CASES = [
+    ("svd", {}), ("svd", {"svd_rank": 8}), ("svd", {"svd_rank": 3}), ("linear", {}), ("cat", {}),
+    ("ties", {"density": 0.5}), ("ties", {"density": 0.5, "majority_sign_method": "frequency"}),
+    ("magnitude_prune", {"density": 0.4}), ("ties_svd", {"density": 0.5}),
+    ("ties_svd", {"density": 0.7, "svd_rank": 3}), ("magnitude_prune_svd", {"density": 0.5}),
+    ("dare_linear", {"density": 0.5}), ("dare_ties", {"density": 0.6}), ("dare_linear_svd", {"density": 0.5}),
+    ("dare_ties_svd", {"density": 0.5, "majority_sign_method": "frequency"}),
+]
 
 
 class PeftReference:
@@ -56,20 +68,24 @@ class PeftReference:
                 self.model.delete_adapter(name)
 
     def layers(self, adapter: str) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
-        """module -> (A, B, scaling) of ``adapter``, in B @ A orientation (embeddings included)."""
-        out = {}
-        for name, mod in self.model.named_modules():
-            if adapter in getattr(mod, "lora_A", {}):
-                out[name] = (mod.lora_A[adapter].weight.detach(), mod.lora_B[adapter].weight.detach(),
-                             mod.scaling[adapter])
-            elif adapter in getattr(mod, "lora_embedding_A", {}):
-                out[name] = (mod.lora_embedding_A[adapter].detach(), mod.lora_embedding_B[adapter].detach(),
-                             mod.scaling[adapter])
-        return out
+        return lora_layers(self.model, adapter)
 
     def logits(self, adapter: str, seed: int = 0) -> torch.Tensor:
         self.model.set_adapter(adapter)
         return logits(self.model, seed)
+
+
+def lora_layers(model: torch.nn.Module, adapter: str) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+    """module -> (A, B, scaling) of ``adapter``, in B @ A orientation (embeddings included)."""
+    out = {}
+    for name, mod in model.named_modules():
+        if adapter in getattr(mod, "lora_A", {}):
+            out[name] = (mod.lora_A[adapter].weight.detach(), mod.lora_B[adapter].weight.detach(),
+                         mod.scaling[adapter])
+        elif adapter in getattr(mod, "lora_embedding_A", {}):
+            out[name] = (mod.lora_embedding_A[adapter].detach(), mod.lora_embedding_B[adapter].detach(),
+                         mod.scaling[adapter])
+    return out
 
 
 def logits(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
@@ -87,7 +103,13 @@ def assert_matches_peft(ref: PeftReference, folder: Path, factors: bool) -> None
     """The adapter at ``folder``, loaded by PEFT next to PEFT's merge ``merged``, has the same layers, scaling 1,
     the same factors (``factors``: methods that combine A's and B's) or the same delta, and the same logits."""
     ref.load("ours", folder)
-    theirs, ours = ref.layers("merged"), ref.layers("ours")
+    assert_same_layers(ref.layers("merged"), ref.layers("ours"), factors)
+    torch.testing.assert_close(ref.logits("ours"), ref.logits("merged"), rtol=1e-4, atol=1e-5)
+
+
+def assert_same_layers(theirs: dict[str, tuple[torch.Tensor, torch.Tensor, float]],
+                       ours: dict[str, tuple[torch.Tensor, torch.Tensor, float]], factors: bool) -> None:
+    """Our layers are PEFT's merged ones: the same modules, scaling 1, and the same factors (``factors``) or delta."""
     assert theirs.keys() == ours.keys()
     for name, (a_ref, b_ref, s_ref) in theirs.items():
         a, b, s = ours[name]
@@ -97,7 +119,6 @@ def assert_matches_peft(ref: PeftReference, folder: Path, factors: bool) -> None
             torch.testing.assert_close(b, b_ref, rtol=1e-6, atol=1e-7)
         else:
             torch.testing.assert_close(b @ a, s_ref * (b_ref @ a_ref), rtol=1e-4, atol=2e-6)
-    torch.testing.assert_close(ref.logits("ours"), ref.logits("merged"), rtol=1e-4, atol=1e-5)
 
 
 def assert_loads_exactly(model: PeftModel, folder: Path, adapter: str = "default") -> None:
@@ -240,3 +261,10 @@ def lora_only_copy(adapter: Path, out: Path) -> Path:
     tensors = load_file(adapter / "adapter_model.safetensors")
     save_file({k: v for k, v in tensors.items() if ".lora_" in k}, str(out / "adapter_model.safetensors"))
     return out
+
+
+def patch_dare(monkeypatch: Any) -> None:
+    """The same value-derived mask on both sides, in place of each side's random draws."""
+    monkeypatch.setattr(methods, "dare_mask", lambda tensor, density, generator: value_mask(tensor, density))
+    monkeypatch.setattr(merge_utils, "random_pruning",
+                        lambda tensor, density, rescale: tensor * value_mask(tensor, density) / density)

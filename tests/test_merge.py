@@ -20,6 +20,9 @@ import factories
 import pytest
 import torch
 from merge_fixtures import (
+    CASES,
+    FACTOR_TYPES,
+    WEIGHTS,
     PeftReference,
     assert_loads_exactly,
     assert_matches_peft,
@@ -27,7 +30,7 @@ from merge_fixtures import (
     fake_adapter,
     logits,
     merged_deltas,
-    value_mask,
+    patch_dare,
 )
 from peft import PeftModel
 from peft.utils import merge_utils
@@ -43,16 +46,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:The density .* no pruning will be performed:UserWarning",
     "ignore:Setting `save_embedding_layers` to `True`:UserWarning",
 )
-WEIGHTS = [0.7, -0.3]
-FACTOR_TYPES = {"linear", "cat", "ties", "magnitude_prune", "dare_linear", "dare_ties"}
-CASES = [
-    ("svd", {}), ("svd", {"svd_rank": 8}), ("svd", {"svd_rank": 3}), ("linear", {}), ("cat", {}),
-    ("ties", {"density": 0.5}), ("ties", {"density": 0.5, "majority_sign_method": "frequency"}),
-    ("magnitude_prune", {"density": 0.4}), ("ties_svd", {"density": 0.5}),
-    ("ties_svd", {"density": 0.7, "svd_rank": 3}), ("magnitude_prune_svd", {"density": 0.5}),
-    ("dare_linear", {"density": 0.5}), ("dare_ties", {"density": 0.6}), ("dare_linear_svd", {"density": 0.5}),
-    ("dare_ties_svd", {"density": 0.5, "majority_sign_method": "frequency"}),
-]
 PAIRS = {  # name -> (base, first adapter, second adapter)
     "llama": ("llama", "llama-a", "llama-b"),
     "gpt2": ("gpt2", "gpt2-a", "gpt2-b"),  # Conv1D layers: fan_in_fan_out
@@ -101,18 +94,11 @@ def references(bases):  # type: ignore[no-untyped-def]
     return get
 
 
-def _patch_dare(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The same value-derived mask on both sides, in place of each side's random draws."""
-    monkeypatch.setattr(methods, "dare_mask", lambda tensor, density, generator: value_mask(tensor, density))
-    monkeypatch.setattr(merge_utils, "random_pruning",
-                        lambda tensor, density, rescale: tensor * value_mask(tensor, density) / density)
-
-
 @pytest.mark.parametrize("pair", list(PAIRS))
 @pytest.mark.parametrize(("method", "kw"), CASES, ids=[f"{m}-{'-'.join(map(str, k.values()))}" for m, k in CASES])
 def test_matches_peft(bases, references, tmp_path, monkeypatch, pair, method, kw):
     if method.startswith("dare"):
-        _patch_dare(monkeypatch)
+        patch_dare(monkeypatch)
     base, *inputs = PAIRS[pair]
     report = merge_adapters([bases[i] for i in inputs], WEIGHTS, method, out=tmp_path / "out", **kw)
     ref = references(base, *inputs)
@@ -311,7 +297,8 @@ def test_dare_at_density_one_is_its_deterministic_counterpart(bases, references,
 
 
 def test_bf16_inputs_computed_in_fp32_written_bf16(bases, tmp_path):
-    adapters = [bases["llama-bf16"], bases["llama-bf16"]]
+    twin = shutil.copytree(bases["llama-bf16"], tmp_path / "twin")  # the same adapter given twice is refused
+    adapters = [bases["llama-bf16"], twin]
     merge_adapters(adapters, [0.5, 0.5], "svd", out=tmp_path / "bf", svd_rank=8)
     merge_adapters(adapters, [0.5, 0.5], "svd", out=tmp_path / "f32", svd_rank=8, dtype="float32")
     merge_adapters(adapters, [0.5, 0.5], "cat", out=tmp_path / "f16", dtype=torch.float16)
