@@ -462,6 +462,18 @@ def test_modules_to_save_copies_are_carried(bases, references, tmp_path):
         peft_two.add_weighted_adapter(["x", "y"], [0.7, 0.3], "xy", combination_type="svd")
 
 
+def test_metadata_missing_saved_copies_refused(bases, tmp_path):
+    """Manifests (as a catalog passes them) that do not list an input's modules_to_save copies: refused, since
+    the output would lack the copy and not load."""
+    x = _with_head(bases, tmp_path / "x", 1)
+    stale = inspect_adapter(x).model_copy(update={"extra_tensors": {}})
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(RegistryError, match="modules_to_save copies \\(lm_head\\) that its metadata does not list"):
+        merge_adapters([x], [1.0], "svd", out=work / "out", manifests=[stale], labels=["x:1"])
+    assert list(work.iterdir()) == []
+
+
 def test_conv_layers_refused(tmp_path):
     folder = tmp_path / "conv"
     folder.mkdir()

@@ -182,6 +182,7 @@ def _run(folders: list[Path], manifests: list[AdapterManifest], labels: list[str
     modules = sorted(plan.modules, key=_natural_key)
     with ExitStack() as stack:
         handles = [stack.enter_context(safe_open(str(weights_path(f)), framework="pt")) for f in folders]
+        _check_saved_copies(handles, manifests, labels)
         for index, module in enumerate(modules):
             if should_cancel is not None and should_cancel():
                 raise MergeCancelled("the merge was cancelled; nothing was written")
@@ -208,6 +209,19 @@ def _run(folders: list[Path], manifests: list[AdapterManifest], labels: list[str
                 progress((index + 1) / len(modules), f"{index + 1}/{len(modules)} modules")
         tensors.update(_saved_copies(handles, manifests, labels, plan, out_dtype))
     return tensors, reports, peak
+
+
+def _check_saved_copies(handles: list[Any], manifests: list[AdapterManifest], labels: list[str]) -> None:
+    """Refuse metadata that misses modules_to_save copies its weights hold (e.g. a catalog row recorded before
+    extra_tensors were): the plan would leave them out and PEFT could not load the output."""
+    for handle, m, label in zip(handles, manifests, labels, strict=True):
+        if not m.modules_to_save:
+            continue
+        shapes = {k: list(handle.get_slice(k).get_shape()) for k in handle.keys() if ".lora_" not in k}  # noqa: SIM118
+        in_file = saved_module_tensors(m.model_copy(update={"extra_tensors": shapes}))
+        if in_file != saved_module_tensors(m):
+            raise RegistryError(f"{label}: its weights hold modules_to_save copies ({', '.join(sorted(in_file))}) "
+                                "that its metadata does not list; register it again so that they are recorded")
 
 
 def _saved_copies(handles: list[Any], manifests: list[AdapterManifest], labels: list[str], plan: MergePlan,
