@@ -68,6 +68,15 @@ ADAPTERS = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():  # type: ignore[no-untyped-def]
+    """Tiny models gain nothing from intra-op threads; on a shared CPU, OpenMP's spinning made these 3x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):  # type: ignore[no-untyped-def]
     """Bases and adapters, each built on first use (so a -k selection builds only what it needs)."""
