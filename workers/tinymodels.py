@@ -2,7 +2,8 @@
 
 Every model is built from a config with a fixed seed and saved with safetensors; every adapter is
 made by PEFT itself (``get_peft_model`` + ``save_pretrained``) with its LoRA B matrices randomised so
-that the adapter is not a no-op.
+that the adapter is not a no-op. Bases: causal LMs (Llama, GPT-2, Qwen2), BERT (bare, sequence and token
+classification) and T5 (seq2seq), each with the same character-level tokenizer.
 """
 
 from __future__ import annotations
@@ -11,30 +12,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from peft import LoraConfig, get_peft_model
 from transformers import (
-    AutoModelForCausalLM,
+    BertConfig,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
     GPT2Config,
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
+from workers.quiet import quiet_hf, quiet_loading
+
+__all__ = ["LLAMA_TARGETS", "build_adapter", "build_base", "load_base", "quiet_hf", "tiny_llama_config"]
+
 LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def quiet_hf() -> None:
-    """Silence transformers' progress bars and deprecation chatter (for demos and benchmarks)."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+BERT_TARGETS = ["query", "value"]
+T5_TARGETS = ["q", "v"]
 
 
 # The tiny decoder shared by the Llama and Qwen2 builds (same field names in both configs).
@@ -71,10 +72,29 @@ def save_char_tokenizer(path: Path) -> None:
     tok.save_pretrained(path)
 
 
+# A tiny BERT (3 labels for the classification heads) and a tiny T5; the ids fit the character tokenizer's
+# (<pad> 0, </s> 2).
+_TINY_BERT: dict[str, Any] = dict(
+    vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    max_position_embeddings=128, num_labels=3, pad_token_id=0,
+)
+_TINY_T5: dict[str, Any] = dict(
+    vocab_size=128, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+    pad_token_id=0, eos_token_id=2, decoder_start_token_id=0,
+)
+_BERT_CLASSES = {"bert": BertModel, "bert-seq-cls": BertForSequenceClassification,
+                 "bert-token-cls": BertForTokenClassification}
+
+
 def build_base(path: Path, arch: str = "llama", seed: int = 0, **overrides: Any) -> Path:
-    """Save a tiny randomly initialised causal LM of ``arch`` (llama, gpt2, qwen2), with a tokenizer, to ``path``."""
+    """Save a tiny randomly initialised model of ``arch``, with a tokenizer, to ``path``: causal LMs (llama,
+    gpt2, qwen2), bert (BertModel), bert-seq-cls, bert-token-cls, t5 (T5ForConditionalGeneration)."""
     torch.manual_seed(seed)
-    if arch == "llama":
+    if arch in _BERT_CLASSES:
+        model = _BERT_CLASSES[arch](BertConfig(**{**_TINY_BERT, **overrides}))
+    elif arch == "t5":
+        model = T5ForConditionalGeneration(T5Config(**{**_TINY_T5, **overrides}))
+    elif arch == "llama":
         model = LlamaForCausalLM(tiny_llama_config(**overrides))
     elif arch == "gpt2":
         cfg = dict(vocab_size=128, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=0, eos_token_id=0)
@@ -85,13 +105,18 @@ def build_base(path: Path, arch: str = "llama", seed: int = 0, **overrides: Any)
     else:
         raise ValueError(arch)
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    with quiet_loading():
+        model.save_pretrained(path, safe_serialization=True)
     save_char_tokenizer(path)
     return path
 
 
 def load_base(path: Path) -> torch.nn.Module:
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    """The base saved at ``path``, as its own architecture (config.json's ``architectures``)."""
+    config = transformers.AutoConfig.from_pretrained(path)
+    cls = getattr(transformers, (config.architectures or ["AutoModelForCausalLM"])[0])
+    with quiet_loading():
+        return cls.from_pretrained(path, dtype=torch.float32)
 
 
 def build_adapter(
@@ -103,24 +128,30 @@ def build_adapter(
     targets: list[str] | str | None = None,
     seed: int = 1,
     dtype: torch.dtype | None = None,
+    task_type: str = "CAUSAL_LM",
     **lora_kwargs: Any,
 ) -> Path:
     """Make a LoRA adapter on the base at ``base_path`` with PEFT and save it to ``out``.
 
     The adapter's ``base_model_name_or_path`` is the base folder. Both A and B are random (PEFT
-    initialises B to zero), so the adapter changes the model's output.
+    initialises B to zero), so the adapter changes the model's output; so are the copies of any
+    ``modules_to_save`` (perturbed from the base's) and trainable-token deltas.
     """
     if targets is None:
         targets = ["q_proj", "v_proj"]
     base = load_base(base_path)
-    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, task_type="CAUSAL_LM", **lora_kwargs)
-    model = get_peft_model(base, config)
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, task_type=task_type, **lora_kwargs)
+    with quiet_loading():
+        model = get_peft_model(base, config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_" in name:
+            if "lora_" in name or "trainable_tokens_delta" in name:
                 param.copy_(torch.randn(param.shape, generator=gen) * 0.1)
+            elif ".modules_to_save." in name:
+                param.add_(torch.randn(param.shape, generator=gen) * 0.1)
     if dtype is not None:
         model = model.to(dtype)
-    model.save_pretrained(out)
+    with quiet_loading():
+        model.save_pretrained(out)
     return out

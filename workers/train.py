@@ -4,9 +4,13 @@
   adapted model, never a frozen load); more adapters for joint training with
   ``load_adapter(..., is_trainable=True)`` (trained weights, not ``add_adapter``'s fresh ones), all
   activated together with ``base_model.set_adapter([...])``.
-* New: ``get_peft_model`` on the bare base with explicit target module names.
-* Before the first step: only the chosen adapters' LoRA parameters require grad, their counts match
-  the catalog, and ``get_layer_status()`` shows each adapter on exactly its modules with no nesting.
+* New: ``get_peft_model`` on the bare base with explicit target module names and the job's task type
+  (a classification head is trained in full through ``modules_to_save``, as PEFT does by default).
+* The base is loaded with the task's model class (``AutoModelFor...``; see ``workers.validate.model_class``):
+  CAUSAL_LM, SEQ_CLS, TOKEN_CLS and SEQ_2_SEQ_LM train; FEATURE_EXTRACTION is refused before a job exists.
+* Before the first step: only the chosen adapters' parameters (LoRA matrices, ``modules_to_save`` copies,
+  trainable tokens) require grad, their counts match the catalog, and ``get_layer_status()`` shows each
+  adapter on exactly its modules with no nesting.
 * After the last step: base weights bit-identical; every adapter's update norm > 0 (else the job fails
   naming it). Each adapter is registered as a new version in the transaction that ends the job.
 * ``transformers.Trainer`` runs the loop; checkpoints go to ``checkpoints/job-N`` every N steps and a
@@ -28,10 +32,19 @@ from registry.db import transaction
 from registry.errors import RegistryError
 from registry.inspect import inspect_adapter, sha256_file, weights_path
 from registry.jobs import TrainSpec, ValidateSpec
-from registry.trainset import load_rows
+from registry.trainset import CLASSIFICATION_TASKS, IGNORED_LABEL, load_rows
 from workers.merge_job import InputChanged, verified_folders
+from workers.quiet import quiet_loading
 from workers.runners import JobCancelled, JobContext, complete
-from workers.validate import adapter_modules, load_base_model, nested_layers
+from workers.validate import (
+    ADAPTER_PARAM_MARKERS,
+    adapter_modules,
+    adapter_param_owner,
+    expected_saved_modules,
+    load_base_model,
+    loaded_match_stored,
+    nested_layers,
+)
 
 if TYPE_CHECKING:
     from registry.sdk import Registry
@@ -39,6 +52,10 @@ if TYPE_CHECKING:
 
 # The held-out set is a tenth of the rows, at most this many: evaluated twice, it must stay small next to training.
 DEFAULT_MAX_EVAL_ROWS = 200
+# The classification heads PEFT trains in full for SEQ_CLS / TOKEN_CLS (its own default ``modules_to_save``).
+HEAD_MODULES = ["classifier", "score"]
+# Module-path segments PEFT inserts around a base module: dropped to name the base's own weights.
+_WRAPPERS = {"base_layer", "original_module", "token_adapter"}
 
 
 class TrainingCheckFailed(RegistryError):
@@ -49,20 +66,63 @@ class TrainingCheckFailed(RegistryError):
         super().__init__(message)
 
 
+def base_weights(model: Any) -> dict[str, Any]:
+    """The base model's own tensors under their names in the base, whether or not adapters are attached.
+
+    Adapter tensors (LoRA matrices, ``modules_to_save`` copies, trainable-token deltas) are left out, and
+    PEFT's wrappers are seen through (``q_proj.base_layer.weight`` is ``q_proj.weight``, a
+    ``modules_to_save`` module's ``original_module`` is the module): ``unload()`` cannot be used, since it
+    puts the *trained* copy of a ``modules_to_save`` module in place of the base's.
+    """
+    weights = {}
+    for key, tensor in model.state_dict().items():
+        parts = key.removeprefix("base_model.model.").split(".")
+        if ADAPTER_PARAM_MARKERS.intersection(parts):
+            continue
+        weights[".".join(p for p in parts if p not in _WRAPPERS)] = tensor
+    return weights
+
+
 def _tensor_digest(model: Any) -> str:
     import torch
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(base_weights(model).items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
+def _word_labels(words: list[str], labels: list[int], encoding: Any) -> list[int]:
+    """Token labels from word labels: each word's label on its first sub-token; -100 on its other sub-tokens and
+    on special tokens (transformers' token-classification recipe)."""
+    out, previous = [], None
+    for word in encoding.word_ids():
+        out.append(IGNORED_LABEL if word is None or word == previous else int(labels[word]))
+        previous = word
+    return out
+
+
 def _tokenize(rows: Any, tokenizer: Any, fields: str, max_length: int) -> Any:
     eos = tokenizer.eos_token or ""
 
-    def encode(example: dict[str, Any]) -> dict[str, list[int]]:
+    def encode(example: dict[str, Any]) -> dict[str, Any]:
+        if fields == "text_label":
+            ids = tokenizer(example["text"], truncation=True, max_length=max_length)["input_ids"]
+            label = example["label"] if "label" in example else example["labels"]
+            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": int(label)}
+        if fields == "token_labels":
+            words = example["tokens"] if example.get("tokens") is not None else str(example["text"]).split()
+            enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length)
+            ids = enc["input_ids"]
+            return {"input_ids": ids, "attention_mask": [1] * len(ids),
+                    "labels": _word_labels(words, example["labels"], enc)}
+        if fields == "text_target":
+            ids = tokenizer(example["text"], truncation=True, max_length=max_length)["input_ids"]
+            target = tokenizer(text_target=example["target"], truncation=True, max_length=max_length)["input_ids"]
+            if tokenizer.eos_token_id is not None and (not target or target[-1] != tokenizer.eos_token_id):
+                target = (target + [tokenizer.eos_token_id])[-max_length:]
+            return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": target}
         if fields == "prompt_completion":
             prompt = tokenizer(example["prompt"], add_special_tokens=True)["input_ids"]
             completion = tokenizer(example["completion"] + eos, add_special_tokens=False)["input_ids"]
@@ -76,38 +136,54 @@ def _tokenize(rows: Any, tokenizer: Any, fields: str, max_length: int) -> Any:
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
     encoded = rows.map(encode, remove_columns=rows.column_names)
-    return encoded.filter(lambda ex: len(ex["input_ids"]) > 1)
+    if fields == "token_labels":  # rows whose words all fell past max_length teach nothing
+        return encoded.filter(lambda ex: any(label != IGNORED_LABEL for label in ex["labels"]))
+    shortest = 2 if fields in ("text", "prompt_completion", "messages") else 1  # a causal LM predicts the next token
+    return encoded.filter(lambda ex: len(ex["input_ids"]) >= shortest and ex["labels"] != [])
 
 
-def _expected_modules(spec: TrainSpec, base: m.BaseModelRecord, sources: list[m.AdapterVersion]) -> list[set[str]]:
-    if spec.new is not None:
-        targets = set(spec.new.targets)
-        return [{name for name in base.module_shapes if name.rsplit(".", 1)[-1] in targets}]
-    return [set((row.module_tensors or {}).keys()) for row in sources]
+def _expectations(spec: TrainSpec, model: Any, modules_to_save: list[str],
+                  sources: list[m.AdapterVersion]) -> tuple[list[set[str]], list[int]]:
+    """Each adapter's expected modules (LoRA layers and modules trained in full) and trainable parameter count.
 
+    Continuing: the catalog's (its LoRA modules and stored ``modules_to_save`` tensors; its parameter count,
+    which counts every stored tensor). New: the targets' modules in the base (the catalog's shape rule),
+    ``r * (in + out)`` parameters each, plus every module PEFT's ``modules_to_save`` rule (a module path
+    ending with a listed name) matches, in full.
+    """
+    from registry.basemodel import module_shapes
 
-def _expected_params(spec: TrainSpec, base: m.BaseModelRecord, sources: list[m.AdapterVersion],
-                     modules: list[set[str]]) -> list[int]:
-    if spec.new is not None:
-        shapes = base.module_shapes
-        return [sum(spec.new.r * (shapes[n]["in"] + shapes[n]["out"]) for n in modules[0])]
-    return [int(row.param_count) for row in sources]
+    if spec.new is None:
+        return ([set((row.module_tensors or {}).keys()) | expected_saved_modules(row) for row in sources],
+                [int(row.param_count) for row in sources])
+    shapes = module_shapes(model)
+    targets = set(spec.new.targets)
+    lora = {name for name in shapes if name.rsplit(".", 1)[-1] in targets}
+    saved = {name for name, _ in model.named_modules() if name and any(name.endswith(t) for t in modules_to_save)}
+    params = (sum(spec.new.r * (shapes[n]["in"] + shapes[n]["out"]) for n in lora)
+              + sum(p.numel() for n in saved for p in model.get_submodule(n).parameters()))
+    return [lora | saved], [params]
 
 
 def prechecks(peft_model: Any, names: list[str], expected_modules: list[set[str]],
               expected_params: list[int], labels: list[str]) -> dict[str, Any]:
     """Trainable parameters and layer status before the first step; raises naming what is wrong.
 
-    ``names`` are the adapters' names inside the PeftModel, ``labels`` what the user calls them.
+    ``names`` are the adapters' names inside the PeftModel, ``labels`` what the user calls them. An adapter's
+    parameters are its LoRA matrices, its ``modules_to_save`` copies and its trainable-token deltas.
     """
     trainable = {n: p.numel() for n, p in peft_model.named_parameters() if p.requires_grad}
-    strays = sorted(n for n in trainable if ".lora_" not in n or not any(f".{a}." in n for a in names))
-    counts = {a: sum(c for n, c in trainable.items() if f".{a}." in n) for a in names}
+    owners = {n: adapter_param_owner(n) for n in trainable}
+    strays = sorted(n for n in trainable if owners[n] not in names)
+    counts = {a: sum(c for n, c in trainable.items() if owners[n] == a) for a in names}
     status = peft_model.get_layer_status()
     layers = {a: adapter_modules(status, a) for a in names}
     nested = nested_layers(s.name for s in status)
+    saved = {a: sorted(adapter_modules([s for s in status if not s.module_type.startswith("lora.")], a))
+             for a in names}
     report = {"trainable_params": counts, "expected_params": dict(zip(names, expected_params, strict=True)),
-              "layers": {a: len(v) for a, v in layers.items()}, "nested": nested[:5], "strays": strays[:5]}
+              "layers": {a: len(v) for a, v in layers.items()}, "modules_to_save": saved, "nested": nested[:5],
+              "strays": strays[:5]}
     problems = []
     if strays:
         problems.append(f"parameters outside the chosen adapters require grad: {strays[:3]}")
@@ -149,28 +225,39 @@ def _last_complete_checkpoint(folder: Path, names: list[str]) -> str | None:
     return None
 
 
-def _loaded_match_sources(peft_model: Any, names: list[str], folders: list[Path]) -> dict[str, bool]:
-    """Each continued adapter starts from its trained weights (not from a fresh ``add_adapter`` init)."""
-    import torch
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file
+def _collator(task: str, tokenizer: Any) -> Any:
+    from transformers import DataCollatorForSeq2Seq, DataCollatorForTokenClassification, DataCollatorWithPadding
 
-    result = {}
-    for name, folder in zip(names, folders, strict=False):
-        stored = load_file(str(folder / "adapter_model.safetensors"))
-        loaded = get_peft_model_state_dict(peft_model, adapter_name=name)
-        result[name] = stored.keys() == loaded.keys() and all(
-            torch.equal(stored[k].to(loaded[k].dtype), loaded[k].detach().cpu()) for k in stored
-        )
-    return result
+    if task == "SEQ_CLS":
+        return DataCollatorWithPadding(tokenizer)
+    if task == "TOKEN_CLS":
+        return DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORED_LABEL)
+    # causal LM labels, and seq2seq targets (the model shifts them right into its decoder inputs)
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORED_LABEL, padding=True)
+
+
+def _predicted_classes(logits: Any, labels: Any) -> Any:
+    return (logits[0] if isinstance(logits, tuple) else logits).argmax(-1)
+
+
+def _accuracy(prediction: Any) -> dict[str, float]:
+    """Share of labelled positions (sequences, or tokens not labelled -100) whose class is predicted."""
+    predicted, labels = prediction.predictions, prediction.label_ids
+    mask = labels != IGNORED_LABEL
+    return {"accuracy": float((predicted[mask] == labels[mask]).mean()) if mask.any() else 0.0}
 
 
 def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
+    with quiet_loading():  # library noise off (model loads, Trainer) unless ADREG_VERBOSE=1
+        _run_train(registry, ctx, spec)
+
+
+def _run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     import torch
     import transformers
     from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
     started = time.monotonic()
@@ -185,21 +272,34 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     folders = verified_folders(registry, spec.sources)
 
     names = [f"a{i}" for i in range(len(spec.names))]
+    task = spec.task_type
     cuda = torch.cuda.is_available()
-    transformers.set_seed(spec.seed)
+    transformers.set_seed(spec.seed)  # also seeds a classification head the base lacks
     ctx.progress(0.02, "loading the base model", force=True)
-    model = load_base_model(base, dtype=torch.bfloat16 if spec.bf16 and cuda else torch.float32)
+    model = load_base_model(base, dtype=torch.bfloat16 if spec.bf16 and cuda else torch.float32, task_type=task,
+                            num_labels=spec.num_labels)
     if isinstance(model, PeftModel) or getattr(model, "peft_config", None):
         raise RegistryError(f"the base model at {base.local_path} already carries an adapter; refusing to stack")
     tokenizer = AutoTokenizer.from_pretrained(base.local_path, local_files_only=True,
                                               trust_remote_code=bool(base.trust_remote_code))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if task == "SEQ_CLS" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id  # a decoder classifier reads the last non-pad token
+    if task == "TOKEN_CLS" and not tokenizer.is_fast:
+        raise RegistryError("token classification aligns word labels to tokens with a fast tokenizer's word_ids(); "
+                            f"the tokenizer of {base.name!r} is not a fast one")
+    if task in CLASSIFICATION_TASKS and spec.data.num_labels and spec.data.num_labels > model.config.num_labels:
+        raise RegistryError(f"the data has class ids up to {spec.data.num_labels - 1} but the model's head has "
+                            f"{model.config.num_labels} classes")
     base_digest = _tensor_digest(model)
+    modules_to_save = HEAD_MODULES if task in CLASSIFICATION_TASKS else []
+    expected_modules, expected_params = _expectations(spec, model, modules_to_save, sources)
 
     if spec.new is not None:
         config = LoraConfig(r=spec.new.r, lora_alpha=spec.new.alpha, target_modules=spec.new.targets,
-                            lora_dropout=spec.new.dropout, use_rslora=spec.new.use_rslora, task_type="CAUSAL_LM")
+                            lora_dropout=spec.new.dropout, use_rslora=spec.new.use_rslora, task_type=task,
+                            modules_to_save=modules_to_save or None)
         peft_model = get_peft_model(model, config, adapter_name=names[0])
     else:
         peft_model = PeftModel.from_pretrained(model, str(folders[0]), adapter_name=names[0], is_trainable=True)
@@ -207,13 +307,12 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
             peft_model.load_adapter(str(folder), adapter_name=name, is_trainable=True)
     active = [names[i] for i in (spec.active if spec.active is not None else range(len(names)))]
     peft_model.base_model.set_adapter(active)
-    expected_modules = _expected_modules(spec, base, sources)
-    report: dict[str, Any] = {"adapters": dict(zip(names, spec.names, strict=True)), "active": active}
+    report: dict[str, Any] = {"adapters": dict(zip(names, spec.names, strict=True)), "active": active,
+                              "task_type": task, "model_class": type(model).__name__}
     labels = [src.ref for src in spec.sources] or spec.names
-    report["prechecks"] = prechecks(peft_model, names, expected_modules,
-                                    _expected_params(spec, base, sources, expected_modules), labels)
+    report["prechecks"] = prechecks(peft_model, names, expected_modules, expected_params, labels)
     initial = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
-    report["loaded_weights_match_sources"] = _loaded_match_sources(peft_model, names, folders)
+    report["loaded_weights_match_sources"] = loaded_match_stored(peft_model, names, folders)
     if not all(report["loaded_weights_match_sources"].values()):
         raise TrainingCheckFailed("the loaded adapter weights differ from the stored ones", report)
 
@@ -228,7 +327,8 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     train_set = _tokenize(train_rows, tokenizer, spec.data.fields, spec.max_length)
     eval_set = _tokenize(eval_rows, tokenizer, spec.data.fields, spec.max_length)
     if len(train_set) == 0:
-        raise RegistryError("no training example is longer than one token after tokenisation")
+        raise RegistryError("no training example is left after tokenisation (too short, or no label within "
+                            f"max_length={spec.max_length})")
     mean_tokens = sum(len(x) for x in train_set["input_ids"]) / len(train_set)
 
     ckpt_dir = ctx.checkpoints
@@ -277,28 +377,37 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
         learning_rate=spec.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
         logging_steps=1, save_strategy="steps", save_steps=spec.checkpoint_every, save_total_limit=2,
         report_to=[], seed=spec.seed, data_seed=spec.seed, use_cpu=not cuda, dataloader_num_workers=0,
-        remove_unused_columns=False, disable_tqdm=True, bf16=spec.bf16 and cuda,
+        remove_unused_columns=False, disable_tqdm=True, bf16=spec.bf16 and cuda, label_names=["labels"],
         **({"gradient_checkpointing": True, "gradient_checkpointing_kwargs": {"use_reentrant": False}}
            if spec.gradient_checkpointing and cuda else {}),
     )
     # Trainer's own optimizer choice (fused AdamW where torch has it), with one parameter group per adapter
     optimizer_cls, optimizer_kwargs = Trainer.get_optimizer_cls_and_kwargs(args, peft_model)
     lrs = spec.lrs or [spec.lr] * len(names)
-    groups = [{"params": [p for n, p in peft_model.named_parameters() if p.requires_grad and f".{a}." in n], "lr": lr}
+    groups = [{"params": [p for n, p in peft_model.named_parameters()
+                          if p.requires_grad and adapter_param_owner(n) == a], "lr": lr}
               for a, lr in zip(names, lrs, strict=True)]
     optimizer = optimizer_cls([g for g in groups if g["params"]], **optimizer_kwargs)
+    classify = task in CLASSIFICATION_TASKS
     trainer = AdapterTrainer(
         model=peft_model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
-        optimizers=(optimizer, None), callbacks=[callback],
+        data_collator=_collator(task, tokenizer), optimizers=(optimizer, None), callbacks=[callback],
+        compute_metrics=_accuracy if classify else None,
+        preprocess_logits_for_metrics=_predicted_classes if classify else None,
     )
     trainer.remove_callback(PrinterCallback)  # progress goes to the job row, not to stdout
+
+    def evaluate() -> dict[str, float]:
+        """Eval loss, and for classification the accuracy, on the held-out rows."""
+        metrics = trainer.evaluate()
+        return {k: float(metrics[f"eval_{k}"]) for k in ("loss", "accuracy") if f"eval_{k}" in metrics}
+
     before_file = ckpt_dir / "eval_before.json"
     if before_file.exists():  # a resumed attempt: the first attempt measured the untrained adapter
-        eval_before = json.loads(before_file.read_text())["eval_loss"]
+        before = json.loads(before_file.read_text())
     else:
-        eval_before = float(trainer.evaluate()["eval_loss"])
-        before_file.write_text(json.dumps({"eval_loss": eval_before}))
+        before = evaluate()
+        before_file.write_text(json.dumps(before))
     train_start = time.monotonic()
     resume = _last_complete_checkpoint(ckpt_dir, names)
     report["resumed_from_step"] = int(resume.rsplit("-", 1)[-1]) if resume else 0
@@ -307,16 +416,19 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     if callback.cancelled:
         raise JobCancelled(f"job {ctx.job_id} was cancelled")
     train_end = time.monotonic()
-    eval_after = float(trainer.evaluate()["eval_loss"])
+    after = evaluate()
     eval_end = time.monotonic()
 
     norms = {}
     for a in names:
         sq = sum(float((p.detach() - initial[n]).float().pow(2).sum())
-                 for n, p in peft_model.named_parameters() if n in initial and f".{a}." in n)
+                 for n, p in peft_model.named_parameters() if n in initial and adapter_param_owner(n) == a)
         norms[a] = math.sqrt(sq)
+    for metric in ("loss", "accuracy"):
+        if metric in after:
+            report[f"eval_{metric}_before"], report[f"eval_{metric}_after"] = before.get(metric), after[metric]
     report.update({
-        "eval_loss_before": eval_before, "eval_loss_after": eval_after, "loss_curve": losses,
+        "loss_curve": losses,
         "update_norms": {spec.names[i]: norms[a] for i, a in enumerate(names)},
         "steps": int(result.global_step), "train_rows": len(train_set), "eval_rows": len(eval_set),
         "tokens_per_second": round(result.metrics.get("train_samples_per_second", 0.0) * mean_tokens, 1),
@@ -332,8 +444,7 @@ def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     out = ctx.scratch / "trained"
     for a in names:
         peft_model.save_pretrained(str(out), selected_adapters=[a])
-    peft_model.base_model.set_adapter(names)
-    base_after = _tensor_digest(peft_model.unload())
+    base_after = _tensor_digest(peft_model)  # the base's own weights, seen through PEFT's wrappers
     report["base_unchanged"] = base_after == base_digest
     # where the job's time went: the training loop vs the job's own work around it (load, checks, evals, save)
     evals = (train_start - setup_end) + (eval_end - train_end)

@@ -1,10 +1,17 @@
 """The ``validate`` job: load a version on its real base model with PEFT and check what it does.
 
-Checks (all recorded in the job's report; a ``validated`` compatibility record is written when all pass):
+The base is loaded with the model class of the adapter's task type (``AutoModelFor...``; the base record's own
+architecture when it already is one) and the adapter with ``PeftModel.from_pretrained``. Checks (all recorded
+in the job's report; a ``validated`` compatibility record is written when all pass):
 
-* ``get_layer_status()``: the adapter is present and enabled on exactly the modules it targets, no LoRA
-  layer sits inside another, and nothing is trainable after loading for inference;
-* logits on fixed probe inputs are finite and differ from the base's (the adapter is not a no-op);
+* ``get_layer_status()``: the adapter is present and enabled on exactly the modules it targets and the
+  modules it trains in full (``modules_to_save``, trainable tokens), no LoRA layer sits inside another, and
+  nothing is trainable after loading for inference;
+* the loaded adapter weights (PEFT's own ``get_peft_model_state_dict``) equal the stored ones, tensor for
+  tensor, ``modules_to_save`` included;
+* the model's main output on fixed probe inputs (logits; the last hidden state for ``FEATURE_EXTRACTION``;
+  seq2seq models get the probes shifted right as ``decoder_input_ids``) is finite and differs from the
+  base's (the adapter is not a no-op);
 * for merges: the probe logits' distance from each parent; and for exact methods (``cat``, or ``svd``
   with ``svd_rank`` at least the sum of the parents' ranks) equality, within ``atol``, with the base
   carrying every parent at its weight (PEFT with all parents active, each scaled by its weight).
@@ -21,14 +28,32 @@ from registry import catalog
 from registry import models as m
 from registry.db import transaction
 from registry.errors import RegistryError
-from registry.inspect import lora_internals
+from registry.inspect import WEIGHTS_FILE, lora_internals
 from registry.jobs import ValidateSpec
+from registry.targets import head_labels, saved_modules
+from registry.trainset import CLASSIFICATION_TASKS, VALIDATED_TASKS
+from workers.quiet import quiet_loading
 from workers.runners import JobContext, complete
 
 if TYPE_CHECKING:
     from registry.sdk import Registry
 
 CANDIDATE = "candidate"
+
+# The model class for each PEFT task type, and transformers' table of the architectures that already are one.
+TASK_MODELS = {
+    "CAUSAL_LM": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
+    "SEQ_CLS": ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"),
+    "TOKEN_CLS": ("AutoModelForTokenClassification", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"),
+    "SEQ_2_SEQ_LM": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
+    "FEATURE_EXTRACTION": ("AutoModel", "MODEL_MAPPING_NAMES"),
+}
+# Parameter-name segments that mark an adapter's own parameters; the adapter's name is the next segment
+# (``lora_A.<name>.weight``, ``modules_to_save.<name>.weight``, ``trainable_tokens_delta.<name>``).
+ADAPTER_PARAM_MARKERS = {
+    "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "modules_to_save",
+    "trainable_tokens_delta",
+}
 
 
 class ValidationFailed(RegistryError):
@@ -45,20 +70,53 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_base_model(base: m.BaseModelRecord, dtype: Any = None):  # type: ignore[no-untyped-def]
-    """The base model's weights from its recorded local folder (safetensors only, no remote code by default)."""
-    import torch
+def model_class(architecture: str | None, task_type: str | None) -> tuple[Any, bool]:
+    """The class to load a base with for ``task_type``, and whether it differs from the base's own architecture.
+
+    The base's architecture when it already is a model of that task (``BertForSequenceClassification`` for
+    SEQ_CLS), else the task's ``AutoModelFor...`` class (a ``LlamaForCausalLM`` base for a SEQ_CLS adapter
+    loads as ``LlamaForSequenceClassification``). Without a task type: the base's own architecture.
+    """
     import transformers
+    from transformers.models.auto import modeling_auto
+
+    own = getattr(transformers, architecture or "", None)
+    if task_type is None:
+        return own or transformers.AutoModelForCausalLM, False
+    if task_type not in TASK_MODELS:
+        raise RegistryError(f"task type {task_type!r} is not supported; supported task types: "
+                            f"{', '.join(VALIDATED_TASKS)}")
+    auto_name, table = TASK_MODELS[task_type]
+    names: set[str] = set()
+    for value in getattr(modeling_auto, table).values():
+        names |= {value} if isinstance(value, str) else set(value)
+    if own is not None and own.__name__ in names:
+        return own, False
+    return getattr(transformers, auto_name), True
+
+
+def load_base_model(base: m.BaseModelRecord, dtype: Any = None, task_type: str | None = None,
+                    num_labels: int | None = None):  # type: ignore[no-untyped-def]
+    """The base model's weights from its recorded local folder (safetensors only, no remote code by default),
+    as a model of ``task_type`` (see :func:`model_class`); a classification head the base does not have is
+    created with ``num_labels`` classes. Library noise is silenced unless ``ADREG_VERBOSE=1``."""
+    import torch
 
     path = base.local_path or _from_hub_cache(base)
-    cls = getattr(transformers, base.architecture or "", None) or transformers.AutoModelForCausalLM
+    cls, switched = model_class(base.architecture, task_type)
+    extra = {"num_labels": num_labels} if switched and num_labels and task_type in CLASSIFICATION_TASKS else {}
     try:
-        return cls.from_pretrained(
-            path, dtype=dtype or torch.float32, local_files_only=True, use_safetensors=True,
-            trust_remote_code=bool(base.trust_remote_code),
-        )
+        with quiet_loading():
+            model = cls.from_pretrained(
+                path, dtype=dtype or torch.float32, local_files_only=True, use_safetensors=True,
+                trust_remote_code=bool(base.trust_remote_code), **extra,
+            )
     except OSError as exc:
         raise RegistryError(f"cannot load base model {base.name!r} from {base.local_path}: {exc}") from None
+    if task_type == "SEQ_CLS" and getattr(model.config, "pad_token_id", None) is None:
+        # decoder classifiers read the last non-padding token; without a pad id they refuse batches > 1
+        model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
+    return model
 
 
 def _from_hub_cache(base: m.BaseModelRecord) -> str:
@@ -86,8 +144,64 @@ def _from_hub_cache(base: m.BaseModelRecord) -> str:
 
 def adapter_modules(status: Iterable[Any], adapter: str) -> set[str]:
     """Base-model paths of the layers carrying ``adapter``, from ``get_layer_status()`` (which names each
-    layer from the LoraModel: ``model.<path in the base>``)."""
+    layer from the LoraModel: ``model.<path in the base>``): its LoRA layers and the modules it trains in
+    full (``ModulesToSaveWrapper``) or per token (``<module>.token_adapter``)."""
     return {s.name.removeprefix("model.") for s in status if adapter in s.available_adapters}
+
+
+def is_saved_module(status: Any) -> bool:
+    """A layer-status entry of a module trained in full or per token, rather than a LoRA layer."""
+    return not status.module_type.startswith("lora.")
+
+
+def adapter_param_owner(name: str) -> str | None:
+    """The adapter a parameter belongs to (LoRA matrices, ``modules_to_save`` copies, trainable-token deltas),
+    or None for a base-model parameter."""
+    parts = name.split(".")
+    return next((parts[i + 1] for i in range(len(parts) - 1) if parts[i] in ADAPTER_PARAM_MARKERS), None)
+
+
+def expected_saved_modules(row: m.AdapterVersion) -> set[str]:
+    """The modules a stored version trains in full or per token, from its stored tensors' names."""
+    return saved_modules(row.extra_tensors or {}, row.modules_to_save)[0]
+
+
+def loaded_match_stored(peft_model: Any, names: list[str], folders: list[Any]) -> dict[str, bool]:
+    """Each adapter as PEFT holds it (``get_peft_model_state_dict``: LoRA matrices, ``modules_to_save`` copies,
+    trainable tokens) equals its stored file: the same tensor names and bit-identical values."""
+    import torch
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = {}
+    for name, folder in zip(names, folders, strict=False):
+        stored = load_file(str(folder / WEIGHTS_FILE))
+        loaded = get_peft_model_state_dict(peft_model, adapter_name=name)
+        result[name] = stored.keys() == loaded.keys() and all(
+            torch.equal(stored[k].to(loaded[k].dtype), loaded[k].detach().cpu()) for k in stored
+        )
+    return result
+
+
+def probe_inputs(model: Any, task_type: str | None, count: int, length: int, vocab: int, dev: str) -> dict[str, Any]:
+    """Fixed random token ids (seed 0); a seq2seq model also gets them shifted right as ``decoder_input_ids``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (count, length), generator=gen)
+    inputs = {"input_ids": ids}
+    if task_type == "SEQ_2_SEQ_LM" or getattr(model.config, "is_encoder_decoder", False):
+        start = model.config.decoder_start_token_id
+        start = start if isinstance(start, int) else (model.config.pad_token_id or 0)
+        inputs["decoder_input_ids"] = torch.cat([torch.full((count, 1), start), ids[:, :-1]], dim=1)
+    return {k: v.to(dev) for k, v in inputs.items()}
+
+
+def main_output(outputs: Any, task_type: str | None) -> Any:
+    """The output a probe compares: the logits, or the last hidden state of a FEATURE_EXTRACTION model."""
+    if task_type == "FEATURE_EXTRACTION" or getattr(outputs, "logits", None) is None:
+        return outputs.last_hidden_state
+    return outputs.logits
 
 
 def nested_layers(names: Iterable[str]) -> list[str]:
@@ -96,10 +210,14 @@ def nested_layers(names: Iterable[str]) -> list[str]:
 
 
 def layer_checks(peft_model: Any, expected_modules: set[str]) -> tuple[dict[str, Any], list[str]]:
-    """What ``get_layer_status`` / ``get_model_status`` say about the candidate adapter."""
+    """What ``get_layer_status`` / ``get_model_status`` say about the candidate adapter.
+
+    ``expected_modules``: its LoRA modules and the modules it trains in full or per token.
+    """
     failures: list[str] = []
     layers = [s for s in peft_model.get_layer_status() if CANDIDATE in s.available_adapters]
     found = adapter_modules(layers, CANDIDATE)
+    saved = sorted(adapter_modules([s for s in layers if is_saved_module(s)], CANDIDATE))
     nested = nested_layers(found)
     disabled = sorted(s.name for s in layers if not s.enabled or CANDIDATE not in s.active_adapters)
     missing = sorted(expected_modules - found)
@@ -117,13 +235,19 @@ def layer_checks(peft_model: Any, expected_modules: set[str]) -> tuple[dict[str,
         failures.append(f"{trainable} parameters are trainable after loading for inference")
     status = peft_model.get_model_status()
     return {
-        "layers": len(layers), "expected_layers": len(expected_modules), "missing": missing[:10],
+        "layers": len(layers), "expected_layers": len(expected_modules), "modules_to_save": saved[:10],
+        "missing": missing[:10],
         "unexpected": unexpected[:10], "nested": nested[:10], "disabled": disabled[:10],
         "trainable_params": trainable, "peft_types": status.peft_types, "enabled": status.enabled,
     }, failures
 
 
 def run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> None:
+    with quiet_loading():  # library noise off (model loads) unless ADREG_VERBOSE=1
+        _run_validate(registry, ctx, spec)
+
+
+def _run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> None:
     import torch
     from peft import PeftModel
 
@@ -141,20 +265,25 @@ def run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> Non
             select(m.LineageEdge.params).where(m.LineageEdge.child_id == row.id, m.LineageEdge.relation == "merge")
         ).first() or {}
     folder = registry.store.path(row.storage_path)
-    expected = set((row.module_tensors or {}).keys())
+    task = (row.task_type or "").upper() or None
+    if task is not None and task not in VALIDATED_TASKS:
+        raise RegistryError(f"{spec.ref} is a {task} adapter; runtime validation supports the task types "
+                            f"{', '.join(VALIDATED_TASKS)}")
+    expected = set((row.module_tensors or {}).keys()) | expected_saved_modules(row)
     dev = device()
     failures: list[str] = []
-    report: dict[str, Any] = {"ref": spec.ref, "device": dev}
+    report: dict[str, Any] = {"ref": spec.ref, "device": dev, "task_type": task}
 
     ctx.progress(0.05, "loading the base model", force=True)
-    model = load_base_model(base).to(dev).eval()
+    num_labels = head_labels(row.extra_tensors or {}) if task in CLASSIFICATION_TASKS else None
+    model = load_base_model(base, task_type=task, num_labels=num_labels).to(dev).eval()
+    report["model_class"] = type(model).__name__
     vocab = int(getattr(model.config, "vocab_size", 0) or base.vocab_size or 2)
-    gen = torch.Generator().manual_seed(0)
-    probes = torch.randint(0, vocab, (spec.probe_count, spec.probe_length), generator=gen).to(dev)
+    probes = probe_inputs(model, task, spec.probe_count, spec.probe_length, vocab, dev)
 
     def logits(net: Any) -> torch.Tensor:
         with torch.no_grad():
-            return net(input_ids=probes).logits.float()
+            return main_output(net(**probes), task).float()
 
     base_logits = logits(model)
     ctx.check_cancel()
@@ -163,15 +292,19 @@ def run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> Non
     peft_model.eval()
     report["layer_status"], layer_failures = layer_checks(peft_model, expected)
     failures += layer_failures
+    report["loaded_weights_match_stored"] = loaded_match_stored(peft_model, [CANDIDATE], [folder])[CANDIDATE]
+    if not report["loaded_weights_match_stored"]:
+        failures.append("the adapter PEFT loaded differs from the stored weights (a tensor missing, extra or changed)")
 
     cand = logits(peft_model)
     finite = bool(torch.isfinite(cand).all())
     distance_from_base = float((cand - base_logits).abs().max())
-    report["logits"] = {"finite": finite, "max_abs_diff_from_base": distance_from_base}
+    output = "last hidden state" if task == "FEATURE_EXTRACTION" else "logits"
+    report["logits"] = {"output": output, "finite": finite, "max_abs_diff_from_base": distance_from_base}
     if not finite:
-        failures.append("logits contain NaN/Inf")
+        failures.append(f"{output} contain NaN/Inf")
     if distance_from_base <= 1e-6:
-        failures.append("the adapter does not change the base model's logits (a no-op)")
+        failures.append(f"the adapter does not change the base model's {output} (a no-op)")
 
     if parents and all(p is not None for p, _ in parents):
         ctx.progress(0.6, "comparing with the parents", force=True)
