@@ -119,6 +119,18 @@ def test_modules_to_save_adapter_validates_and_trains(reg, adapters, tiny, tmp_p
     assert torch.equal(load_base(tiny["llama"]).lm_head.weight, base_head)  # the base folder is untouched
 
 
+def test_trainable_tokens_count_as_the_adapter(reg, tiny, tmp_path):
+    folder = build_adapter(tiny["llama"], tmp_path / "tokens", trainable_token_indices={"embed_tokens": [5, 6, 7]})
+    reg.register(folder, name="tokens", base_path=tiny["llama"])
+    report = _validated(reg, "tokens:1")
+    assert report["layer_status"]["modules_to_save"] == ["model.embed_tokens.token_adapter"]
+    data = _jsonl(tmp_path / "d.jsonl", [{"text": "the cat sat"}] * 8)
+    job = reg.train("tokens:1", data=data, steps=2, lr=1e-2)
+    assert job.status == "succeeded", job.error
+    assert job.report["prechecks"]["trainable_params"]["a0"] == reg.get("tokens:1").param_count  # LoRA + 3 rows
+    assert job.report["loaded_weights_match_sources"] == {"a0": True} and job.report["base_unchanged"] is True
+
+
 def test_sequence_classification_new_trains_validates_and_continues(reg, bases, adapters, tmp_path):
     base = bases["bert-seq-cls"]
     reg.register(adapters["seq_cls"], name="peft-cls", base_path=base)
