@@ -1,4 +1,5 @@
-"""Resolve LoRA target modules to explicit names of a base model's linear/embedding modules."""
+"""Resolve LoRA target modules to explicit names of a base model's linear/embedding modules; find the modules an
+adapter trains in full (``modules_to_save``) or per token from its stored tensors, and its classification head."""
 
 from __future__ import annotations
 

@@ -41,6 +41,7 @@ from workers.validate import (
     adapter_modules,
     adapter_param_owner,
     expected_saved_modules,
+    is_saved_module,
     load_base_model,
     loaded_match_stored,
     nested_layers,
@@ -121,7 +122,7 @@ def _tokenize(rows: Any, tokenizer: Any, fields: str, max_length: int) -> Any:
             ids = tokenizer(example["text"], truncation=True, max_length=max_length)["input_ids"]
             target = tokenizer(text_target=example["target"], truncation=True, max_length=max_length)["input_ids"]
             if tokenizer.eos_token_id is not None and (not target or target[-1] != tokenizer.eos_token_id):
-                target = (target + [tokenizer.eos_token_id])[-max_length:]
+                target = target[:max_length - 1] + [tokenizer.eos_token_id]
             return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": target}
         if fields == "prompt_completion":
             prompt = tokenizer(example["prompt"], add_special_tokens=True)["input_ids"]
@@ -179,8 +180,7 @@ def prechecks(peft_model: Any, names: list[str], expected_modules: list[set[str]
     status = peft_model.get_layer_status()
     layers = {a: adapter_modules(status, a) for a in names}
     nested = nested_layers(s.name for s in status)
-    saved = {a: sorted(adapter_modules([s for s in status if not s.module_type.startswith("lora.")], a))
-             for a in names}
+    saved = {a: sorted(adapter_modules([s for s in status if is_saved_module(s)], a)) for a in names}
     report = {"trainable_params": counts, "expected_params": dict(zip(names, expected_params, strict=True)),
               "layers": {a: len(v) for a, v in layers.items()}, "modules_to_save": saved, "nested": nested[:5],
               "strays": strays[:5]}
