@@ -417,6 +417,12 @@ class Registry:
                     raise RegistryError(f"cannot tell the task type of base {base_row.name!r} from its architecture "
                                         f"{base_row.architecture!r}: give task_type= (--task-type)")
                 task = check_trainable_task(task_type or default_task, f"a new adapter on {base_row.name!r}")
+                if default_task == "FEATURE_EXTRACTION":  # a bare model: the task's model class nests it
+                    raise RegistryError(
+                        f"base {base_row.name!r} is a bare {base_row.architecture}: a {task} model wraps it "
+                        "(module paths gain a prefix), so the adapter would not fit the recorded base",
+                        hint="register the base as the task's architecture (e.g. a *ForSequenceClassification "
+                             "checkpoint) and train on that")
                 lora = new if isinstance(new, jobs.LoraSpec) else None
                 raw = lora.model_dump() if lora else dict(new)
                 raw["targets"] = resolve_targets(base_row.module_shapes, raw.get("targets") or [],

@@ -219,6 +219,8 @@ def test_feature_extraction_validates_and_is_not_trained(reg, bases, adapters, t
         reg.train("embed:1", data=data)
     with pytest.raises(RegistryError, match="training supports CAUSAL_LM, SEQ_CLS, TOKEN_CLS, SEQ_2_SEQ_LM"):
         reg.train(new={"r": 4, "targets": BERT_TARGETS}, base=str(base), name="embed2", data=data)  # BertModel
+    with pytest.raises(RegistryError, match="bare BertModel: a SEQ_CLS model wraps it"):
+        reg.train(new={"r": 4, "targets": BERT_TARGETS}, base=str(base), name="embed2", data=data, task_type="SEQ_CLS")
     assert _jobs(reg) == 1  # the validation only
 
 

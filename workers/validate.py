@@ -176,7 +176,11 @@ def loaded_match_stored(peft_model: Any, names: list[str], folders: list[Any]) -
     result = {}
     for name, folder in zip(names, folders, strict=False):
         stored = load_file(str(folder / WEIGHTS_FILE))
-        loaded = get_peft_model_state_dict(peft_model, adapter_name=name)
+        # Never "auto": for a base named by Hub id, PEFT would look its config up on the Hub to decide whether to
+        # add embedding copies. The stored file says whether it holds them.
+        loaded = get_peft_model_state_dict(peft_model, adapter_name=name, save_embedding_layers=False)
+        if stored.keys() != loaded.keys():
+            loaded = get_peft_model_state_dict(peft_model, adapter_name=name, save_embedding_layers=True)
         result[name] = stored.keys() == loaded.keys() and all(
             torch.equal(stored[k].to(loaded[k].dtype), loaded[k].detach().cpu()) for k in stored
         )
