@@ -33,6 +33,8 @@ app.add_typer(schedule_app, name="schedule")
 app.add_typer(recipe_app, name="recipe")
 
 JSON = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+IDEMPOTENCY = typer.Option(
+    None, "--idempotency-key", help="Submitting again with the same key returns the first job (safe retries).")
 _state: dict[str, Any] = {}
 
 
@@ -131,7 +133,7 @@ def _render_bases(bases: list[t.BaseModelInfo]) -> None:
 
 
 @app.command()
-@emits(lambda d: stdout.print(f"catalog ready at {d['database']} (schema {d['revision']})"))
+@emits(lambda d: stdout.print(f"catalog ready at {d['database']} (schema {d['revision']})", markup=False))
 def init(json_output: bool = JSON) -> dict[str, str]:
     """Create the catalog, or upgrade its schema to this version's."""
     from registry.db import head_revision
@@ -300,7 +302,8 @@ def _render_demo(report: Any) -> None:
     if graph.get("edges"):
         table(f"lineage of the {graph['root']}", ["child", "relation", "parent", "weight"],
               [[e["child"], e["relation"], e["parent"], e["weight"]] for e in graph["edges"]])
-    stdout.print(f"catalog:   {report.catalog}\nartifacts: {report.artifacts}\ndemo files: {report.workdir}")
+    stdout.print(f"catalog:   {report.catalog}\nartifacts: {report.artifacts}\ndemo files: {report.workdir}",
+                 markup=False)
     stdout.print(f"next: [bold]cd {escape(report.workdir)}[/] and follow the README's tour "
                  "([bold]adreg register ./demo-tone --name support-tone[/], ...), or [bold]adreg list[/]")
 
@@ -543,7 +546,7 @@ def _merge_report_render(data: Any) -> None:
         _render_job(data)
         return
     overall = data.get("overall", {})
-    stdout.print(f"merged into {data.get('out')}")
+    stdout.print(f"merged into {data.get('out')}", markup=False)
     table(None, ["metric", "value"], [[k, v] for k, v in overall.items()])
 
 
@@ -566,6 +569,7 @@ def merge(
     validate: bool = typer.Option(False, "--validate", help="Queue a runtime validation of the result."),
     publish: str | None = typer.Option(None, "--publish", help="Hub repo to publish to once validation passes."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the job (catalog mode)."),
+    idempotency_key: str | None = IDEMPOTENCY,
     json_output: bool = JSON,
 ) -> Any:
     """Merge adapters: folders into --out, or catalog versions into a new version --name."""
@@ -580,7 +584,7 @@ def merge(
         return _merge_folders(sources, weight_list, method, out, dtype, params, allow_cross_base=allow_cross_base)
     job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,
                             tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate,
-                            publish_to=publish, **params)
+                            publish_to=publish, idempotency_key=idempotency_key, **params)
     return _follow_chain(job, 2 if publish else int(validate), wait, json_output, "merge")
 
 
@@ -635,6 +639,7 @@ def train(
     tag: list[str] = typer.Option(None, "--tag", "-t"),
     validate: bool = typer.Option(False, "--validate", help="Queue a runtime validation of each result."),
     wait: bool = typer.Option(True, "--wait/--no-wait"),
+    idempotency_key: str | None = IDEMPOTENCY,
     json_output: bool = JSON,
 ) -> Any:
     """Continue an adapter, create one (--new), or train several jointly (--joint)."""
@@ -652,6 +657,7 @@ def train(
         new={"r": r, "alpha": alpha, "targets": targets.split(","), "dropout": dropout} if new else None,
         seed=seed, checkpoint_every=checkpoint_every, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
         tags=_tags(tag), validate=validate, task_type=task_type, reuse_name=reuse_name,
+        idempotency_key=idempotency_key,
     )
     return _follow(job, wait, json_output, "training")
 
@@ -667,11 +673,12 @@ def publish(
     base_model_id: str | None = typer.Option(
         None, "--base-model-id", help="Hub id for the card's base_model when the base is a local folder."),
     wait: bool = typer.Option(True, "--wait/--no-wait"),
+    idempotency_key: str | None = IDEMPOTENCY,
     json_output: bool = JSON,
 ) -> Any:
     """Publish a version to the Hugging Face Hub with a model card (base_model, lineage, recipe, evidence)."""
     job = _registry().publish(ref, repo, branch=branch, private=private, create_pr=create_pr,
-                              base_model_id=base_model_id)
+                              base_model_id=base_model_id, idempotency_key=idempotency_key)
     return _follow(job, wait, json_output, "publish")
 
 
@@ -680,25 +687,27 @@ def publish(
 def validate_cmd(
     ref: str = typer.Argument(..., help="Version to load on its base model and check."),
     wait: bool = typer.Option(True, "--wait/--no-wait"),
+    idempotency_key: str | None = IDEMPOTENCY,
     json_output: bool = JSON,
 ) -> Any:
     """Validate a version at run time against its base model's real weights (PEFT, logits probes)."""
-    return _follow(_registry().validate(ref), wait, json_output, "validation")
+    return _follow(_registry().validate(ref, idempotency_key=idempotency_key), wait, json_output, "validation")
 
 
 def _render_run(run: Any) -> None:
     from rich.tree import Tree
 
-    tree = Tree(f"run {run.id} [bold]{run.recipe_name}[/] ({run.trigger}): {run.status}"
-                + (f" - {run.message}" if run.message else ""))
+    tree = Tree(f"run {run.id} [bold]{escape(run.recipe_name)}[/] ({run.trigger}): {run.status}"
+                + (f" - {escape(run.message)}" if run.message else ""))
     by_id = {j["id"]: j for j in run.jobs}
     for index, step in enumerate(run.steps):
         marker = run.step_jobs.get(step)
         state = "done" if step in run.outputs else ("current" if index == run.current_step else "pending")
-        node = tree.add(f"{step}: {state}" + (f" -> {run.outputs[step]}" if step in run.outputs else ""))
+        node = tree.add(escape(f"{step}: {state}" + (f" -> {run.outputs[step]}" if step in run.outputs else "")))
         job = by_id.get(marker) if isinstance(marker, int) else None
         if job is not None:
-            node.add(f"job {job['id']} {job['kind']} {job['status']}" + (f": {job['error']}" if job["error"] else ""))
+            node.add(escape(f"job {job['id']} {job['kind']} {job['status']}"
+                            + (f": {job['error']}" if job["error"] else "")))
             for child in (j for j in run.jobs if j["parent_job_id"] == job["id"]):
                 node.add(f"job {child['id']} {child['kind']} {child['status']}")
     stdout.print(tree)
@@ -725,11 +734,12 @@ def jobs_cmd(
 
 @app.command("run")
 @emits(_render_run)
-def run_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file."), json_output: bool = JSON) -> Any:
+def run_cmd(recipe: Path = typer.Argument(..., help="Recipe YAML file."), idempotency_key: str | None = IDEMPOTENCY,
+            json_output: bool = JSON) -> Any:
     """Check a recipe and run it once as a chain of jobs (exit 1 if the run failed)."""
     from registry.cli_output import FailedOutcome
 
-    run = _registry().run_recipe(recipe)
+    run = _registry().run_recipe(recipe, idempotency_key=idempotency_key)
     if run.status in ("failed", "cancelled"):
         raise FailedOutcome(f"run {run.id} of {run.recipe_name} {run.status}: {run.message or ''}".rstrip(": "), run)
     return run
@@ -753,7 +763,7 @@ def recipe_schema() -> None:
 
 
 @recipe_app.command("check")
-@emits(lambda d: stdout.print(f"recipe {d['name']} is valid: {len(d['steps'])} step(s)"))
+@emits(lambda d: stdout.print(f"recipe {d['name']} is valid: {len(d['steps'])} step(s)", markup=False))
 def recipe_check(recipe: Path = typer.Argument(...), json_output: bool = JSON) -> Any:
     """Validate a recipe file (syntax and step references; `adreg run` also resolves the catalog)."""
     from registry.recipes import load_recipe
@@ -802,7 +812,7 @@ def schedule_resume(name: str = typer.Argument(...), json_output: bool = JSON) -
 
 
 @schedule_app.command("rm")
-@emits(lambda d: stdout.print(f"removed schedule {d['name']}"))
+@emits(lambda d: stdout.print(f"removed schedule {d['name']}", markup=False))
 def schedule_rm(name: str = typer.Argument(...), json_output: bool = JSON) -> Any:
     _registry().remove_schedule(name)
     return {"name": name}
@@ -865,7 +875,7 @@ def doctor(json_output: bool = JSON) -> None:
 @app.command()
 @emits(lambda d: stdout.print(
     f"{'removed' if d['applied'] else 'would remove'} {len(d['paths'])} path(s), {human_size(d['bytes'])}"
-    + ("" if d["applied"] else " (dry run: add --apply)") + "".join(f"\n  {p}" for p in d["paths"][:20])))
+    + ("" if d["applied"] else " (dry run: add --apply)") + "".join(f"\n  {p}" for p in d["paths"][:20]), markup=False))
 def gc(
     apply: bool = typer.Option(False, "--apply", help="Delete (default: only list)."), json_output: bool = JSON
 ) -> Any:

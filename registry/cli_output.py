@@ -81,9 +81,9 @@ class FailedOutcome(RegistryError):
 
 def fail(err: RegistryError) -> None:
     """Print a user error (and its hint) to stderr and exit 1."""
-    stderr.print(f"[bold red]error:[/] {err}", markup=True, highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(str(err))}", markup=True, highlight=False)
     if err.hint:
-        stderr.print(f"[dim]hint:[/] {err.hint}", markup=True, highlight=False)
+        stderr.print(f"[dim]hint:[/] {escape(err.hint)}", markup=True, highlight=False)
     raise typer.Exit(1)
 
 
@@ -107,6 +107,11 @@ def emits(render: Callable[[Any], None] | None = None) -> Callable[[Callable[...
             except RegistryError as err:
                 activity.stop()
                 fail(err)
+                return
+            except OSError as exc:  # the user's environment (a path, permissions, a full disk), not a bug
+                activity.stop()
+                where = f" ({exc.filename})" if exc.filename else ""
+                fail(RegistryError(f"{exc.strerror or exc}{where}"))
                 return
             finally:
                 activity.stop()

@@ -18,17 +18,43 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.errors import SchemaOutdated
+from registry.errors import SchemaOutdated, ServiceUnavailable
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _report_unreachable(engine: Engine) -> None:
+    """Turn "cannot connect" / "connection lost" errors into :class:`ServiceUnavailable` naming the database
+    (password hidden), for every statement and every connection attempt of this engine."""
+    where = engine.url.render_as_string(hide_password=True)
+
+    @event.listens_for(engine, "handle_error")
+    def _unreachable(context) -> None:  # type: ignore[no-untyped-def]
+        original = context.original_exception
+        connecting = context.connection is None or context.is_pre_ping
+        if context.is_disconnect or (connecting and type(original).__name__ == "OperationalError"):
+            raise ServiceUnavailable(f"database unreachable at {where}: {_first_line(original)}",
+                                     hint="check that the database is running and ADREG_DATABASE_URL / --db") \
+                from original
+
+
 def make_engine(url: str) -> Engine:
-    """Create an engine; on SQLite, enforce foreign keys, use WAL and wait for locks instead of failing."""
+    """Create an engine; on SQLite, enforce foreign keys, use WAL and wait for locks instead of failing.
+
+    Failing to reach the database raises :class:`ServiceUnavailable` (never a driver traceback).
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).expanduser().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ServiceUnavailable(f"cannot create the catalog's folder {folder}: {exc.strerror}") from None
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -45,8 +71,11 @@ def make_engine(url: str) -> Engine:
             # IMMEDIATE takes the write lock up front: two writers never deadlock on a lock upgrade.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+        _report_unreachable(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
+    _report_unreachable(engine)
+    return engine
 
 
 def alembic_config(engine: Engine | None = None) -> Config:

@@ -63,6 +63,19 @@ class SchemaOutdated(RegistryError):
     """The catalog's schema is behind the code's migrations."""
 
 
+class ServiceUnavailable(RegistryError):
+    """The catalog database (or, as :class:`BrokerUnavailable`, the job broker) cannot be reached."""
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """A job was recorded in the catalog but its message could not be sent to the broker: ``job_id`` exists and
+    a worker's recovery sweep sends it once the broker is back."""
+
+    def __init__(self, message: str, *, job_id: int, hint: str | None = None) -> None:
+        self.job_id = job_id
+        super().__init__(message, hint=hint)
+
+
 class ConflictError(RegistryError):
     """The catalog already holds something that contradicts the request."""
 

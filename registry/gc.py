@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -11,6 +13,22 @@ from registry import models as m
 
 if TYPE_CHECKING:
     from registry.sdk import Registry
+
+
+TMP_AGE_SECONDS = 600  # a temporary file this old belongs to no write in progress
+
+
+def stale_temporary_files(root: Path) -> list[Path]:
+    """``.tmp-*`` files and folders of interrupted writes in the store (blobs, adapter folders), older than
+    :data:`TMP_AGE_SECONDS` so that writes in progress are never counted. Job scratch is judged by its job."""
+    if not root.exists():
+        return []
+    cutoff = time.time() - TMP_AGE_SECONDS
+    found = []
+    for pattern in (".tmp-*", "*/.tmp-*", "*/*/.tmp-*"):
+        found += [p for p in root.glob(pattern) if p.parts[len(root.parts)] not in ("scratch", "checkpoints")
+                  and p.lstat().st_mtime < cutoff]
+    return sorted(found)
 
 
 def collect(reg: Registry, *, apply: bool = False) -> dict[str, Any]:
@@ -26,7 +44,7 @@ def collect(reg: Registry, *, apply: bool = False) -> dict[str, Any]:
     blobs = root / "blobs"
     if blobs.exists():
         candidates += [p for p in blobs.glob("*/*.safetensors") if p.stem not in shas]
-        candidates += [p for p in blobs.glob("*/.tmp-*")]
+    candidates += stale_temporary_files(root)
     for folder in ("scratch", "checkpoints"):
         base = root / folder
         if base.exists():

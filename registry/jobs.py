@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -18,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from registry import models as m
-from registry.errors import RegistryError
+from registry.errors import BrokerUnavailable, RegistryError
 from registry.refs import check_slug, check_tag
 
 if TYPE_CHECKING:
@@ -317,6 +318,65 @@ def request_cancel(session: Session, job_id: int) -> str:
     return "cancelling"
 
 
+def _process_gone(worker_host: str | None) -> bool:
+    """True when ``host:pid`` names a process of this host that no longer exists."""
+    import os
+    import socket
+
+    host, _, pid = (worker_host or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def fail_orphaned_local_jobs(session: Session, store_root: Path, lease: float) -> list[int]:
+    """In the embedded default (no workers, so no recovery sweep), end the jobs no process will finish: running
+    jobs whose process is gone or whose lease expired, and queued jobs older than a lease (their process died
+    before running them). Each is marked ``failed`` (never re-run: submit it again) and its scratch and
+    checkpoint folders are removed. Returns their ids."""
+    import shutil
+    from datetime import timedelta
+
+    now = m.utcnow()
+    t = m.Job.__table__
+    candidates = session.execute(select(t.c.id, t.c.status, t.c.attempts, t.c.worker_host, t.c.lease_expires_at,
+                                        t.c.created_at).where(t.c.status.in_(("queued", "running")))).all()
+    ended = []
+    for job_id, status, attempts, host, lease_end, created in candidates:
+        if status == "running":
+            expired = lease_end is not None and _aware(lease_end) < now
+            if not (expired or _process_gone(host)):
+                continue
+            reason = f"the process that ran it ({host or 'unknown'}) is gone"
+        elif _aware(created) < now - timedelta(seconds=lease):
+            reason = "the process that submitted it ended before running it"
+        else:
+            continue
+        done = session.execute(
+            update(t).where(t.c.id == job_id, t.c.status == status, t.c.attempts == attempts)
+            .values(status="failed", finished_at=now, lease_expires_at=None, error_type="WorkerLost",
+                    error_message=f"{reason}; it was not re-run: submit it again")
+        ).rowcount
+        if done:
+            ended.append(job_id)
+            for folder in ("scratch", "checkpoints"):
+                shutil.rmtree(store_root / folder / f"job-{job_id}", ignore_errors=True)
+    return ended
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns: they are UTC."""
+    from datetime import timezone
+
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
 # -- executors ------------------------------------------------------------------------------------
 
 
@@ -347,6 +407,21 @@ class CeleryExecutor:
         self.fallback_gpu_to_cpu = fallback_gpu_to_cpu
 
     def dispatch(self, job_id: int, queue: str) -> None:
+        """Send the job's id; a broker that cannot be reached raises :class:`BrokerUnavailable` (the row stays)."""
+        from kombu.exceptions import OperationalError
+        from kombu.utils.url import maybe_sanitize_url
+
         if queue == "gpu" and self.fallback_gpu_to_cpu:
             queue = "cpu"
-        self.app.send_task(TASK_NAME, args=[job_id], queue=queue)
+        try:
+            self.app.send_task(TASK_NAME, args=[job_id], queue=queue)
+        except (OperationalError, OSError) as exc:
+            where = maybe_sanitize_url(self.app.conf.broker_url)
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BrokerUnavailable(
+                f"job {job_id} is recorded in the catalog (queued), but the broker at {where} is unreachable "
+                f"({reason}); a worker's recovery sweep sends it once the broker is back",
+                job_id=job_id,
+                hint=f"follow it with `adreg job {job_id} --wait`; submitting again makes a second job unless you "
+                     "pass the same --idempotency-key",
+            ) from None

@@ -26,7 +26,10 @@ from sqlalchemy.orm import Session, aliased, defer
 from registry import models as m
 from registry import types as t
 from registry.catalog import find_base
+from registry.errors import RegistryError
+from registry.refs import check_tag
 
+MAX_FILTER_CHARS = 256  # a search filter's text (NUL and other control characters refused)
 SORT_KEYS = {
     "created": m.AdapterVersion.created_at,
     "name": m.Adapter.name,
@@ -91,7 +94,13 @@ def search(session: Session, f: SearchFilters) -> tuple[list[m.AdapterVersion], 
     Then the page's rows are loaded by id, without the JSON that ``describe`` does not show.
     """
     if f.sort not in SORT_KEYS:
-        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
+        raise RegistryError(f"sort must be one of {', '.join(SORT_KEYS)}")
+    for what in ("base_model", "task_type", "peft_type", "target_module", "name_like"):
+        value = getattr(f, what)
+        if value is not None and (len(value) > MAX_FILTER_CHARS or any(ord(c) < 32 for c in value)):
+            raise RegistryError(f"the {what} filter must be at most {MAX_FILTER_CHARS} printable characters")
+    for key, value in f.tags.items():
+        check_tag(key, value)
     v = m.AdapterVersion
     key = SORT_KEYS[f.sort]
     matching = select(v.id.label("id"), key.label("sort_key")).where(and_(*_where(session, f)))

@@ -49,6 +49,9 @@ class Registry:
         self._sessions = session_factory(self.engine)
         self.store = ArtifactStore(self.settings.artifact_dir)
         self._executor: jobs.LocalExecutor | jobs.CeleryExecutor | None = None
+        if self.settings.is_sqlite and not self.settings.broker_url:  # embedded: no worker sweeps for us
+            with transaction(self._sessions) as session:
+                jobs.fail_orphaned_local_jobs(session, self.store.root, self.settings.job_lease_seconds)
 
     @property
     def executor(self) -> jobs.LocalExecutor | jobs.CeleryExecutor:
@@ -293,18 +296,24 @@ class Registry:
             raise _invalid("merge request", exc) from None
         return self.submit(spec, idempotency_key=idempotency_key, run_id=run_id)
 
-    def validate(self, ref: str, *, run_id: int | None = None) -> jobs.Job:
+    def validate(self, ref: str, *, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
         """Queue a runtime validation of a version against its base model's real weights."""
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
             exact = catalog.exact_ref(session, row)
-        return self.submit(jobs.ValidateSpec(version_id=row.id, ref=exact), run_id=run_id)
+        return self.submit(jobs.ValidateSpec(version_id=row.id, ref=exact), idempotency_key=idempotency_key,
+                           run_id=run_id)
 
     def submit(
         self, spec: jobs.AnySpec, *, idempotency_key: str | None = None, parent_job_id: int | None = None,
         run_id: int | None = None,
     ) -> jobs.Job:
-        """Write the job row (committed), then hand its id to the executor."""
+        """Write the job row (committed), then hand its id to the executor.
+
+        With an ``idempotency_key`` already used, the first job is returned and nothing new is queued (a retry
+        after a lost answer or an unreachable broker is safe). A broker that cannot be reached raises
+        :class:`~registry.errors.BrokerUnavailable`: the job exists and the recovery sweep sends it later.
+        """
         queue = jobs.DEFAULT_QUEUE[spec.kind]
         if queue == "gpu" and self.settings.gpu_queue_fallback:
             queue = "cpu"
@@ -492,7 +501,7 @@ class Registry:
 
     def publish(
         self, ref: str, repo_id: str, *, branch: str = "main", private: bool = False, create_pr: bool = False,
-        base_model_id: str | None = None, run_id: int | None = None,
+        base_model_id: str | None = None, idempotency_key: str | None = None, run_id: int | None = None,
     ) -> jobs.Job:
         """Push a version to a Hub repository with a model card that records its base, lineage and evidence.
 
@@ -509,7 +518,8 @@ class Registry:
             exact = catalog.exact_ref(session, row)
             base = session.get(m.BaseModelRecord, row.base_model_id) if row.base_model_id else None
             card_base_model(base.name if base else None, target.base_model_id, exact)
-        return self.submit(jobs.PublishSpec(version_id=row.id, ref=exact, target=target), run_id=run_id)
+        return self.submit(jobs.PublishSpec(version_id=row.id, ref=exact, target=target),
+                           idempotency_key=idempotency_key, run_id=run_id)
 
     @staticmethod
     def _publish_target(repo_id: str, **options: object) -> jobs.PublishTarget:

@@ -19,32 +19,46 @@ from registry.jobs import TASK_NAME
 log = logging.getLogger("adreg.recovery")
 
 
-def stale_jobs(registry, queues: set[str] | None, queued_grace: float) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
-    now = m.utcnow()
-    query = select(m.Job.id, m.Job.queue).where(
-        m.Job.cancel_requested.is_(False),
-        or_(
-            (m.Job.status == "running") & (m.Job.lease_expires_at < now),
-            # for queued jobs, heartbeat_at records the last (re-)dispatch
-            (m.Job.status == "queued")
-            & (func.coalesce(m.Job.heartbeat_at, m.Job.created_at) < now - timedelta(seconds=queued_grace)),
-        ),
+def _stale(now, queued_grace: float, lease: float):  # type: ignore[no-untyped-def]
+    """Jobs whose message may be lost and that were not (re-)dispatched within the last grace period or lease.
+
+    ``heartbeat_at`` records the last (re-)dispatch of a queued job; for a running job it is the last heartbeat,
+    and a re-dispatch moves it too, so a dead worker's job is sent once per lease, not once per sweep."""
+    t = m.Job.__table__
+    return t.c.cancel_requested.is_(False) & or_(
+        (t.c.status == "running") & (t.c.lease_expires_at < now)
+        & (func.coalesce(t.c.heartbeat_at, t.c.started_at, t.c.created_at) < now - timedelta(seconds=lease)),
+        (t.c.status == "queued")
+        & (func.coalesce(t.c.heartbeat_at, t.c.created_at) < now - timedelta(seconds=queued_grace)),
     )
+
+
+def stale_jobs(registry, queues: set[str] | None, queued_grace: float, lease: float) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
+    t = m.Job.__table__
+    query = select(t.c.id, t.c.queue).where(_stale(m.utcnow(), queued_grace, lease))
     if queues:
-        query = query.where(m.Job.queue.in_(queues))
+        query = query.where(t.c.queue.in_(queues))
     with registry._sessions() as s:
-        return [(jid, q) for jid, q in s.execute(query.order_by(m.Job.id))]
+        return [(jid, q) for jid, q in s.execute(query.order_by(t.c.id))]
 
 
-def recover_once(registry, app, queues: set[str] | None = None, queued_grace: float = 300.0) -> list[int]:  # type: ignore[no-untyped-def]
+def recover_once(registry, app, queues: set[str] | None = None, queued_grace: float = 300.0,  # type: ignore[no-untyped-def]
+                 lease: float | None = None) -> list[int]:
+    """Send each stale job once more. The row is marked re-dispatched by a conditional UPDATE first, so that
+    several workers' sweeps (or one sweep every few seconds) send a job once per lease or grace period."""
+    from workers.runners import lease_seconds
+
+    lease = lease_seconds() if lease is None else lease
+    t = m.Job.__table__
     ids = []
-    for job_id, queue in stale_jobs(registry, queues, queued_grace):
-        jobs = m.Job.__table__
+    for job_id, queue in stale_jobs(registry, queues, queued_grace, lease):
+        now = m.utcnow()
         with registry._sessions() as s, s.begin():
-            redispatched = update(jobs).where(jobs.c.id == job_id, jobs.c.status == "queued")
-            s.execute(redispatched.values(heartbeat_at=m.utcnow()))
-        app.send_task(TASK_NAME, args=[job_id], queue=queue)
-        ids.append(job_id)
+            mine = s.execute(update(t).where(t.c.id == job_id, _stale(now, queued_grace, lease))
+                             .values(heartbeat_at=now)).rowcount
+        if mine:
+            app.send_task(TASK_NAME, args=[job_id], queue=queue)
+            ids.append(job_id)
     if ids:
         log.warning("re-dispatched jobs %s", ids)
     return ids

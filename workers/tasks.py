@@ -29,11 +29,19 @@ def _reset_after_fork(**_kwargs) -> None:  # type: ignore[no-untyped-def]
     _registry = None
 
 
-@app.task(name="adreg.run_job", acks_late=True, reject_on_worker_lost=True)
-def run_job(job_id: int) -> str:
+@app.task(name="adreg.run_job", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+def run_job(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
+    """Run one job. If the catalog cannot be reached, the message is not consumed: it comes back after a
+    backoff (1, 2, 4 ... 60 s) until the database answers, instead of waiting for the recovery sweep."""
+    from registry.errors import ServiceUnavailable
     from workers.runners import run_job as run
 
-    return run(int(job_id), registry())
+    try:
+        return run(int(job_id), registry())
+    except ServiceUnavailable as exc:
+        delay = min(60, 2 ** min(self.request.retries, 6))
+        log.warning("job %s: %s; retrying in %ss", job_id, exc, delay)
+        raise self.retry(exc=exc, countdown=delay) from None
 
 
 @app.task(name="adreg.tick", acks_late=False)

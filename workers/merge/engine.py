@@ -72,8 +72,11 @@ def _prepare_out(out: Path) -> Path:
     """A fresh staging folder beside ``out`` (same file system, so the final rename is atomic)."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RegistryError(f"{out} already exists and is not empty; choose another output folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise RegistryError(f"cannot write the merged adapter to {out}: {exc.strerror or exc}") from None
 
 
 def _fsync(path: Path) -> None:
