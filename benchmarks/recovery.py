@@ -1,0 +1,208 @@
+"""Recovery times of Celery jobs after three faults, with real worker processes (docs/jobs.md quotes them):
+
+1. worker SIGKILL while it runs a job: until a second, idle worker has finished it;
+2. Redis restarted without persistence while a job is queued (its message is lost): until the job has run;
+3. the catalog database unreachable from the worker (a TCP proxy in front of PostgreSQL is cut for --outage
+   seconds while a job is submitted): from the moment it is reachable again until the job has run.
+
+Each is printed in seconds and against the setting that bounds it (the lease for 1, the queued grace for 2,
+the retry backoff for 3). Needs the PostgreSQL and Redis of the test setup; fault 2 restarts the local Redis
+(run it when nothing else uses Redis).
+
+    python benchmarks/recovery.py --lease 10 --grace 10 --outage 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+PG = os.environ.get("ADREG_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("ADREG_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+
+
+class Proxy:
+    """TCP forwarder to PostgreSQL that can be cut (listener and connections) and restored on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server: socket.socket | None = None
+        self.conns: list[socket.socket] = []
+
+    def start(self) -> None:
+        server = socket.socket()
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", self.port))
+        server.listen(32)
+        self.server = server
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        if self.server is not None:
+            with contextlib.suppress(OSError):
+                self.server.shutdown(socket.SHUT_RDWR)
+            self.server.close()
+            self.server = None
+        for sock in self.conns:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        self.conns = []
+
+
+def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
+    fh = log.open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "registry.cli", "worker", "--queues", "cpu", "-c", "1"],
+                            env=env, stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while " ready." not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(log.read_text())
+        time.sleep(0.1)
+    return proc
+
+
+def restart_redis() -> None:
+    import redis
+
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    with contextlib.suppress(redis.exceptions.ConnectionError):
+        client.shutdown(nosave=True)
+    subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379", "--save",
+                    "", "--appendonly", "no", "--dir", "/var/lib/redis", "--logfile", "/var/log/redis/ci.log"],
+                   check=True)
+    while True:
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            if client.ping():
+                return
+        time.sleep(0.1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lease", type=float, default=10, help="ADREG_JOB_LEASE_SECONDS")
+    parser.add_argument("--grace", type=float, default=10, help="ADREG_QUEUED_GRACE_SECONDS")
+    parser.add_argument("--outage", type=float, default=20, help="seconds the database stays unreachable")
+    args = parser.parse_args()
+
+    from workers.quiet import quiet_hf
+    from workers.tinymodels import build_adapter, build_base
+
+    quiet_hf()
+    work = Path(tempfile.mkdtemp(prefix="adreg-recovery-"))
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = f"{PG}{'&' if '?' in PG else '?'}options=-csearch_path%3D{schema}"
+    env = {**os.environ, "ADREG_DATABASE_URL": url, "ADREG_BROKER_URL": REDIS, "ADREG_HOME": str(work / "home"),
+           "ADREG_JOB_LEASE_SECONDS": str(args.lease), "ADREG_QUEUED_GRACE_SECONDS": str(args.grace)}
+    os.environ.update({k: env[k] for k in ("ADREG_DATABASE_URL", "ADREG_BROKER_URL", "ADREG_HOME",
+                                           "ADREG_JOB_LEASE_SECONDS")})
+    workers: list[subprocess.Popen] = []
+    parsed = make_url(url)
+    proxy = Proxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+    try:
+        from registry import Registry
+
+        Registry.init(url)
+        base = build_base(work / "base")
+        reg = Registry()
+        reg.register(build_adapter(base, work / "a", seed=1), name="a", base_path=base)
+        reg.register(build_adapter(base, work / "b", seed=2), name="b", base_path=base)
+
+        # 1. SIGKILL mid-job: a validation job (it spends seconds loading PEFT/transformers in a fresh worker).
+        first = start_worker(env, work / "w1.log")
+        second = None
+        job = reg.validate("b:1")
+        while job.refresh().status != "running":
+            time.sleep(0.05)
+        second = start_worker(env, work / "w2.log")
+        killed = time.monotonic()
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+        job.wait(timeout=20 * args.lease)
+        kill = time.monotonic() - killed
+        second.terminate()
+        second.wait(30)
+
+        # 2. Redis restart with a queued job and no worker: the message is lost, the sweep re-sends it.
+        import redis
+
+        redis.Redis.from_url(REDIS).flushdb()
+        job = reg.merge(["a:1", "b:1"], weights=[0.5, 0.5], method="cat", name="after-redis")
+        restart_redis()
+        restarted = time.monotonic()
+        workers.append(start_worker(env, work / "w3.log"))
+        job.wait(timeout=20 * args.grace + 120)
+        redis_s = time.monotonic() - restarted
+        workers[-1].terminate()
+        workers[-1].wait(30)
+
+        # 3. The worker's database unreachable while a job is submitted; measured from when it is back.
+        proxy.start()
+        via = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        workers.append(start_worker({**env, "ADREG_DATABASE_URL": via, "ADREG_QUEUED_GRACE_SECONDS": "3600"},
+                                    work / "w4.log"))
+        proxy.cut()
+        job = reg.merge(["a:1", "b:1"], weights=[0.3, 0.7], method="cat", name="after-db")
+        time.sleep(args.outage)
+        assert job.refresh().status == "queued"
+        proxy.start()
+        back = time.monotonic()
+        job.wait(timeout=180)
+        db_s = time.monotonic() - back
+
+        print(f"worker SIGKILL mid-job -> finished by another worker: {kill:.1f} s "
+              f"({kill / args.lease:.2f} x the {args.lease:g} s lease)")
+        print(f"Redis restart (queued message lost) -> job done: {redis_s:.1f} s "
+              f"({redis_s / args.grace:.2f} x the {args.grace:g} s queued grace)")
+        print(f"database unreachable for {args.outage:g} s -> job done {db_s:.1f} s after it is back "
+              "(retry backoff 1, 2, 4 ... 60 s)")
+    finally:
+        proxy.cut()
+        for proc in workers:
+            if proc.poll() is None:
+                proc.kill()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+if __name__ == "__main__":
+    main()
