@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from registry import models as m
 from registry.errors import BrokerUnavailable, RegistryError
-from registry.refs import check_slug, check_tag
+from registry.refs import MAX_REVISION_CHARS, REVISION_PATTERN, check_slug, check_tag
 
 if TYPE_CHECKING:
     from registry.sdk import Registry
@@ -72,7 +72,7 @@ class PublishTarget(BaseModel):
     """Where a version goes on the Hub."""
 
     repo_id: str = Field(pattern=_REPO_ID)
-    branch: str = Field(default="main", pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
+    branch: str = Field(default="main", pattern=REVISION_PATTERN, max_length=MAX_REVISION_CHARS)  # Hub/git rules
     private: bool = False
     create_pr: bool = False
     base_model_id: str | None = Field(default=None, pattern=_REPO_ID)  # the card's base_model, if not the base's
