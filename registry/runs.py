@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -27,6 +29,8 @@ from registry.refs import parse_ref
 
 if TYPE_CHECKING:
     from registry.sdk import Registry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -160,9 +164,9 @@ def _locked_run(session: Session, run_id: int) -> m.Run:
     return session.scalars(select(m.Run).where(m.Run.id == run_id).with_for_update()).one()
 
 
-def _ref(run: m.Run, ref: str) -> str:
+def _ref(run: m.Run, ref: str, outputs: dict[str, Any] | None = None) -> str:
     if ref.startswith("@"):
-        return run.outputs[ref[1:]]
+        return (run.outputs if outputs is None else outputs)[ref[1:]]
     return run.inputs["refs"][ref]
 
 
@@ -217,50 +221,120 @@ def _submit_step(reg: Registry, run: m.Run, step: Step) -> int:
     return job.id
 
 
+_advancing = threading.local()  # the runs this thread is advancing right now
+
+
 def advance_run(reg: Registry, run_id: int) -> None:
-    """Move the run forward as far as finished work allows; safe to call from anywhere, any number of times."""
-    for _ in range(1000):
-        submit: Step | None = None
-        with transaction(reg._sessions) as s:
-            run = _locked_run(s, run_id)
-            if run.status != "running":
-                return
-            recipe = Recipe.model_validate(run.recipe)
-            if run.current_step >= len(recipe.steps):
-                _finish(run, "succeeded", f"{len(recipe.steps)} step(s) done")
-                return
-            step = recipe.steps[run.current_step]
-            if step.kind == "promote":
-                target = _ref(run, step.body.target)
-                catalog.set_alias(s, catalog.resolve(s, parse_ref(target)), step.body.alias)
-                run.outputs = {**run.outputs, step.name: target}
-                run.current_step += 1
-                continue
-            marker = (run.step_jobs or {}).get(step.name)
-            if marker is None:
-                run.step_jobs = {**(run.step_jobs or {}), step.name: "pending"}
-                submit = step
-            else:
+    """Move the run forward as far as finished work allows; safe to call from anywhere, any number of times.
+
+    The run ends ``succeeded`` or ``failed`` whenever no unfinished job holds it: an error in a step (an alias
+    that cannot be set, a step that cannot start, a recipe row that no longer validates, a bug) fails the run
+    with the step's name instead of leaving it ``running``. A call made while this thread is already advancing
+    the same run (an in-process job finishing inside its step's submission) returns at once: the outer loop
+    sees the finished job and goes on, so the stack does not grow with the number of steps.
+    """
+    active: set[int] = _advancing.__dict__.setdefault("runs", set())
+    if run_id in active:
+        return
+    active.add(run_id)
+    try:
+        _advance(reg, run_id)
+    finally:
+        active.discard(run_id)
+
+
+def _fail_run(reg: Registry, run_id: int, message: str) -> None:
+    with transaction(reg._sessions) as s:
+        run = _locked_run(s, run_id)
+        if run.status == "running":
+            _finish(run, "failed", message)
+
+
+def _advance(reg: Registry, run_id: int) -> None:
+    recipe: Recipe | None = None
+    where = "the run"
+
+    def walk(s: Session, run: m.Run, recipe: Recipe) -> Step | None:
+        """Move the locked run over promote steps and finished jobs, in this transaction; return the step whose
+        job is to be submitted, or None when the run ended or waits for a job. Outputs are kept locally and
+        written once (a run of many promote steps costs one transaction, not one per step)."""
+        nonlocal where
+        outputs, current = dict(run.outputs or {}), run.current_step
+
+        def sync() -> None:
+            if outputs != run.outputs:
+                run.outputs = dict(outputs)
+            run.current_step = current
+
+        try:
+            while current < len(recipe.steps):
+                step = recipe.steps[current]
+                where = f"step {step.name}"
+                if step.kind == "promote":
+                    body = step.body
+                    target = _ref(run, body.target, outputs)
+                    try:
+                        with s.begin_nested():  # a refused promote leaves the earlier ones in place
+                            catalog.set_alias(s, catalog.resolve(s, parse_ref(target)), body.alias)
+                    except RegistryError as exc:
+                        _finish(run, "failed", f"{where} failed: {exc}")
+                        return None
+                    outputs[step.name] = target
+                    current += 1
+                    continue
+                marker = (run.step_jobs or {}).get(step.name)
+                if marker is None:
+                    run.step_jobs = {**(run.step_jobs or {}), step.name: "pending"}
+                    return step
                 job = _step_job(s, run, marker)
                 if job is None or job.status not in FINISHED:
-                    return
+                    return None
                 if job.status != "succeeded":
-                    error = f"step {step.name} ({job.kind} job {job.id}) {job.status}: {job.error_message}"
-                    _finish(run, "failed", error)
-                    return
+                    _finish(run, "failed", f"{where} ({job.kind} job {job.id}) {job.status}: {job.error_message}")
+                    return None
+                sync()
                 output, failure = _check_gates(s, run, step, job)
                 if failure:
                     _finish(run, "failed", failure)
-                    return
-                run.outputs = {**run.outputs, step.name: output}
+                    return None
+                outputs[step.name] = output
                 run.step_jobs = {**run.step_jobs, step.name: job.id}
-                run.current_step += 1
-                continue
+                current += 1
+            _finish(run, "succeeded", f"{len(recipe.steps)} step(s) done")
+            return None
+        finally:
+            sync()
+
+    # Each pass ends the run, waits for a job, or submits one: one pass per job step and one to finish suffice.
+    passes = 0
+    while True:
+        submit: Step | None = None
+        try:
+            with transaction(reg._sessions) as s:
+                run = _locked_run(s, run_id)
+                if run.status != "running":
+                    return
+                if recipe is None:
+                    recipe = Recipe.model_validate(run.recipe)
+                passes += 1
+                if passes > len(recipe.steps) + 1:
+                    _finish(run, "failed", f"run {run_id} made no progress at step {run.current_step + 1}")
+                    return
+                submit = walk(s, run, recipe)
+                if submit is None:
+                    return
+        except Exception as exc:  # a bug or a stored recipe that no longer validates: fail the run, never strand it
+            if not isinstance(exc, RegistryError):
+                log.exception("run %s: %s failed", run_id, where)
+            reason = exc if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
+            _fail_run(reg, run_id, f"{where} failed: {reason}")
+            return
         try:
             job_id = _submit_step(reg, run, submit)
-        except RegistryError as exc:
-            with transaction(reg._sessions) as s:
-                _finish(_locked_run(s, run_id), "failed", f"step {submit.name} could not start: {exc}")
+        except Exception as exc:
+            if not isinstance(exc, RegistryError):
+                log.exception("run %s: step %s could not start", run_id, submit.name)
+            _fail_run(reg, run_id, f"step {submit.name} could not start: {exc}")
             return
         with transaction(reg._sessions) as s:
             run = _locked_run(s, run_id)

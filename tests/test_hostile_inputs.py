@@ -7,6 +7,9 @@ version numbers. Each test fails on the code before these checks.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from datetime import datetime, timezone
 
 import pytest
@@ -14,6 +17,7 @@ from sqlalchemy import func, select
 
 from registry import models as m
 from registry.errors import InvalidReference, RegistryError
+from registry.recipes import MAX_STEPS, InvalidRecipe, load_recipe
 from registry.refs import parse_ref
 
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=timezone.utc)
@@ -92,3 +96,143 @@ def test_version_numbers_beyond_the_bound_are_refused(registry, db_url, tmp_path
                                       "a0:99999999999999999999"])
     assert result.exit_code == 1 and "integer from 1 to 2147483647" in result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+# --- 3. recipes: nesting, aliases, size, step count; runs that always end ---------------------------------------
+
+LAUGHS = "\n".join(
+    [f"      l0: &l0 [{', '.join(['lol'] * 9)}]"]
+    + [f"      l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+)
+
+
+@pytest.mark.parametrize("where", ["params", "train"])
+def test_yaml_aliases_are_refused(tmp_path, where):
+    merge = ("  - name: m\n    merge:\n      sources: [tone@production]\n      weights: [1.0]\n      name: x\n"
+             "      params:\n" + LAUGHS.replace("      ", "        ") + "\n")
+    train = ("  - name: t\n    train:\n      source: tone@production\n      data: ./d.jsonl\n      new:\n"
+             + LAUGHS.replace("      ", "        ") + "\n")
+    path = tmp_path / "laughs.yaml"
+    path.write_text("name: laughs\nsteps:\n" + (merge if where == "params" else train))
+    start = time.monotonic()
+    with pytest.raises(InvalidRecipe, match="anchors"):
+        load_recipe(path)
+    assert time.monotonic() - start < 2
+
+
+def test_deeply_nested_recipes_are_refused_not_a_recursion_error(tmp_path):
+    (tmp_path / "deep.yaml").write_text("name: deep\nsteps:\n  " + "- " * 1200 + "x\n")  # 1200 nested lists
+    with pytest.raises(InvalidRecipe, match="nested more than 32 levels"):
+        load_recipe(tmp_path / "deep.yaml")
+    nested: list = []
+    inner = nested
+    for _ in range(200):
+        inner.append([])
+        inner = inner[0]
+    recipe = {"name": "deep", "steps": [{"name": "m", "merge": {"sources": ["tone@production"], "weights": [1.0],
+                                                                "name": "x", "params": {"deep": nested}}}]}
+    with pytest.raises(InvalidRecipe, match="steps.0.merge.params.deep.*nested more than 32 levels"):
+        load_recipe(recipe)
+
+
+def test_recipe_values_are_plain_json(tmp_path):
+    (tmp_path / "r.yaml").write_text("name: r\nsteps:\n  - name: t\n    train: {data: d.jsonl, lr: .inf}\n")
+    with pytest.raises(InvalidRecipe, match="steps.0.train.lr: inf is not a finite number"):
+        load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("name: r\nsteps:\n  - name: t\n    train: {data: d.jsonl, seed: 2026-01-01}\n")
+    with pytest.raises(InvalidRecipe, match="steps.0.train.seed: a date is not allowed"):
+        load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_bytes(b"name: \xff\n")
+    with pytest.raises(InvalidRecipe, match="not UTF-8"):
+        load_recipe(tmp_path / "r.yaml")
+
+
+CHECK = """
+import sys, time
+from registry.recipes import InvalidRecipe, load_recipe
+steps = [{"name": f"s{i}", "promote": {"target": "tone@production", "alias": "a"}} for i in range(100_000)]
+start = time.monotonic()
+try:
+    load_recipe({"name": "big", "steps": steps})
+except InvalidRecipe as exc:
+    print(str(exc).splitlines()[1], round(time.monotonic() - start, 2))
+"""
+
+
+def test_huge_recipes_are_refused_quickly(tmp_path):
+    # 100k steps: the duplicate-name check was quadratic (hours); now the step count is checked first
+    out = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert f"at most {MAX_STEPS} are allowed" in out.stdout
+    assert float(out.stdout.split()[-1]) < 5
+    # the same as a file: refused by its size before YAML is parsed, through the real CLI
+    lines = ["name: big", "steps:"] + [f"  - {{name: s{i}, promote: {{target: tone@production, alias: a}}}}"
+                                       for i in range(100_000)]
+    (tmp_path / "big.yaml").write_text("\n".join(lines) + "\n")
+    start = time.monotonic()
+    cli = subprocess.run([sys.executable, "-m", "registry.cli", "recipe", "check", str(tmp_path / "big.yaml")],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 1 and "larger than 512 KiB" in cli.stderr and "Traceback" not in cli.stderr
+    assert time.monotonic() - start < 30
+    (tmp_path / "many.yaml").write_text("\n".join(lines[:2 + MAX_STEPS + 1]) + "\n")
+    with pytest.raises(InvalidRecipe, match=f"{MAX_STEPS + 1} steps, at most {MAX_STEPS}"):
+        load_recipe(tmp_path / "many.yaml")
+
+
+def test_a_run_of_many_promote_steps_ends_succeeded(embedded):
+    # 1000 promote steps (the most a recipe may have): the old loop gave up after 1000 passes, leaving it running
+    recipe = {"name": "many", "steps": [_promote(f"s{i}", f"a{i % 3}") for i in range(MAX_STEPS)]}
+    run = embedded.run_recipe(recipe)
+    assert run.status == "succeeded", run.message
+    assert run.current_step == MAX_STEPS and len(run.outputs) == MAX_STEPS
+    assert embedded.get("tone@a2").ref == "tone:1"
+
+
+def test_job_steps_advance_without_recursion(embedded, monkeypatch):
+    """In-process jobs finish inside their step's submission; the run's loop goes on instead of nesting a new
+    advance per step, so the stack depth at each submission is the same."""
+    import inspect
+
+    from registry import runs
+
+    depths: list[int] = []
+    submit = runs._submit_step
+
+    def recording(reg, run, step):  # type: ignore[no-untyped-def]
+        depths.append(len(inspect.stack(0)))
+        return submit(reg, run, step)
+
+    monkeypatch.setattr(runs, "_submit_step", recording)
+    steps = [{"name": f"m{i}", "merge": {"sources": ["tone@production"], "weights": [1.0], "method": "linear",
+                                         "name": f"copy{i}"}} for i in range(4)]
+    run = embedded.run_recipe({"name": "chain", "steps": [*steps, _promote("pin")]})
+    assert run.status == "succeeded", run.message
+    assert len(depths) == 4 and len(set(depths)) == 1, depths
+
+
+def test_a_step_that_raises_fails_the_run_instead_of_stranding_it(embedded, monkeypatch):
+    from registry import catalog
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RegistryError("alias store unavailable")
+
+    monkeypatch.setattr(catalog, "set_alias", broken)
+    run = embedded.run_recipe({"name": "pin", "steps": [_promote("pin")]})
+    assert run.status == "failed" and "step pin failed: alias store unavailable" in run.message
+    monkeypatch.setattr(catalog, "set_alias", lambda *a, **k: 1 / 0)
+    run = embedded.run_recipe({"name": "pin2", "steps": [_promote("pin")]})
+    assert run.status == "failed" and "ZeroDivisionError" in run.message
+    with embedded._sessions() as s:
+        assert s.scalar(select(func.count()).select_from(m.Run).where(m.Run.status == "running")) == 0
+
+
+def test_recipe_names_and_branches_are_checked_when_loaded():
+    bad = {"name": "r", "steps": [
+        {"name": "m", "merge": {"sources": ["tone@production"], "weights": [1.0], "name": "Not A Slug"}},
+        {"name": "p", "promote": {"target": "@m", "alias": "Prod"}},
+        {"name": "s", "publish": {"target": "@m", "repo": "acme/x", "branch": "main/../../x"}},
+    ]}
+    with pytest.raises(InvalidRecipe) as info:
+        load_recipe(bad)
+    text = str(info.value)
+    assert "steps.0.merge.name" in text and "steps.1.promote.alias" in text and "steps.2.publish.branch" in text
