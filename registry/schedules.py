@@ -9,11 +9,13 @@ slow tick or a restart never run a fire twice. Time is a parameter, never read f
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -28,20 +30,71 @@ from registry.runs import advance_run, create_run
 if TYPE_CHECKING:
     from registry.sdk import Registry
 
+log = logging.getLogger(__name__)
+
 CATCH_UP = ("latest", "all", "none")
 NONE_GRACE = timedelta(minutes=2)  # catch_up=none: a fire this late still counts as on time
-MAX_FIRES = 1000
+MAX_CATCH_UP_RUNS = 24  # catch_up=all: at most the 24 most recent missed fires run, in one tick
+MAX_CRON_CHARS = 200
+
+# The five-field cron grammar (minute hour day-of-month month day-of-week), as in crontab(5): each field a
+# comma-separated list of '*', N or N-M, each optionally '/STEP'; months also jan..dec, weekdays sun..sat
+# (0 and 7 are Sunday). Nothing else: no seconds or year field, no @daily, L, W, # or ?.
+_NUMBER = r"[0-9]{1,2}"
+_MONTH = r"(?:[0-9]{1,2}|jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)"
+_WEEKDAY = r"(?:[0-9]{1,2}|sun|mon|tue|wed|thu|fri|sat)"
+
+
+def _field(value: str) -> re.Pattern[str]:
+    item = rf"(?:\*|{value}(?:-{value})?)(?:/[0-9]{{1,2}})?"
+    return re.compile(rf"{item}(?:,{item})*", re.IGNORECASE | re.ASCII)
+
+
+_FIELDS = (("minute", _field(_NUMBER), 0, 59), ("hour", _field(_NUMBER), 0, 23),
+           ("day of month", _field(_NUMBER), 1, 31), ("month", _field(_MONTH), 1, 12),
+           ("day of week", _field(_WEEKDAY), 0, 7))
+CRON_HELP = "five fields: minute hour day-of-month month day-of-week, e.g. '0 3 * * 1'"
+
+
+class InvalidCron(RegistryError):
+    """A cron expression outside the five-field grammar, or one that never fires."""
+
+
+def check_cron(cron: str, tz: str = "UTC", now: datetime | None = None) -> str:
+    """Return ``cron`` if it is a five-field expression (see ``_FIELDS``) that fires at least once, else raise."""
+    if not isinstance(cron, str) or len(cron) > MAX_CRON_CHARS:
+        raise InvalidCron(f"invalid cron expression {cron!r:.60} ({CRON_HELP})")
+    fields = cron.split()
+    if len(fields) != 5:
+        raise InvalidCron(f"invalid cron expression {cron!r}: {len(fields)} field(s), cron takes exactly five "
+                          f"({CRON_HELP})")
+    for text, (name, pattern, low, high) in zip(fields, _FIELDS, strict=True):
+        numbers = [int(n) for n in re.findall(r"[0-9]+", re.sub(r"/[0-9]+", "", text))]
+        if not pattern.fullmatch(text) or any(not low <= n <= high for n in numbers) \
+                or any(int(step) == 0 for step in re.findall(r"/([0-9]+)", text)):
+            raise InvalidCron(f"invalid cron expression {cron!r}: the {name} field {text!r} is not "
+                              f"'*', a number from {low} to {high}, a range or a list, with an optional /step "
+                              f"({CRON_HELP})")
+    if not croniter.is_valid(cron):
+        raise InvalidCron(f"invalid cron expression {cron!r} ({CRON_HELP})")
+    try:
+        next_fire(cron, tz, now or datetime.now(timezone.utc))
+    except (CroniterError, ValueError, OverflowError):
+        raise InvalidCron(f"cron expression {cron!r} never fires (no such date, e.g. February 30)") from None
+    return cron
 
 
 def check_schedule(cron: str | None, tz: str, catch_up: str, on_alias: str | None) -> None:
     if cron is None and on_alias is None:
         raise RegistryError("a schedule needs --cron, --on-alias, or both")
-    if cron is not None and not croniter.is_valid(cron):
-        raise RegistryError(f"invalid cron expression {cron!r} (five fields: minute hour day month weekday)")
+    if not isinstance(tz, str) or len(tz) > 100:
+        raise RegistryError(f"unknown time zone {tz!r:.60} (use an IANA name such as Europe/Paris)")
     try:
         ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
         raise RegistryError(f"unknown time zone {tz!r} (use an IANA name such as Europe/Paris)") from None
+    if cron is not None:
+        check_cron(cron, tz)
     if catch_up not in CATCH_UP:
         raise RegistryError(f"catch-up policy must be one of {', '.join(CATCH_UP)}")
     if on_alias is not None:
@@ -50,16 +103,17 @@ def check_schedule(cron: str | None, tz: str, catch_up: str, on_alias: str | Non
             raise RegistryError(f"--on-alias takes name@alias (got {on_alias!r})")
 
 
-def fires_between(cron: str, tz: str, after: datetime, until: datetime) -> list[datetime]:
-    """Cron fire times in ``(after, until]``, computed in ``tz`` (DST-correct), returned in UTC."""
-    it = croniter(cron, after.astimezone(ZoneInfo(tz)))
+def recent_fires(cron: str, tz: str, after: datetime, until: datetime, limit: int) -> list[datetime]:
+    """The last ``limit`` cron fire times in ``(after, until]``, computed in ``tz`` (DST-correct), in UTC and in
+    order. Walks back from ``until``, so the work is bounded by ``limit`` however long the outage was."""
+    it = croniter(cron, (until + timedelta(microseconds=1)).astimezone(ZoneInfo(tz)))
     out: list[datetime] = []
-    while len(out) < MAX_FIRES:
-        fire = it.get_next(datetime)
-        if fire > until:
+    while len(out) < limit:
+        fire = it.get_prev(datetime)
+        if fire <= after:
             break
         out.append(fire.astimezone(timezone.utc))
-    return out
+    return out[::-1]
 
 
 def next_fire(cron: str, tz: str, after: datetime) -> datetime:
@@ -71,14 +125,15 @@ def _aware(value: datetime) -> datetime:
 
 
 def due_fires(schedule: m.Schedule, now: datetime) -> list[datetime]:
-    """The fires of ``schedule`` up to ``now`` that its catch-up policy says to run."""
+    """The fires of ``schedule`` up to ``now`` that its catch-up policy says to run: ``all`` the missed ones (at
+    most the ``MAX_CATCH_UP_RUNS`` most recent), ``latest`` the most recent, ``none`` the most recent if it is
+    at most ``NONE_GRACE`` late."""
     after = _aware(schedule.last_fire_at or schedule.created_at)
-    fires = fires_between(schedule.cron or "", schedule.timezone, after, now)
-    if schedule.catch_up == "all":
-        return fires
-    if schedule.catch_up == "latest":
-        return fires[-1:]
-    return [f for f in fires[-1:] if now - f <= NONE_GRACE]
+    limit = MAX_CATCH_UP_RUNS if schedule.catch_up == "all" else 1
+    fires = recent_fires(schedule.cron or "", schedule.timezone, after, now, limit)
+    if schedule.catch_up == "none":
+        return [f for f in fires if now - f <= NONE_GRACE]
+    return fires
 
 
 def _claim(session: Session, query):  # type: ignore[no-untyped-def]
@@ -115,12 +170,21 @@ def tick(reg: Registry, now: datetime | None = None) -> list[int]:
             m.Schedule.enabled.is_(True), m.Schedule.cron.is_not(None), m.Schedule.next_fire_at <= now,
         ).order_by(m.Schedule.id))
         for schedule in due:
-            for fire in due_fires(schedule, now):
+            try:
+                fires = due_fires(schedule, now)
+                following = next_fire(schedule.cron or "", schedule.timezone, now)
+            except (CroniterError, ValueError, KeyError, OverflowError) as exc:
+                # Stored before the cron checks of check_cron (or a time zone gone from the system): pause it
+                # rather than fail every tick.
+                log.error("schedule %s (%r) cannot be computed and is paused: %s", schedule.name, schedule.cron, exc)
+                schedule.enabled, schedule.next_fire_at = False, None
+                continue
+            for fire in fires:
                 run_id = _start(s, schedule, "cron", f"schedule:{schedule.id}:{fire.isoformat()}", fire)
                 if run_id is not None:
                     started.append(run_id)
             schedule.last_fire_at = now
-            schedule.next_fire_at = next_fire(schedule.cron or "", schedule.timezone, now)
+            schedule.next_fire_at = following
         events = _claim(s, select(m.Event).where(m.Event.processed_at.is_(None)).order_by(m.Event.id))
         for event in events:
             listeners = s.scalars(select(m.Schedule).where(

@@ -7,10 +7,11 @@ version numbers. Each test fails on the code before these checks.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select
@@ -236,3 +237,47 @@ def test_recipe_names_and_branches_are_checked_when_loaded():
         load_recipe(bad)
     text = str(info.value)
     assert "steps.0.merge.name" in text and "steps.1.promote.alias" in text and "steps.2.publish.branch" in text
+
+
+# --- 10. cron: exactly five fields, never a schedule that cannot fire, bounded catch-up ----------------------------
+
+
+@pytest.mark.parametrize(("cron", "message"), [
+    ("* * * * * *", "6 field"),
+    ("0 0 * * * * 2030", "7 field"),
+    ("@daily", "1 field"),
+    ("0 0 L * *", "day of month field 'L'"),
+    ("0 0 30 2 *", "never fires"),
+    ("0 0 31 4,6 *", "never fires"),
+])
+def test_cron_is_five_fields_that_fire(embedded, cron, message):
+    with pytest.raises(RegistryError, match=message):
+        embedded.add_schedule({"name": "pin", "steps": [_promote("pin")]}, cron=cron, now=T0)
+    assert _count(embedded, m.Schedule) == 0
+
+
+def test_cli_refuses_a_never_firing_cron_without_traceback(tmp_path):
+    (tmp_path / "pin.yaml").write_text(json.dumps({"name": "pin", "steps": [_promote("pin")]}))
+    out = subprocess.run([sys.executable, "-m", "registry.cli", "schedule", "add", str(tmp_path / "pin.yaml"),
+                          "--cron", "0 0 30 2 *"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "never fires" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_catch_up_all_is_bounded_per_tick(embedded):
+    from registry.schedules import MAX_CATCH_UP_RUNS
+
+    embedded.add_schedule({"name": "pin", "steps": [_promote("pin")]}, cron="* * * * *", catch_up="all", now=T0)
+    started = embedded.tick(T0 + timedelta(hours=2))  # 120 missed fires
+    assert len(started) == MAX_CATCH_UP_RUNS
+    with embedded._sessions() as s:
+        fires = sorted(r.fire_time.replace(tzinfo=timezone.utc) for r in s.scalars(select(m.Run)))
+    assert fires == [T0 + timedelta(hours=2, minutes=-i) for i in reversed(range(MAX_CATCH_UP_RUNS))]
+    assert embedded.tick(T0 + timedelta(hours=2)) == []
+
+
+def test_catch_up_latest_runs_the_latest_fire_after_a_long_outage(embedded):
+    embedded.add_schedule({"name": "pin", "steps": [_promote("pin")]}, cron="* * * * *", now=T0)
+    assert len(embedded.tick(T0 + timedelta(days=2))) == 1  # 2880 missed fires; the latest is "now"
+    with embedded._sessions() as s:
+        fire = s.scalars(select(m.Run.fire_time)).one()
+    assert fire.replace(tzinfo=timezone.utc) == T0 + timedelta(days=2)
