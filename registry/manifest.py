@@ -11,7 +11,60 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from registry.errors import RegistryError
+
 ModuleKind = Literal["linear", "embedding", "conv"]
+
+# What a registered adapter may declare (checked by ``registry.inspect`` at registration, with the rule in the
+# message; documented in docs/architecture.md, "Hostile adapter folders").
+MAX_RANK = 65536  # r and every rank_pattern value: 1..MAX_RANK
+MAX_ALPHA = 1e6  # lora_alpha and every alpha_pattern value: finite, 0 < alpha <= MAX_ALPHA
+MAX_PATTERNS = 4096  # entries of rank_pattern / alpha_pattern
+MAX_PATTERN_CHARS = 1024  # one rank_pattern / alpha_pattern key (a regular expression)
+# Free-text fields: the longest value accepted (the catalog column's width where it has one).
+TEXT_LIMITS = {
+    "task_type": 64,
+    "peft_type": 32,
+    "peft_version": 128,  # the catalog column keeps 32: PEFT dev builds write "0.18.0.dev0@<commit>" (52)
+    "revision": 255,
+    "base model name": 255,
+    "base_model_name_or_path": 1024,
+    "description": 4096,
+    "tensor name": 512,
+    "target module": 128,
+}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_MULTILINE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def text_problem(value: object, what: str, *, limit: int | None = None, multiline: bool = False) -> str | None:
+    """Why ``value`` cannot be stored as the free-text field ``what`` (None when it can): not a string, longer than
+    its limit (``TEXT_LIMITS[what]``), a NUL or another control character (tab and newline allowed when
+    ``multiline``), or text that is not valid Unicode (a lone surrogate)."""
+    limit = limit if limit is not None else TEXT_LIMITS[what]
+    if not isinstance(value, str):
+        return f"{what} must be a string, not {type(value).__name__}"
+    if len(value) > limit:
+        return f"{what} is {len(value)} characters long; at most {limit} are accepted"
+    bad = (_CONTROL_MULTILINE if multiline else _CONTROL).search(value)
+    if bad is not None:
+        return f"{what} contains the control character {bad.group()!r} at position {bad.start()}"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"{what} is not valid Unicode text ({exc.reason} at position {exc.start})"
+    return None
+
+
+def check_text(value: str | None, what: str, *, limit: int | None = None, multiline: bool = False) -> str | None:
+    """``value`` if it is None or acceptable free text for ``what`` (see :func:`text_problem`); raises
+    :class:`~registry.errors.RegistryError` saying why not."""
+    if value is None:
+        return None
+    problem = text_problem(value, what, limit=limit, multiline=multiline)
+    if problem is not None:
+        raise RegistryError(problem)
+    return value
 
 
 def match_pattern(patterns: dict[str, Any], module: str) -> str | None:
