@@ -3,26 +3,41 @@
 Weights live once, under their sha256: ``blobs/<sha[:2]>/<sha>.safetensors``. Each registered version
 gets a PEFT-loadable folder ``adapters/<sha>-<config sha[:12]>/`` holding its ``adapter_config.json``
 and a hard link to the blob (a copy where links are not possible). Every write goes to a temporary
-name first and is renamed into place, so a reader never sees a partial file. Every path the store
-hands out is checked to lie inside its root.
+name first and is renamed into place, so a reader never sees a partial file; on any error the temporary
+files are removed, and a full disk is reported as :class:`StorageFull` ("no space left on <path>"). A copy
+is hashed while it is written and refused if it is not the content it was registered as. Every path the
+store hands out is checked to lie inside its root.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from registry.errors import UnsafePath
+from registry.errors import InvalidAdapter, RegistryError, UnsafePath
 
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 WEIGHTS_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
+COPY_CHUNK = 4 << 20
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StorageError(RegistryError):
+    """The artifact store could not be written (permissions, a read-only file system, ...)."""
+
+
+class StorageFull(StorageError):
+    """No space (or quota) left where the artifact store writes; nothing partial was left behind."""
 
 
 def canonical_json(data: Any) -> bytes:
@@ -32,6 +47,27 @@ def canonical_json(data: Any) -> bytes:
 def config_sha256(config: dict[str, Any]) -> str:
     """The sha256 of a config's canonical JSON: with the weights' sha256, what identifies a version."""
     return hashlib.sha256(canonical_json(config)).hexdigest()
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+@contextmanager
+def _storage_errors(where: Path) -> Iterator[None]:
+    """OSErrors of a store write as :class:`StorageFull` / :class:`StorageError` naming ``where``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise StorageFull(
+                f"no space left on {where} (the artifact store); nothing was registered",
+                hint="free space there, or point ADREG_ARTIFACT_DIR at a larger volume",
+            ) from None
+        raise StorageError(f"cannot write to the artifact store at {where}: {exc.strerror or exc}") from None
 
 
 class ArtifactStore:
@@ -55,38 +91,88 @@ class ArtifactStore:
             raise UnsafePath(f"{sha256!r} is not a sha256 digest")
         return self._inside(Path("blobs") / sha256[:2] / f"{sha256}.safetensors")
 
+    @staticmethod
+    def adapter_folder(sha256: str, config: dict[str, Any]) -> str:
+        """The relative folder a version with these weights and this config is stored in."""
+        return f"adapters/{sha256}-{config_sha256(config)[:12]}"
+
+    def _free_space_for(self, path: Path, size: int) -> None:
+        """Refuse, before writing anything, a copy that cannot fit (the write itself still handles ENOSPC)."""
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None:
+            return
+        free = shutil.disk_usage(existing).free
+        if free < size:
+            raise StorageFull(
+                f"no space left on {existing} (the artifact store): the weights need {_human(size)}, "
+                f"{_human(free)} is free; nothing was registered",
+                hint="free space there, or point ADREG_ARTIFACT_DIR at a larger volume",
+            )
+
+    def _copy_blob(self, weights: Path, sha256: str, blob: Path) -> None:
+        """Copy ``weights`` to ``blob`` through a temporary file, checking its sha256 on the way."""
+        try:
+            src = weights.open("rb")
+        except OSError as exc:
+            raise InvalidAdapter(str(weights), [f"{WEIGHTS_FILE} cannot be read: {exc.strerror or exc}"]) from None
+        tmp: Path | None = None
+        try:
+            self._free_space_for(blob.parent, os.fstat(src.fileno()).st_size)
+            with _storage_errors(blob.parent):
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(dir=blob.parent, prefix=".tmp-")
+                tmp = Path(name)
+                digest = hashlib.sha256()
+                with os.fdopen(fd, "wb") as out:
+                    while block := src.read(COPY_CHUNK):
+                        digest.update(block)
+                        out.write(block)
+                    out.flush()
+                    os.fsync(out.fileno())
+            if digest.hexdigest() != sha256:
+                raise InvalidAdapter(str(weights), [
+                    f"{WEIGHTS_FILE} changed while it was registered (sha256 {digest.hexdigest()[:12]}, inspected "
+                    f"as {sha256[:12]}); register it again once nothing writes to it"])
+            with _storage_errors(blob.parent):
+                os.replace(tmp, blob)
+            tmp = None
+        finally:
+            src.close()
+            if tmp is not None:
+                tmp.unlink(missing_ok=True)
+
     def put_adapter(self, weights: Path, sha256: str, config: dict[str, Any]) -> str:
         """Store ``weights`` (already hashed to ``sha256``) with ``config``; return the folder's relative path.
 
-        Idempotent: storing the same weights and config again returns the same folder.
+        Idempotent: storing the same weights and config again returns the same folder. On any error nothing
+        partial is left: temporary files are removed; a full disk raises :class:`StorageFull`, another write
+        error :class:`StorageError`, weights whose content is not ``sha256`` :class:`InvalidAdapter`.
         """
         blob = self._blob(sha256)
         if not blob.exists():
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=blob.parent, prefix=".tmp-", delete=False) as tmp:
-                with weights.open("rb") as src:
-                    shutil.copyfileobj(src, tmp, 1 << 22)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp.name, blob)
-        relative = f"adapters/{sha256}-{config_sha256(config)[:12]}"
+            self._copy_blob(weights, sha256, blob)
+        relative = self.adapter_folder(sha256, config)
         folder = self._inside(relative)
         if folder.exists():
             return relative
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+        staging: Path | None = None
         try:
-            (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-            try:
-                os.link(blob, staging / WEIGHTS_FILE)
-            except OSError:
-                shutil.copy2(blob, staging / WEIGHTS_FILE)
-            try:
-                os.rename(staging, folder)
-            except OSError:
-                if not folder.exists():  # another process may have won the race with the same content
-                    raise
+            with _storage_errors(folder.parent):
+                folder.parent.mkdir(parents=True, exist_ok=True)
+                staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+                (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+                try:
+                    os.link(blob, staging / WEIGHTS_FILE)
+                except OSError as exc:
+                    if exc.errno in _FULL:
+                        raise
+                    shutil.copy2(blob, staging / WEIGHTS_FILE)
+                try:
+                    os.rename(staging, folder)
+                except OSError:
+                    if not folder.exists():  # another process may have won the race with the same content
+                        raise
         finally:
-            if staging.exists():
+            if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         return relative

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
 
-from registry.errors import InvalidName, InvalidReference, UnsafePath
+from registry.errors import InvalidAdapter, InvalidName, InvalidReference, UnsafePath
 from registry.refs import Ref, parse_ref, parse_tag
 from registry.store import ArtifactStore
 
@@ -59,10 +60,19 @@ def test_store_is_content_addressed_and_atomic(tmp_path):
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"abc")
     store = ArtifactStore(tmp_path / "store")
-    sha = "a" * 64
+    sha = hashlib.sha256(b"abc").hexdigest()
     first = store.put_adapter(weights, sha, {"r": 4})
     assert store.put_adapter(weights, sha, {"r": 4}) == first
     other = store.put_adapter(weights, sha, {"r": 8})
     assert other != first
     assert (store.path(first) / "adapter_model.safetensors").read_bytes() == b"abc"
     assert not [p for p in store.root.rglob(".tmp-*")]
+
+
+def test_store_refuses_weights_that_are_not_their_sha256(tmp_path):
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"abc")
+    store = ArtifactStore(tmp_path / "store")
+    with pytest.raises(InvalidAdapter, match="changed while it was registered"):
+        store.put_adapter(weights, "a" * 64, {"r": 4})
+    assert not [p for p in store.root.rglob("*") if p.is_file()]
