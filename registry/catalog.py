@@ -19,7 +19,7 @@ from registry.errors import (
     ConflictError,
     IncompatibleBaseModel,
 )
-from registry.manifest import AdapterManifest
+from registry.manifest import AdapterManifest, check_text
 from registry.refs import Ref, check_slug, check_tag
 from registry.store import config_sha256
 
@@ -56,6 +56,8 @@ def upsert_base(
     A description whose config hash differs from the one on record is a conflict: the same name and
     revision cannot be two different models.
     """
+    check_text(name, "base model name")
+    check_text(revision, "revision")
     _insert_ignore(
         session, m.BaseModelRecord,
         {"name": name, "revision": revision, "revision_key": revision or "", "module_shapes": {},
@@ -138,13 +140,8 @@ def register_version(
     check_slug(name)
     for key, value in (tags or {}).items():
         check_tag(key, value)
-    if base is not None and base.module_shapes:
-        problems = shape_mismatches(manifest, base.module_shapes)
-        if problems:
-            raise IncompatibleBaseModel(
-                f"the adapter does not fit base model {base.name!r}: {len(problems)} module(s) differ:\n"
-                + summarise(problems)
-            )
+    check_text(description, "description", multiline=True)
+    check_fits(manifest, base)
     adapter = _adapter(session, name, create=True)
     assert adapter is not None
     config_sha = config_sha256(manifest.config)
@@ -211,6 +208,17 @@ def register_version(
         _record_compatibility(session, row, manifest, base)
     session.flush()
     return row, True
+
+
+def check_fits(manifest: AdapterManifest, base: m.BaseModelRecord | None) -> None:
+    """Refuse an adapter whose modules do not fit the recorded shapes of ``base`` (when it has any)."""
+    if base is not None and base.module_shapes:
+        problems = shape_mismatches(manifest, base.module_shapes)
+        if problems:
+            raise IncompatibleBaseModel(
+                f"the adapter does not fit base model {base.name!r}: {len(problems)} module(s) differ:\n"
+                + summarise(problems)
+            )
 
 
 def _version_by_content(

@@ -18,6 +18,7 @@ from registry.config import Settings
 from registry.db import ensure_schema, make_engine, session_factory, transaction, upgrade
 from registry.errors import ConflictError, InvalidReference, RegistryError, field_problems
 from registry.inspect import inspect_adapter, weights_path
+from registry.manifest import check_text
 from registry.refs import Ref, check_slug, check_tag, parse_ref
 from registry.runs import RunInfo
 from registry.store import ArtifactStore
@@ -107,18 +108,22 @@ class Registry:
         check_slug(name)
         for key, value in (tags or {}).items():
             check_tag(key, value)
+        check_text(description, "description", multiline=True)
+        check_text(revision, "revision")
         ref = parse_ref(str(source)) if isinstance(source, str) else Ref(path=Path(source))
         source_uri: str | None = None
+        root: Path | None = None  # where the folder's files may resolve to: the folder itself, for a local one
         if ref.hub_repo:
             from workers.hub import fetch_adapter, resolve_base_revision
 
             folder, commit = fetch_adapter(ref.hub_repo, ref.hub_revision)
             source_uri = f"hf://{ref.hub_repo}@{commit}"
+            root = folder.parents[1]  # the Hub cache: snapshots/<commit>/ files link to the repository's blobs/
         elif ref.path is None:
             raise InvalidReference(f"{source!r} is not a folder path (write ./{source} for a local folder)")
         else:
             folder = ref.path
-        manifest = inspect_adapter(folder)
+        manifest = inspect_adapter(folder, root=root, max_bytes=self.settings.max_adapter_bytes)
         if ref.hub_repo:
             base_name = base or manifest.base_model_name_or_path
             if base_name and revision is None:
@@ -128,10 +133,17 @@ class Registry:
             identity = resolve_base(base or manifest.base_model_name_or_path, adapter_folder=folder,
                                     base_path=base_path, explicit=base is not None)
         description_of_base = describe_base(identity.local_path) if identity.local_path is not None else None
-        storage = self.store.put_adapter(weights_path(folder), manifest.weights_sha256, manifest.config)
+        base_revision = revision or manifest.revision
+        # Check first, copy last: everything that can refuse runs (in a transaction rolled back) before the
+        # weights are copied, so a refused registration writes nothing. The final transaction checks again.
+        with self._sessions() as session:
+            catalog.check_fits(manifest, catalog.upsert_base(
+                session, identity.name, base_revision, description_of_base, identity.local_path))
+            session.rollback()
+        storage = self.store.put_adapter(weights_path(folder, root=root), manifest.weights_sha256, manifest.config)
         with transaction(self._sessions) as session:
             base_row = catalog.upsert_base(
-                session, identity.name, revision or manifest.revision, description_of_base, identity.local_path
+                session, identity.name, base_revision, description_of_base, identity.local_path
             )
             row, created = catalog.register_version(
                 session, name, manifest, storage, base_row, tags=tags,
