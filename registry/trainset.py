@@ -11,10 +11,21 @@ The columns a task needs (see docs/train.md):
 * ``SEQ_2_SEQ_LM``: ``text`` (the input) and ``target`` (the output).
 
 ``FEATURE_EXTRACTION`` adapters are validated but not trained: there are no labels, hence no loss.
+
+Before ``datasets`` reads a file, :func:`scan_rows` streams it once with bounded memory (docs/train.md, "Limits"):
+every line (one JSON Lines row or one text example) is at most ``ADREG_MAX_DATA_LINE_BYTES`` (1 MiB) of UTF-8, a
+file has at most ``ADREG_MAX_DATA_ROWS`` (1,000,000) rows, a ``.json`` file written as one JSON array is at most
+``MAX_JSON_ARRAY_BYTES`` (32 MiB), a row nests at most ``MAX_ROW_DEPTH`` (32) levels and the rows use at most
+``MAX_COLUMNS`` (256) distinct fields; and every row has the fields its task reads with the right types (a string
+``text``, a list of ``{role, content}`` string pairs in ``messages``, ...). A refusal names the line (or row) and
+the field, before any job exists.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +50,31 @@ _SEQ2SEQ_MODEL_TYPES = {
 }
 
 
+DEFAULT_MAX_LINE_BYTES = 1 << 20  # one JSON Lines row or text line; ~250k tokens, far above any max_length
+DEFAULT_MAX_ROWS = 1_000_000
+MAX_JSON_ARRAY_BYTES = 32 << 20  # a .json file holding one JSON array is parsed whole (datasets does too)
+MAX_ROW_DEPTH = 32  # nesting of a row's objects and lists (a chat row is 3 deep)
+MAX_COLUMNS = 256  # distinct top-level fields over all rows (each becomes a column)
+_PARQUET_BATCH = 256
+
+
 class InvalidDataset(RegistryError):
     """The training data cannot be used."""
+
+
+def _env_limit(variable: str, default: int) -> int:
+    raw = os.environ.get(variable, "").strip().replace("_", "")
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 15 or int(raw) < 1:
+        raise RegistryError(f"{variable}={raw!r} must be a positive whole number")
+    return int(raw)
+
+
+def data_limits() -> tuple[int, int]:
+    """(bytes per line, rows per file): ``ADREG_MAX_DATA_LINE_BYTES`` and ``ADREG_MAX_DATA_ROWS``, or defaults."""
+    return (_env_limit("ADREG_MAX_DATA_LINE_BYTES", DEFAULT_MAX_LINE_BYTES),
+            _env_limit("ADREG_MAX_DATA_ROWS", DEFAULT_MAX_ROWS))
 
 
 def task_for_architecture(architecture: str | None, model_type: str | None = None) -> str | None:
@@ -154,8 +188,265 @@ def count_labels(rows: Any, fields: str, file_name: str) -> int:
     return biggest + 1
 
 
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "an object", bytes: "bytes"}.get(type(value), type(value).__name__)
+
+
+def _need_str(row: dict[str, Any], key: str) -> str | None:
+    value = row.get(key)
+    if value is None:
+        return f"field {key!r} is missing"
+    if not isinstance(value, str):
+        return f"field {key!r} must be a string, not {_kind(value)}"
+    return None
+
+
+def _messages(row: dict[str, Any]) -> str | None:
+    value = row.get("messages")
+    if value is None:
+        return "field 'messages' is missing"
+    if not isinstance(value, list) or not value:
+        return (f"field 'messages' must be a non-empty list of {{\"role\": ..., \"content\": ...}} messages, "
+                f"not {_kind(value) if value != [] else 'an empty list'}")
+    for i, message in enumerate(value):
+        if not isinstance(message, dict):
+            return f"field 'messages' item {i}: a message is an object with 'role' and 'content', not {_kind(message)}"
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                got = "missing" if message.get(key) is None else _kind(message[key])
+                return f"field 'messages' item {i}: {key!r} must be a string ({got})"
+    return None
+
+
+def _token_words(row: dict[str, Any]) -> str | None:
+    tokens = row.get("tokens")
+    if tokens is None:
+        return _need_str(row, "text")
+    if not isinstance(tokens, list):
+        return f"field 'tokens' must be a list of words (strings), not {_kind(tokens)}"
+    bad = next((i for i, t in enumerate(tokens) if not isinstance(t, str)), None)
+    if bad is not None:
+        return f"field 'tokens' item {bad} must be a string (a word), not {_kind(tokens[bad])}"
+    return None
+
+
+# What each layout (fields_of) needs of every row; labels are checked by count_labels.
+_ROW_CHECKS: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "text": lambda r: _need_str(r, "text"),
+    "prompt_completion": lambda r: _need_str(r, "prompt") or _need_str(r, "completion"),
+    "messages": _messages,
+    "text_label": lambda r: _need_str(r, "text"),
+    "token_labels": _token_words,
+    "text_target": lambda r: _need_str(r, "text") or _need_str(r, "target"),
+}
+
+
+def _shape_problem(row: Any) -> str | None:
+    """A row nested too deep, or holding a string that is not valid Unicode (a lone surrogate, e.g. from a
+    ``\\udc80`` escape): the first such field, by name. Iterative, linear in the row's size."""
+    for key, value in row.items():
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"field {key!r} is not valid Unicode text (a lone surrogate such as \\udc80)"
+            elif isinstance(item, (list, dict)):
+                if depth >= MAX_ROW_DEPTH:
+                    return f"field {key!r} is nested more than {MAX_ROW_DEPTH} levels deep"
+                stack.extend((x, depth + 1) for x in (item.values() if isinstance(item, dict) else item))
+                if isinstance(item, dict) and not all(isinstance(k, str) for k in item):
+                    return f"field {key!r} has keys that are not strings"
+    return None
+
+
+def _utf8_problem(content: bytes, error: UnicodeDecodeError) -> str:
+    """Which field of a JSON line holds the bytes that are not UTF-8 (when the line parses at all)."""
+    where = f"byte {error.start + 1} of the line (0x{content[error.start]:02x}) is not UTF-8"
+    try:
+        row = json.loads(content.decode("utf-8", errors="surrogateescape"))
+    except (ValueError, RecursionError):
+        return where
+    if isinstance(row, dict):
+        for key, value in row.items():
+            try:
+                json.dumps(value, ensure_ascii=False).encode("utf-8")
+            except (UnicodeEncodeError, ValueError, RecursionError):
+                return f"field {key!r} is not valid UTF-8 text ({where})"
+    return where
+
+
+def _lines(file: Path, max_line: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, line without its line break), reading at most ``max_line`` + 2 bytes at a time: a longer
+    line is refused without being read."""
+    with file.open("rb") as fh:
+        number = 0
+        while True:
+            raw = fh.readline(max_line + 2)
+            if not raw:
+                return
+            number += 1
+            content = raw[:-1] if raw.endswith(b"\n") else raw
+            content = content[:-1] if content.endswith(b"\r") else content
+            if len(content) > max_line or (not raw.endswith(b"\n") and len(raw) == max_line + 2):
+                raise InvalidDataset(f"{file.name} line {number} is longer than {max_line} bytes (the limit per line, "
+                                     "ADREG_MAX_DATA_LINE_BYTES)")
+            if number == 1 and content.startswith(b"\xef\xbb\xbf"):
+                content = content[3:]  # a UTF-8 byte order mark (datasets drops it too)
+            yield number, content
+
+
+def _decode(file: Path, where: str, content: bytes) -> str:
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidDataset(f"{file.name} {where}: {_utf8_problem(content, exc)}") from None
+
+
+def _json_value(file: Path, where: str, text: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidDataset(f"{file.name} {where} is nested more than {MAX_ROW_DEPTH} levels deep") from None
+    except ValueError as exc:
+        raise InvalidDataset(f"{file.name} {where} is not valid JSON: {exc}") from None
+
+
+def _starts_with_array(file: Path) -> bool:
+    with file.open("rb") as fh:
+        head = fh.read(4)
+    return head.removeprefix(b"\xef\xbb\xbf").startswith(b"[")
+
+
+def _json_rows(file: Path, max_line: int, max_rows: int) -> Iterator[tuple[str, Any]]:
+    if _starts_with_array(file):  # one JSON array (what datasets does with a file that starts with '[')
+        size = file.stat().st_size
+        if size > MAX_JSON_ARRAY_BYTES:
+            raise InvalidDataset(f"{file.name} is one JSON array of {size} bytes, more than {MAX_JSON_ARRAY_BYTES} "
+                                 "(the limit for a file read whole): write it as JSON Lines, one row per line")
+        raw = file.read_bytes().removeprefix(b"\xef\xbb\xbf")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise InvalidDataset(f"{file.name} line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8") from None
+        items = _json_value(file, "(one JSON array)", text)
+        if not isinstance(items, list):
+            raise InvalidDataset(f"{file.name} is not one JSON array of rows")
+        if len(items) > max_rows:
+            raise InvalidDataset(f"{file.name} has more than {max_rows} rows (ADREG_MAX_DATA_ROWS)")
+        objects = bool(items) and isinstance(items[0], dict)  # else a list of strings: the 'text' column
+        for i, item in enumerate(items):
+            if objects != isinstance(item, dict):
+                raise InvalidDataset(f"{file.name} row {i + 1}: a JSON array of rows holds only objects or only "
+                                     f"strings, not {_kind(item)} after {_kind(items[0])}")
+            yield f"row {i + 1}", item if objects else {"text": item}
+        return
+    rows = 0
+    for number, content in _lines(file, max_line):
+        text = _decode(file, f"line {number}", content)
+        if not text.strip():
+            continue  # blank lines are not rows
+        row = _json_value(file, f"line {number}", text)
+        if not isinstance(row, dict):
+            raise InvalidDataset(f"{file.name} line {number}: a JSON Lines row is an object ({{...}}), "
+                                 f"not {_kind(row)}")
+        rows += 1
+        if rows > max_rows:
+            raise InvalidDataset(f"{file.name} has more than {max_rows} rows (ADREG_MAX_DATA_ROWS)")
+        yield f"line {number}", row
+
+
+def _text_rows(file: Path, max_line: int, max_rows: int) -> Iterator[tuple[str, Any]]:
+    rows = 0
+    for number, content in _lines(file, max_line):
+        text = _decode(file, f"line {number}", content)
+        rows += 1 + text.count("\r")  # datasets reads text with universal newlines
+        if rows > max_rows:
+            raise InvalidDataset(f"{file.name} has more than {max_rows} rows (ADREG_MAX_DATA_ROWS)")
+        yield f"line {number}", {"text": text}
+
+
+def _parquet_rows(file: Path, max_line: int, max_rows: int) -> Iterator[tuple[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(file)
+        if parquet.metadata.num_rows > max_rows:
+            raise InvalidDataset(f"{file.name} has {parquet.metadata.num_rows} rows, more than {max_rows} "
+                                 "(ADREG_MAX_DATA_ROWS)")
+        batches = parquet.iter_batches(batch_size=_PARQUET_BATCH)
+        index = 0
+        for batch in batches:
+            for row in batch.to_pylist():
+                index += 1
+                size = sum(len(v) for v in _strings(row))
+                if size > max_line:
+                    raise InvalidDataset(f"{file.name} row {index} holds more than {max_line} bytes of text (the limit "
+                                         "per row, ADREG_MAX_DATA_LINE_BYTES)")
+                yield f"row {index}", row
+    except InvalidDataset:
+        raise
+    except Exception as exc:  # pyarrow raises several types for malformed files
+        raise InvalidDataset(f"cannot read {file.name} as parquet: {type(exc).__name__}: {exc}") from None
+
+
+def _strings(value: Any) -> Iterator[str | bytes]:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, (str, bytes)):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+_READERS = {"json": _json_rows, "text": _text_rows, "parquet": _parquet_rows}
+
+
+def scan_rows(file: Path, fmt: str, task: str = "CAUSAL_LM") -> tuple[str, int]:
+    """Stream the file once with bounded memory (see the module's limits), then return ``(fields, rows)``: the
+    task's column layout (``fields_of``) and the number of rows. Refuses, naming the line or row and the field,
+    a line too long, too many rows, bytes that are not UTF-8, a row that is not an object, and a row without
+    the fields its task reads or with a field of the wrong type."""
+    max_line, max_rows = data_limits()
+    columns: dict[str, None] = {}
+    first_problem: dict[str, str] = {}  # layout -> the first row it cannot use
+    rows = 0
+    for where, row in _READERS[fmt](file, max_line, max_rows):
+        rows += 1
+        problem = _shape_problem(row)
+        if problem:
+            raise InvalidDataset(f"{file.name} {where}: {problem}")
+        for key in row:
+            if key not in columns:
+                columns[key] = None
+                if len(columns) > MAX_COLUMNS:
+                    raise InvalidDataset(f"{file.name}: the rows use more than {MAX_COLUMNS} different fields")
+        for layout, check in _ROW_CHECKS.items():
+            if layout not in first_problem:
+                problem = check(row)
+                if problem:
+                    first_problem[layout] = f"{file.name} {where}: {problem}"
+    if rows == 0:
+        raise InvalidDataset(f"data file {file} has no rows")
+    fields = fields_of(list(columns), task)
+    if fields in first_problem:
+        raise InvalidDataset(first_problem[fields])
+    return fields, rows
+
+
 def describe_dataset(path: str | Path, task_type: str = "CAUSAL_LM") -> DataSpec:
-    """Check a local data file for ``task_type`` and return its spec (format, fields, rows, labels, sha256)."""
+    """Check a local data file for ``task_type`` and return its spec (format, fields, rows, labels, sha256).
+
+    The file is scanned first (bounded, streamed: :func:`scan_rows`), so ``datasets`` only ever reads a file
+    whose every row the job can use.
+    """
     task = check_trainable_task(task_type)
     file = Path(path).expanduser()
     if not file.is_file():
@@ -165,8 +456,11 @@ def describe_dataset(path: str | Path, task_type: str = "CAUSAL_LM") -> DataSpec
         raise InvalidDataset(f"{file.name}: unsupported extension; use one of {', '.join(sorted(FORMATS))}")
     if file.stat().st_size == 0:
         raise InvalidDataset(f"data file {file} is empty")
+    try:
+        fields, _ = scan_rows(file, fmt, task)
+    except OSError as exc:
+        raise InvalidDataset(f"cannot read {file}: {exc.strerror or exc}") from None
     rows = load_rows(file, fmt)
-    fields = fields_of(list(rows.column_names), task)
     if len(rows) == 0:
         raise InvalidDataset(f"data file {file} has no rows")
     num_labels = count_labels(rows, fields, file.name) if task in CLASSIFICATION_TASKS else None

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
@@ -20,6 +21,7 @@ from registry import models as m
 from registry.errors import InvalidReference, RegistryError
 from registry.recipes import MAX_STEPS, InvalidRecipe, load_recipe
 from registry.refs import parse_ref
+from registry.trainset import InvalidDataset
 
 T0 = datetime(2026, 11, 2, 0, 0, tzinfo=timezone.utc)
 
@@ -281,3 +283,91 @@ def test_catch_up_latest_runs_the_latest_fire_after_a_long_outage(embedded):
     with embedded._sessions() as s:
         fire = s.scalars(select(m.Run.fire_time)).one()
     assert fire.replace(tzinfo=timezone.utc) == T0 + timedelta(days=2)
+
+
+# --- 4 and 13. training data: bounded, streamed, every row usable, before any job ---------------------------------
+
+
+def _train(reg, data: Path) -> None:  # type: ignore[no-untyped-def]
+    reg.train("tone:1", data=data, steps=1)
+
+
+def test_a_line_longer_than_the_limit_is_refused_before_a_job(embedded, tmp_path, monkeypatch):
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"text": "a" * (3 << 20)}) + "\n")  # one 3 MiB row
+    with pytest.raises(InvalidDataset, match=r"long.jsonl line 1 is longer than 1048576 bytes"):
+        _train(embedded, long)
+    monkeypatch.setenv("ADREG_MAX_DATA_LINE_BYTES", "100")
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"text": "b" * 200}) + "\n")
+    with pytest.raises(InvalidDataset, match="short.jsonl line 2 is longer than 100 bytes"):
+        _train(embedded, short)
+    assert _count(embedded, m.Job) == 0
+
+
+def test_too_many_rows_are_refused_before_a_job(embedded, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADREG_MAX_DATA_ROWS", "10")
+    for name, body in [("rows.jsonl", "".join(json.dumps({"text": f"row {i}"}) + "\n" for i in range(11))),
+                       ("rows.txt", "".join(f"row {i}\n" for i in range(11))),
+                       ("rows.json", json.dumps([{"text": f"row {i}"} for i in range(11)]))]:
+        (tmp_path / name).write_text(body)
+        with pytest.raises(InvalidDataset, match="more than 10 rows"):
+            _train(embedded, tmp_path / name)
+    monkeypatch.setenv("ADREG_MAX_DATA_ROWS", "many")
+    with pytest.raises(RegistryError, match="ADREG_MAX_DATA_ROWS='many' must be a positive whole number"):
+        _train(embedded, tmp_path / "rows.jsonl")
+    assert _count(embedded, m.Job) == 0
+
+
+MEASURE = """
+import resource, sys
+from registry.trainset import InvalidDataset, describe_dataset
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    describe_dataset(sys.argv[1])
+    print("accepted")
+except InvalidDataset as exc:
+    print("refused", (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, exc)
+"""
+
+
+def test_a_huge_single_line_is_refused_in_bounded_memory(tmp_path):
+    # The audit's 200 MB single line reached 21.7 GB RSS (4 MiB already cost +160 MB): the scan reads at most
+    # one line's limit of it.
+    big = tmp_path / "one-line.jsonl"
+    with big.open("w") as fh:
+        fh.write('{"text": "')
+        for _ in range(64):
+            fh.write("a" * (1 << 20))
+        fh.write('"}\n')
+    out = subprocess.run([sys.executable, "-c", MEASURE, str(big)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("refused"), (out.stdout, out.stderr)
+    grew_mb = int(out.stdout.split()[1])
+    assert grew_mb < 32, out.stdout
+    assert "line 1 is longer than" in out.stdout
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (b'{"text": "fine"}\n{"text": "caf\xe9 au lait"}\n', r"bad.jsonl line 2: field 'text' is not valid UTF-8"),
+    (b'{"messages": "hello there"}\n', r"bad.jsonl line 1: field 'messages' must be a non-empty list .* not a string"),
+    (b'{"messages": [{"role": "user", "content": 7}]}\n', r"line 1: field 'messages' item 0: 'content' must be a str"),
+    (b'{"text": "a"}\n{"text": 12345}\n', r"bad.jsonl line 2: field 'text' must be a string, not an integer"),
+    (b'{"text": 1}\n{"text": 2}\n', r"bad.jsonl line 1: field 'text' must be a string, not an integer"),
+    (b'{"prompt": "a", "completion": 3}\n', r"line 1: field 'completion' must be a string"),
+    (b'{"text": "a"}\n[1, 2]\n', r"line 2: a JSON Lines row is an object"),
+    (b'{"text": "a"}\n{"text": \n', r"line 2 is not valid JSON"),
+    (b'{"text": "\\udc80"}\n', r"line 1: field 'text' is not valid Unicode"),
+    (b'{"text": "a", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}\n", r"line 1 is nested more than 32 levels"),
+])
+def test_rows_the_job_cannot_use_are_refused_with_line_and_field(embedded, tmp_path, body, message):
+    (tmp_path / "bad.jsonl").write_bytes(body)
+    with pytest.raises(InvalidDataset, match=message):
+        _train(embedded, tmp_path / "bad.jsonl")
+    assert _count(embedded, m.Job) == 0
+
+
+def test_non_utf8_text_file_names_its_line(embedded, tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"one\ntwo\nthr\xffee\n")
+    with pytest.raises(InvalidDataset, match=r"bad.txt line 3: byte 4 of the line \(0xff\) is not UTF-8"):
+        _train(embedded, tmp_path / "bad.txt")
+    assert _count(embedded, m.Job) == 0
