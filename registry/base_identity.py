@@ -35,7 +35,10 @@ class BaseIdentity:
 
 
 def _is_model_folder(path: Path) -> bool:
-    return (path / "config.json").is_file()
+    try:
+        return (path / "config.json").is_file()
+    except OSError:  # e.g. a name too long to be a path: not a folder
+        return False
 
 
 def _looks_like_path(name: str) -> bool:
@@ -91,7 +94,12 @@ def resolve_base(
 
 def is_hub_id(name: str) -> bool:
     """True for ``org/name`` that is not also a folder here."""
-    return bool(_HUB_ID.match(name)) and not _looks_like_path(name) and not Path(name).exists()
+    if not _HUB_ID.match(name) or _looks_like_path(name):
+        return False
+    try:
+        return not Path(name).exists()
+    except OSError:
+        return True
 
 
 def card_base_model(base_name: str | None, given: str | None, ref: str) -> str:

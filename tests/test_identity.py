@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 
 from registry import models as m
-from registry.errors import BaseModelNotFound, IncompatibleAdapters
+from registry.errors import BaseModelNotFound, IncompatibleAdapters, RegistryError
 
 
 def _with_config(src: Path, dest: Path, **changes: object) -> Path:
@@ -103,3 +103,10 @@ def test_merge_job_checks_what_the_static_check_checked(registry, tiny, tmp_path
     registry.register("./tone-child", name="y")
     job = registry.merge(["x:1", "y:1"], weights=[1.0, 1.0], method="cat", name="xy").wait()
     assert job.status == "succeeded" and job.result.parents[0].ref == "x:1"
+
+
+def test_an_absurd_base_name_is_a_message(registry, tiny):
+    with pytest.raises(BaseModelNotFound, match="not a model folder"):
+        registry.register(tiny["tone"], name="x", base="./" + "a" * 300)  # longer than a file name may be
+    with pytest.raises(RegistryError, match="at most 255"):
+        registry.register(tiny["tone"], name="x", base="a" * 300)
