@@ -143,3 +143,14 @@ def test_publish_of_a_local_base_is_checked_before_any_job(registry, hub, tiny):
     assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == BASE_ID
     result = CliRunner().invoke(app, ["--db", str(registry.engine.url), "publish", "tone:1", "--repo", "acme/t2"])
     assert result.exit_code == 1 and "--base-model-id" in result.stderr and "Traceback" not in result.output
+
+
+def test_a_hub_adapter_over_the_size_limit_is_refused_before_download(merged, hub, monkeypatch):
+    published = merged.publish("tone-legal:1", "acme/tone-legal")
+    assert published.status == "succeeded"
+    monkeypatch.setenv("ADREG_MAX_ADAPTER_BYTES", "1024")
+    before = len(hub.requests)
+    with pytest.raises(InvalidAdapter, match="more than ADREG_MAX_ADAPTER_BYTES"):
+        merged.register("hf://acme/tone-legal", name="too-big")
+    downloads = [r for r in hub.requests[before:] if "/resolve/" in r["path"]]
+    assert downloads == []

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from registry import models as m
 from registry import queries
 from registry.base_identity import card_base_model
+from registry.config import max_adapter_bytes
 from registry.db import transaction
 from registry.errors import InvalidAdapter, RegistryError
 from registry.inspect import CONVERT_HINT, WEIGHTS_FILE
@@ -103,13 +104,18 @@ def api():  # type: ignore[no-untyped-def]
 def fetch_adapter(repo_id: str, revision: str | None) -> tuple[Path, str]:
     """Resolve ``revision`` to a commit sha, then download only the config and safetensors at that sha.
 
-    A repository whose weights are pickles only is refused before anything is downloaded.
+    A repository whose weights are pickles only, or larger than ``ADREG_MAX_ADAPTER_BYTES``, is refused before
+    anything is downloaded.
     """
     from huggingface_hub import snapshot_download
 
     label = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
-    info = hub_call(label, lambda: api().model_info(repo_id, revision=revision))
+    info = hub_call(label, lambda: api().model_info(repo_id, revision=revision, files_metadata=True))
     files = {s.rfilename for s in info.siblings or []}
+    weights_size = next((s.size for s in info.siblings or [] if s.rfilename == WEIGHTS_FILE), None)
+    if weights_size is not None and weights_size > max_adapter_bytes():
+        raise InvalidAdapter(label, [f"{WEIGHTS_FILE} is {weights_size:,} bytes, more than ADREG_MAX_ADAPTER_BYTES "
+                                     f"({max_adapter_bytes():,}); nothing was downloaded"])
     if WEIGHTS_FILE not in files:
         pickles = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth")))
         problems = ([f"the repository has only pickle weights ({', '.join(pickles)}); the registry accepts "
