@@ -240,7 +240,7 @@ def _plain_problem(data: Any) -> str | None:
     stack: list[tuple[Any, str, int]] = [(data, "recipe", 0)]
     while stack:
         value, path, depth = stack.pop()
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list, tuple)):
             if depth >= MAX_DEPTH:
                 return f"{path}: nested more than {MAX_DEPTH} levels deep"
             prefix = "" if depth == 0 else f"{path}."

@@ -157,7 +157,10 @@ def parse_ref(text: str) -> Ref:
                 from None
         return Ref(hub_repo=repo, hub_revision=rev or None)
     if looks_like_path(text):
-        return Ref(path=Path(text).expanduser())
+        try:
+            return Ref(path=Path(text).expanduser())
+        except RuntimeError:  # ~user of a user that does not exist (or no home directory)
+            raise InvalidReference(f"{text!r}: cannot expand {text.split('/')[0]!r} (no such user or home)") from None
     name, sep, rest = text.partition(":")
     if sep:
         if not _VERSION.fullmatch(rest) or not 1 <= int(rest) <= MAX_VERSION:

@@ -441,6 +441,34 @@ def scan_rows(file: Path, fmt: str, task: str = "CAUSAL_LM") -> tuple[str, int]:
     return fields, rows
 
 
+_TEXT_COLUMNS = {"text": ("text",), "prompt_completion": ("prompt", "completion"), "messages": ("messages",),
+                 "text_label": ("text",), "token_labels": ("tokens", "text"), "text_target": ("text", "target")}
+
+
+def _check_read_as_text(rows: Any, fields: str, file_name: str) -> None:
+    """Refuse text that ``datasets`` would not hand the job as text. Its JSON reader (pyarrow) turns a column whose
+    every value looks like an ISO date or time into timestamps, so the job would get datetimes, not strings."""
+    import pyarrow as pa
+
+    schema = rows.data.schema
+    for column in _TEXT_COLUMNS[fields]:
+        if column not in schema.names:
+            continue
+        types, temporal = [schema.field(column).type], False
+        while types and not temporal:
+            kind = types.pop()
+            temporal = pa.types.is_temporal(kind)
+            if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+                types.append(kind.value_type)
+            elif pa.types.is_struct(kind):
+                types.extend(kind.field(i).type for i in range(kind.num_fields))
+        if temporal:
+            raise InvalidDataset(
+                f"{file_name}: every {column!r} value looks like a date or time, and datasets' JSON reader turns such "
+                f"a column into timestamps ({schema.field(column).type}), not text; add a row of ordinary text, or "
+                "use a .txt or parquet file")
+
+
 def describe_dataset(path: str | Path, task_type: str = "CAUSAL_LM") -> DataSpec:
     """Check a local data file for ``task_type`` and return its spec (format, fields, rows, labels, sha256).
 
@@ -463,6 +491,7 @@ def describe_dataset(path: str | Path, task_type: str = "CAUSAL_LM") -> DataSpec
     rows = load_rows(file, fmt)
     if len(rows) == 0:
         raise InvalidDataset(f"data file {file} has no rows")
+    _check_read_as_text(rows, fields, file.name)
     num_labels = count_labels(rows, fields, file.name) if task in CLASSIFICATION_TASKS else None
     return DataSpec(path=str(file.resolve()), sha256=sha256_file(file), format=fmt, fields=fields, rows=len(rows),
                     num_labels=num_labels)

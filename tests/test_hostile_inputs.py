@@ -90,6 +90,8 @@ def test_version_numbers_beyond_the_bound_are_refused(registry, db_url, tmp_path
 
     from registry.cli import app
 
+    with pytest.raises(InvalidReference, match="no such user"):
+        registry.get("~no-such-user-here/adapter")
     for text in ("a0:99999999999999999999", "a0:2147483648", "tone:\u0663"):
         with pytest.raises(InvalidReference, match="integer from 1 to 2147483647"):
             registry.get(text)
@@ -358,6 +360,7 @@ def test_a_huge_single_line_is_refused_in_bounded_memory(tmp_path):
     (b'{"text": "a"}\n{"text": \n', r"line 2 is not valid JSON"),
     (b'{"text": "\\udc80"}\n', r"line 1: field 'text' is not valid Unicode"),
     (b'{"text": "a", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}\n", r"line 1 is nested more than 32 levels"),
+    (b'{"text": "2026-01-01"}\n{"text": "2026-01-02"}\n', r"every 'text' value looks like a date"),
 ])
 def test_rows_the_job_cannot_use_are_refused_with_line_and_field(embedded, tmp_path, body, message):
     (tmp_path / "bad.jsonl").write_bytes(body)
