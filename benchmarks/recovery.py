@@ -132,9 +132,10 @@ def main() -> None:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     url = f"{PG}{'&' if '?' in PG else '?'}options=-csearch_path%3D{schema}"
     env = {**os.environ, "ADREG_DATABASE_URL": url, "ADREG_BROKER_URL": REDIS, "ADREG_HOME": str(work / "home"),
-           "ADREG_JOB_LEASE_SECONDS": str(args.lease), "ADREG_QUEUED_GRACE_SECONDS": str(args.grace)}
+           "ADREG_JOB_LEASE_SECONDS": str(args.lease), "ADREG_QUEUED_GRACE_SECONDS": str(args.grace),
+           "ADREG_GPU_FALLBACK_TO_CPU": "1"}  # validation jobs on the cpu queue: one kind of worker
     os.environ.update({k: env[k] for k in ("ADREG_DATABASE_URL", "ADREG_BROKER_URL", "ADREG_HOME",
-                                           "ADREG_JOB_LEASE_SECONDS")})
+                                           "ADREG_JOB_LEASE_SECONDS", "ADREG_GPU_FALLBACK_TO_CPU")})
     workers: list[subprocess.Popen] = []
     parsed = make_url(url)
     proxy = Proxy((parsed.host or "127.0.0.1", parsed.port or 5432))
@@ -151,7 +152,10 @@ def main() -> None:
         first = start_worker(env, work / "w1.log")
         second = None
         job = reg.validate("b:1")
+        deadline = time.monotonic() + 120
         while job.refresh().status != "running":
+            if time.monotonic() > deadline:
+                raise RuntimeError((work / "w1.log").read_text())
             time.sleep(0.05)
         second = start_worker(env, work / "w2.log")
         killed = time.monotonic()
@@ -159,6 +163,7 @@ def main() -> None:
         first.wait(10)
         job.wait(timeout=20 * args.lease)
         kill = time.monotonic() - killed
+        print(f"1. worker SIGKILL mid-job -> finished by another worker: {kill:.1f} s", flush=True)
         second.terminate()
         second.wait(30)
 
@@ -172,6 +177,7 @@ def main() -> None:
         workers.append(start_worker(env, work / "w3.log"))
         job.wait(timeout=20 * args.grace + 120)
         redis_s = time.monotonic() - restarted
+        print(f"2. Redis restart -> job done: {redis_s:.1f} s", flush=True)
         workers[-1].terminate()
         workers[-1].wait(30)
 
