@@ -18,11 +18,9 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -32,58 +30,6 @@ from sqlalchemy.engine import make_url
 
 PG = os.environ.get("ADREG_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("ADREG_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-
-
-class Proxy:
-    """TCP forwarder to PostgreSQL that can be cut (listener and connections) and restored on the same port."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.server: socket.socket | None = None
-        self.conns: list[socket.socket] = []
-
-    def start(self) -> None:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(32)
-        self.server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := src.recv(65536):
-                dst.sendall(data)
-        for sock in (src, dst):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        if self.server is not None:
-            with contextlib.suppress(OSError):
-                self.server.shutdown(socket.SHUT_RDWR)
-            self.server.close()
-            self.server = None
-        for sock in self.conns:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-        self.conns = []
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -124,6 +70,9 @@ def main() -> None:
     from workers.quiet import quiet_hf
     from workers.tinymodels import build_adapter, build_base
 
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from tcp_proxy import TcpProxy  # the tests' forwarder
+
     quiet_hf()
     work = Path(tempfile.mkdtemp(prefix="adreg-recovery-"))
     schema = f"bench_{uuid.uuid4().hex[:10]}"
@@ -138,7 +87,7 @@ def main() -> None:
                                            "ADREG_JOB_LEASE_SECONDS", "ADREG_GPU_FALLBACK_TO_CPU")})
     workers: list[subprocess.Popen] = []
     parsed = make_url(url)
-    proxy = Proxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+    proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
     try:
         from registry import Registry
 

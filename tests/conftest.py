@@ -28,6 +28,17 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ADREG_BROKER_URL", raising=False)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():  # type: ignore[no-untyped-def]
+    """Tiny models gain nothing from intra-op threads; on a shared CPU, OpenMP's spinning made them 3x slower."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def pg_admin():  # type: ignore[no-untyped-def]
     engine = create_engine(PG_URL, isolation_level="AUTOCOMMIT")

@@ -110,3 +110,12 @@ def test_an_absurd_base_name_is_a_message(registry, tiny):
         registry.register(tiny["tone"], name="x", base="./" + "a" * 300)  # longer than a file name may be
     with pytest.raises(RegistryError, match="at most 255"):
         registry.register(tiny["tone"], name="x", base="a" * 300)
+
+
+def test_a_base_that_is_not_a_model_folder_is_refused(registry, tiny):
+    """Issue 13, item 9: a file such as /etc/passwd is neither a model folder nor a Hub id."""
+    with pytest.raises(BaseModelNotFound, match="not a model folder"):
+        registry.register(tiny["tone"], name="x", base_path="/etc/passwd")
+    with pytest.raises(BaseModelNotFound, match="'/etc/passwd'.*not a model folder"):
+        registry.register(tiny["tone"], name="x", base="/etc/passwd")
+    assert registry.base_models() == []

@@ -41,11 +41,11 @@ from registry.errors import IncompatibleAdapters, InvalidAdapter, RegistryError
 from registry.inspect import inspect_adapter
 from workers.merge import MergeCancelled, merge_adapters
 
-pytestmark = pytest.mark.filterwarnings(
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings(
     "ignore:Adapter .* was active which is now deleted:UserWarning",
     "ignore:The density .* no pruning will be performed:UserWarning",
     "ignore:Setting `save_embedding_layers` to `True`:UserWarning",
-)
+)]
 PAIRS = {  # name -> (base, first adapter, second adapter)
     "llama": ("llama", "llama-a", "llama-b"),
     "gpt2": ("gpt2", "gpt2-a", "gpt2-b"),  # Conv1D layers: fan_in_fan_out
@@ -55,13 +55,6 @@ PAIRS = {  # name -> (base, first adapter, second adapter)
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models gain nothing from intra-op threads; on a shared CPU, OpenMP's spinning made these 3x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

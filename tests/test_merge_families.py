@@ -39,11 +39,11 @@ from safetensors.torch import load_file
 from registry.errors import IncompatibleAdapters
 from workers.merge import merge_adapters
 
-pytestmark = pytest.mark.filterwarnings(
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings(
     "ignore:Adapter .* was active which is now deleted:UserWarning",
     "ignore:The density .* no pruning will be performed:UserWarning",
     "ignore::FutureWarning",
-)
+)]
 # Adapters per family: name -> (family, keyword arguments of build_family_adapter)
 ADAPTERS = {
     "t5-a": ("t5", dict(seed=41)),  # all ten decoder linear layers of both blocks (20 modules)
@@ -68,13 +68,6 @@ ADAPTERS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models gain nothing from intra-op threads; on a shared CPU, OpenMP's spinning made these 3x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

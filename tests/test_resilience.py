@@ -6,20 +6,18 @@ goes through a TCP proxy that the test cuts and restores, brokers and databases 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
+from tcp_proxy import TcpProxy
 from typer.testing import CliRunner
 
 from registry import Registry
@@ -117,64 +115,6 @@ def test_sweep_sends_a_stale_job_once_per_lease(pg_schema_url, monkeypatch):
         recover_once(reg, broker, lease=60)
         recover_once(reg, broker, lease=60)
         assert broker.sent == [1, 1]
-
-
-class TcpProxy:
-    """A TCP forwarder from a local port to PostgreSQL that can be cut (every connection dropped) and restored."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        self.port = probe.getsockname()[1]
-        probe.close()
-        self._server: socket.socket | None = None
-        self._conns: list[socket.socket] = []
-
-    def start(self) -> TcpProxy:
-        server = socket.socket()
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind(("127.0.0.1", self.port))
-        server.listen(32)
-        self._server = server
-        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
-        return self
-
-    def _accept(self, server: socket.socket) -> None:
-        while True:
-            try:
-                client, _ = server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.target)
-            self._conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def cut(self) -> None:
-        """Stop listening (shutdown wakes the thread blocked in accept) and drop every open connection."""
-        if self._server is not None:
-            with contextlib.suppress(OSError):
-                self._server.shutdown(socket.SHUT_RDWR)
-            self._server.close()
-            self._server = None
-        for sock in self._conns:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-        self._conns = []
 
 
 def test_worker_without_its_database_keeps_the_message_and_runs_the_job_when_it_is_back(
