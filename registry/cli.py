@@ -568,6 +568,8 @@ def merge(
     allow_cross_base: bool = typer.Option(False, "--allow-cross-base", help="Allow different base revisions."),
     validate: bool = typer.Option(False, "--validate", help="Queue a runtime validation of the result."),
     publish: str | None = typer.Option(None, "--publish", help="Hub repo to publish to once validation passes."),
+    base_model_id: str | None = typer.Option(
+        None, "--base-model-id", help="With --publish: the card's base_model when the base is a local folder."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the job (catalog mode)."),
     idempotency_key: str | None = IDEMPOTENCY,
     json_output: bool = JSON,
@@ -584,7 +586,8 @@ def merge(
         return _merge_folders(sources, weight_list, method, out, dtype, params, allow_cross_base=allow_cross_base)
     job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,
                             tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate,
-                            publish_to=publish, idempotency_key=idempotency_key, **params)
+                            publish_to=_registry().publish_target(publish, base_model_id=base_model_id)
+                            if publish else None, idempotency_key=idempotency_key, **params)
     return _follow_chain(job, 2 if publish else int(validate), wait, json_output, "merge")
 
 

@@ -292,7 +292,7 @@ class Registry:
         check_merge(manifests, list(weights), method, {k: v for k, v in params.items() if v is not None},
                     allow_cross_base=allow_cross_base, labels=refs)
         if isinstance(publish_to, str):
-            publish_to = self._publish_target(publish_to)
+            publish_to = self.publish_target(publish_to)
         if publish_to is not None:
             card_base_model(manifests[0].base_model_name_or_path, publish_to.base_model_id, f"the merge {name!r}")
         try:
@@ -523,7 +523,7 @@ class Registry:
         sha256 is compared). The token comes from ``HF_TOKEN`` or ``huggingface_hub``'s login and is
         never stored.
         """
-        target = self._publish_target(repo_id, branch=branch, private=private, create_pr=create_pr,
+        target = self.publish_target(repo_id, branch=branch, private=private, create_pr=create_pr,
                                       base_model_id=base_model_id)
         with transaction(self._sessions) as session:
             row = catalog.resolve(session, parse_ref(ref))
@@ -534,7 +534,8 @@ class Registry:
                            idempotency_key=idempotency_key, run_id=run_id)
 
     @staticmethod
-    def _publish_target(repo_id: str, **options: object) -> jobs.PublishTarget:
+    def publish_target(repo_id: str, **options: object) -> jobs.PublishTarget:
+        """A validated Hub target (``branch``, ``private``, ``create_pr``, ``base_model_id``) for ``publish_to=``."""
         try:
             return jobs.PublishTarget(repo_id=repo_id, **options)
         except ValidationError as exc:

@@ -154,3 +154,19 @@ def test_a_hub_adapter_over_the_size_limit_is_refused_before_download(merged, hu
         merged.register("hf://acme/tone-legal", name="too-big")
     downloads = [r for r in hub.requests[before:] if "/resolve/" in r["path"]]
     assert downloads == []
+
+
+def test_merge_publish_checks_the_card_base_before_any_job(registry, hub, tiny, tmp_path):
+    registry.register(tiny["tone"], name="a")
+    registry.register(tiny["tone2"], name="b")
+    cli = ["--db", registry.engine.url.render_as_string(hide_password=False), "--home", str(tmp_path / "home"),
+           "merge", "a:1", "b:1", "--weights", "0.5", "0.5", "--method", "cat", "--name", "ab", "--validate",
+           "--publish", "acme/ab"]
+    refused = CliRunner().invoke(app, cli)
+    assert refused.exit_code == 1 and "--base-model-id" in refused.stderr and registry.jobs() == []
+    done = CliRunner().invoke(app, [*cli, "--base-model-id", BASE_ID, "--json"])
+    assert done.exit_code == 0, done.stderr
+    follow_ups = json.loads(done.stdout)["follow_ups"]
+    assert [j["kind"] for j in follow_ups] == ["validate", "publish"]
+    files = hub.repos["acme/ab"].commits[follow_ups[-1]["report"]["commit"]]
+    assert ModelCard(files["README.md"].decode()).data.to_dict()["base_model"] == BASE_ID
