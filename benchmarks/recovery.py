@@ -22,11 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from timing import scratch_schema
 
 PG = os.environ.get("ADREG_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("ADREG_BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -75,88 +74,82 @@ def main() -> None:
 
     quiet_hf()
     work = Path(tempfile.mkdtemp(prefix="adreg-recovery-"))
-    schema = f"bench_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = f"{PG}{'&' if '?' in PG else '?'}options=-csearch_path%3D{schema}"
-    env = {**os.environ, "ADREG_DATABASE_URL": url, "ADREG_BROKER_URL": REDIS, "ADREG_HOME": str(work / "home"),
-           "ADREG_JOB_LEASE_SECONDS": str(args.lease), "ADREG_QUEUED_GRACE_SECONDS": str(args.grace),
-           "ADREG_GPU_FALLBACK_TO_CPU": "1"}  # validation jobs on the cpu queue: one kind of worker
-    os.environ.update({k: env[k] for k in ("ADREG_DATABASE_URL", "ADREG_BROKER_URL", "ADREG_HOME",
-                                           "ADREG_JOB_LEASE_SECONDS", "ADREG_GPU_FALLBACK_TO_CPU")})
-    workers: list[subprocess.Popen] = []
-    parsed = make_url(url)
-    proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
-    try:
-        from registry import Registry
+    with scratch_schema(PG) as url:
+        env = {**os.environ, "ADREG_DATABASE_URL": url, "ADREG_BROKER_URL": REDIS, "ADREG_HOME": str(work / "home"),
+               "ADREG_JOB_LEASE_SECONDS": str(args.lease), "ADREG_QUEUED_GRACE_SECONDS": str(args.grace),
+               "ADREG_GPU_FALLBACK_TO_CPU": "1"}  # validation jobs on the cpu queue: one kind of worker
+        os.environ.update({k: env[k] for k in ("ADREG_DATABASE_URL", "ADREG_BROKER_URL", "ADREG_HOME",
+                                               "ADREG_JOB_LEASE_SECONDS", "ADREG_GPU_FALLBACK_TO_CPU")})
+        workers: list[subprocess.Popen] = []
+        parsed = make_url(url)
+        proxy = TcpProxy((parsed.host or "127.0.0.1", parsed.port or 5432))
+        try:
+            from registry import Registry
 
-        Registry.init(url)
-        base = build_base(work / "base")
-        reg = Registry()
-        reg.register(build_adapter(base, work / "a", seed=1), name="a", base_path=base)
-        reg.register(build_adapter(base, work / "b", seed=2), name="b", base_path=base)
+            Registry.init(url)
+            base = build_base(work / "base")
+            reg = Registry()
+            reg.register(build_adapter(base, work / "a", seed=1), name="a", base_path=base)
+            reg.register(build_adapter(base, work / "b", seed=2), name="b", base_path=base)
 
-        # 1. SIGKILL mid-job: a validation job (it spends seconds loading PEFT/transformers in a fresh worker).
-        first = start_worker(env, work / "w1.log")
-        second = None
-        job = reg.validate("b:1")
-        deadline = time.monotonic() + 120
-        while job.refresh().status != "running":
-            if time.monotonic() > deadline:
-                raise RuntimeError((work / "w1.log").read_text())
-            time.sleep(0.05)
-        second = start_worker(env, work / "w2.log")
-        killed = time.monotonic()
-        os.kill(first.pid, signal.SIGKILL)
-        first.wait(10)
-        job.wait(timeout=20 * args.lease)
-        kill = time.monotonic() - killed
-        print(f"1. worker SIGKILL mid-job -> finished by another worker: {kill:.1f} s", flush=True)
-        second.terminate()
-        second.wait(30)
+            # 1. SIGKILL mid-job: a validation job (it spends seconds loading PEFT/transformers in a fresh worker).
+            first = start_worker(env, work / "w1.log")
+            second = None
+            job = reg.validate("b:1")
+            deadline = time.monotonic() + 120
+            while job.refresh().status != "running":
+                if time.monotonic() > deadline:
+                    raise RuntimeError((work / "w1.log").read_text())
+                time.sleep(0.05)
+            second = start_worker(env, work / "w2.log")
+            killed = time.monotonic()
+            os.kill(first.pid, signal.SIGKILL)
+            first.wait(10)
+            job.wait(timeout=20 * args.lease)
+            kill = time.monotonic() - killed
+            print(f"1. worker SIGKILL mid-job -> finished by another worker: {kill:.1f} s", flush=True)
+            second.terminate()
+            second.wait(30)
 
-        # 2. Redis restart with a queued job and no worker: the message is lost, the sweep re-sends it.
-        import redis
+            # 2. Redis restart with a queued job and no worker: the message is lost, the sweep re-sends it.
+            import redis
 
-        redis.Redis.from_url(REDIS).flushdb()
-        job = reg.merge(["a:1", "b:1"], weights=[0.5, 0.5], method="cat", name="after-redis")
-        restart_redis()
-        restarted = time.monotonic()
-        workers.append(start_worker(env, work / "w3.log"))
-        job.wait(timeout=20 * args.grace + 120)
-        redis_s = time.monotonic() - restarted
-        print(f"2. Redis restart -> job done: {redis_s:.1f} s", flush=True)
-        workers[-1].terminate()
-        workers[-1].wait(30)
+            redis.Redis.from_url(REDIS).flushdb()
+            job = reg.merge(["a:1", "b:1"], weights=[0.5, 0.5], method="cat", name="after-redis")
+            restart_redis()
+            restarted = time.monotonic()
+            workers.append(start_worker(env, work / "w3.log"))
+            job.wait(timeout=20 * args.grace + 120)
+            redis_s = time.monotonic() - restarted
+            print(f"2. Redis restart -> job done: {redis_s:.1f} s", flush=True)
+            workers[-1].terminate()
+            workers[-1].wait(30)
 
-        # 3. The worker's database unreachable while a job is submitted; measured from when it is back.
-        proxy.start()
-        via = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-        workers.append(start_worker({**env, "ADREG_DATABASE_URL": via, "ADREG_QUEUED_GRACE_SECONDS": "3600"},
-                                    work / "w4.log"))
-        proxy.cut()
-        job = reg.merge(["a:1", "b:1"], weights=[0.3, 0.7], method="cat", name="after-db")
-        time.sleep(args.outage)
-        assert job.refresh().status == "queued"
-        proxy.start()
-        back = time.monotonic()
-        job.wait(timeout=180)
-        db_s = time.monotonic() - back
+            # 3. The worker's database unreachable while a job is submitted; measured from when it is back.
+            proxy.start()
+            via = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+            workers.append(start_worker({**env, "ADREG_DATABASE_URL": via, "ADREG_QUEUED_GRACE_SECONDS": "3600"},
+                                        work / "w4.log"))
+            proxy.cut()
+            job = reg.merge(["a:1", "b:1"], weights=[0.3, 0.7], method="cat", name="after-db")
+            time.sleep(args.outage)
+            assert job.refresh().status == "queued"
+            proxy.start()
+            back = time.monotonic()
+            job.wait(timeout=180)
+            db_s = time.monotonic() - back
 
-        print(f"worker SIGKILL mid-job -> finished by another worker: {kill:.1f} s "
-              f"({kill / args.lease:.2f} x the {args.lease:g} s lease)")
-        print(f"Redis restart (queued message lost) -> job done: {redis_s:.1f} s "
-              f"({redis_s / args.grace:.2f} x the {args.grace:g} s queued grace)")
-        print(f"database unreachable for {args.outage:g} s -> job done {db_s:.1f} s after it is back "
-              "(retry backoff 1, 2, 4 ... 60 s)")
-    finally:
-        proxy.cut()
-        for proc in workers:
-            if proc.poll() is None:
-                proc.kill()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+            print(f"worker SIGKILL mid-job -> finished by another worker: {kill:.1f} s "
+                  f"({kill / args.lease:.2f} x the {args.lease:g} s lease)")
+            print(f"Redis restart (queued message lost) -> job done: {redis_s:.1f} s "
+                  f"({redis_s / args.grace:.2f} x the {args.grace:g} s queued grace)")
+            print(f"database unreachable for {args.outage:g} s -> job done {db_s:.1f} s after it is back "
+                  "(retry backoff 1, 2, 4 ... 60 s)")
+        finally:
+            proxy.cut()
+            for proc in workers:
+                if proc.poll() is None:
+                    proc.kill()
 
 
 if __name__ == "__main__":
