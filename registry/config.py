@@ -58,6 +58,7 @@ class Settings:
     gpu_queue_fallback: bool = False  # route GPU jobs to the cpu queue (no GPU worker in this deployment)
     max_adapter_bytes: int = DEFAULT_MAX_ADAPTER_BYTES  # weights files above this are refused at registration
     job_lease_seconds: float = 120.0  # a running job's lease, renewed by its heartbeat (ADREG_JOB_LEASE_SECONDS)
+    queued_grace_seconds: float = 300.0  # a queued job untaken this long is re-sent (ADREG_QUEUED_GRACE_SECONDS)
 
     @classmethod
     def from_env(cls, database_url: str | None = None, home: str | Path | None = None) -> Settings:
@@ -72,6 +73,7 @@ class Settings:
             gpu_queue_fallback=os.environ.get("ADREG_GPU_FALLBACK_TO_CPU", "").lower() in ("1", "true", "yes"),
             max_adapter_bytes=max_adapter_bytes(),
             job_lease_seconds=float(os.environ.get("ADREG_JOB_LEASE_SECONDS", "120")),
+            queued_grace_seconds=float(os.environ.get("ADREG_QUEUED_GRACE_SECONDS", "300")),
         )
 
     @property

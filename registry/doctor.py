@@ -24,7 +24,7 @@ def run_checks(database_url: str | None = None, home: str | Path | None = None) 
         checks.append(_check("catalog schema", current == head,
                              f"at {current}" if current == head else f"at {current}, needs {head}: run `adreg init`"))
         if current == head:
-            checks.append(_stuck_jobs(engine))
+            checks.append(_stuck_jobs(engine, settings.queued_grace_seconds))
         engine.dispose()
     except Exception as exc:  # any failure to connect is what the check reports
         checks.append(_check("catalog schema", False, f"cannot connect: {type(exc).__name__}: {exc}"))
@@ -40,16 +40,14 @@ def run_checks(database_url: str | None = None, home: str | Path | None = None) 
     return checks
 
 
-def _stuck_jobs(engine: Any) -> dict[str, Any]:
+def _stuck_jobs(engine: Any, grace: float) -> dict[str, Any]:
     """Running jobs whose lease expired (their worker is gone) and queued jobs nobody took for the grace period."""
-    import os
     from datetime import timedelta
 
     from sqlalchemy import func, or_, select
 
     from registry import models as m
 
-    grace = float(os.environ.get("ADREG_QUEUED_GRACE_SECONDS", "300"))
     now = m.utcnow()
     t = m.Job.__table__
     with engine.connect() as conn:

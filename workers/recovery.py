@@ -70,10 +70,10 @@ def recovery_loop(queues: set[str] | None) -> None:
     from workers.tasks import registry
 
     period = float(os.environ.get("ADREG_RECOVERY_INTERVAL", str(max(1.0, lease_seconds() / 2))))
-    grace = float(os.environ.get("ADREG_QUEUED_GRACE_SECONDS", "300"))
     while True:
         try:
-            recover_once(registry(), app, queues, grace)
+            reg = registry()
+            recover_once(reg, app, queues, reg.settings.queued_grace_seconds)
         except Exception:
             log.warning("recovery sweep failed", exc_info=True)
         time.sleep(period)
