@@ -12,8 +12,9 @@ RUN if ! command -v python3 >/dev/null; then \
 RUN python3 -m venv /opt/adreg
 ENV PATH=/opt/adreg/bin:$PATH
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch>=2.4"
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml setup.py README.md /src/
 COPY registry /src/registry
+COPY migrations /src/migrations
 COPY workers /src/workers
 RUN pip install --no-cache-dir /src
 

@@ -6,6 +6,7 @@ explicitly (``adreg init``): a catalog whose schema is behind the code is refuse
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,7 +21,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.errors import SchemaOutdated, ServiceUnavailable
 
-MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# The top-level folder migrations/, installed as the package ``adreg_migrations`` (see pyproject.toml): found
+# through the import system, so the same lookup works from a checkout, an editable install and a wheel.
+MIGRATIONS_DIR = Path(str(importlib.resources.files("adreg_migrations")))
 
 
 def _first_line(exc: BaseException) -> str:

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
+import registry
 from registry import Registry
-from registry.db import alembic_config, current_revision, downgrade, head_revision, make_engine, upgrade
+from registry.db import (
+    MIGRATIONS_DIR,
+    alembic_config,
+    current_revision,
+    downgrade,
+    head_revision,
+    make_engine,
+    upgrade,
+)
 from registry.errors import SchemaOutdated
 
 
@@ -58,3 +70,19 @@ def test_sqlite_enforces_foreign_keys(tmp_path):
 def test_registry_package_imports_without_torch():
     code = "import sys, registry, registry.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_migrations_ship_as_the_adreg_migrations_package():
+    """The top-level migrations/ folder is installed as the package ``adreg_migrations``, which is where
+    ``adreg init`` finds the Alembic environment (also from a wheel): it holds every revision of the folder."""
+    repo = Path(__file__).resolve().parents[1]
+    folder_revisions = sorted(p.name for p in (repo / "migrations" / "versions").glob("*.py"))
+    assert len(folder_revisions) >= 6
+    shipped = importlib.resources.files("adreg_migrations")
+    assert Path(str(shipped)) == MIGRATIONS_DIR
+    assert shipped.joinpath("env.py").is_file() and shipped.joinpath("script.py.mako").is_file()
+    assert sorted(f.name for f in shipped.joinpath("versions").iterdir() if f.name.endswith(".py")) == folder_revisions
+    assert len(list(ScriptDirectory.from_config(alembic_config()).walk_revisions())) == len(folder_revisions)
+    assert not (repo / "registry" / "migrations" / "env.py").exists(), "the old location must not come back"
+    if Path(registry.__file__).resolve().is_relative_to(repo):  # a checkout or an editable install
+        assert MIGRATIONS_DIR.resolve() == (repo / "migrations").resolve()
