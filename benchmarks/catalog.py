@@ -268,7 +268,7 @@ def search_row_by_row(reg: Any, base_model: str, tags: dict[str, str]) -> list[A
     from registry import queries
     from registry.db import transaction
 
-    with transaction(reg._sessions) as session:
+    with transaction(reg.service.sessions) as session:
         rows, _ = queries.search(session, queries.SearchFilters(base_model=base_model, tags=tags, limit=50))
         return [queries.describe(session, [row], reg.store.root)[0] for row in rows]
 
@@ -279,7 +279,7 @@ def lineage_by_loop(reg: Any, version_id: int) -> tuple[int, int]:
     from registry.db import transaction
 
     e = m.LineageEdge
-    with transaction(reg._sessions) as session:
+    with transaction(reg.service.sessions) as session:
         edges: dict[int, Any] = {}
         nodes = {version_id}
         for near, far in ((e.child_id, "parent_id"), (e.parent_id, "child_id")):

@@ -312,7 +312,7 @@ def _render_demo(report: Any) -> None:
 @emits(_render_demo)
 def demo(json_output: bool = JSON) -> Any:
     """Build a tiny base and three adapters with PEFT, register and merge them, show the lineage."""
-    from workers.demo import run_demo
+    from registry.demo import run_demo
 
     return run_demo(_registry(), say=activity.say)
 
@@ -885,7 +885,7 @@ def gc(
     """Artifacts and scratch folders that no version or running job references."""
     from registry.gc import collect
 
-    return collect(_registry(), apply=apply)
+    return collect(_registry().service, apply=apply)
 
 
 @app.command("job")

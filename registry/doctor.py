@@ -86,7 +86,7 @@ def _broker_checks(url: str) -> list[dict[str, Any]]:
         checks.append(_check("queue depth", True, ", ".join(f"{q}: {n}" for q, n in depths.items())))
     except Exception as exc:
         return [_check("broker", False, f"cannot reach {url.split('@')[-1]}: {exc}")]
-    from workers.celery_app import make_app
+    from registry.celery_config import make_app
 
     replies = make_app(url).control.inspect(timeout=2.0).ping() or {}
     detail = f"{len(replies)} answering: {', '.join(sorted(replies))}" if replies else "no worker answered"

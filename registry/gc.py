@@ -12,7 +12,7 @@ from sqlalchemy import select
 from registry import models as m
 
 if TYPE_CHECKING:
-    from registry.sdk import Registry
+    from registry.service import Service
 
 
 TMP_AGE_SECONDS = 600  # a temporary file this old belongs to no write in progress
@@ -31,9 +31,10 @@ def stale_temporary_files(root: Path) -> list[Path]:
     return sorted(found)
 
 
-def collect(reg: Registry, *, apply: bool = False) -> dict[str, Any]:
-    root = reg.store.root
-    with reg._sessions() as s:
+def collect(svc: Service, *, apply: bool = False) -> dict[str, Any]:
+    """Unreferenced blobs, adapter folders, scratch of finished jobs and stale temporary files; removed if ``apply``."""
+    root = svc.store.root
+    with svc.sessions() as s:
         used = {p for (p,) in s.execute(select(m.AdapterVersion.storage_path))}
         shas = {sha for (sha,) in s.execute(select(m.AdapterVersion.weights_sha256))}
         live = {jid for (jid,) in s.execute(select(m.Job.id).where(m.Job.status.in_(("queued", "running"))))}

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from sqlalchemy import select, update
@@ -23,8 +23,16 @@ from registry.errors import BrokerUnavailable, RegistryError
 from registry.refs import MAX_REVISION_CHARS, REVISION_PATTERN, check_slug, check_tag
 
 if TYPE_CHECKING:
-    from registry.sdk import Registry
+    from registry.service import Service
     from registry.types import AdapterVersion
+
+
+class JobSource(Protocol):
+    """What a job handle refreshes itself from: the embedded or the remote ``Registry``."""
+
+    def job(self, job_id: int) -> Job: ...
+
+    def get(self, ref: str) -> AdapterVersion: ...
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -215,17 +223,23 @@ class Job:
     report: dict[str, Any]
     parent_job_id: int | None
     spec: dict[str, Any] = field(repr=False, default_factory=dict)
-    _registry: Registry | None = field(default=None, repr=False, compare=False)
+    _source: JobSource | None = field(default=None, repr=False, compare=False)
 
     @property
     def done(self) -> bool:
         return self.status in FINISHED
 
+    def bind(self, source: JobSource) -> Job:
+        """Let ``refresh()``, ``wait()`` and ``result`` ask ``source`` (the facade that returned this handle)."""
+        self._source = source
+        return self
+
     def refresh(self) -> Job:
-        assert self._registry is not None
-        fresh = self._registry.job(self.id)
+        if self._source is None:
+            raise RegistryError(f"job {self.id} is a detached record: get a handle from Registry.job({self.id})")
+        fresh = self._source.job(self.id)
         for name in self.__dataclass_fields__:
-            if name != "_registry":
+            if name != "_source":
                 setattr(self, name, getattr(fresh, name))
         return self
 
@@ -247,17 +261,18 @@ class Job:
     @property
     def result(self) -> AdapterVersion | None:
         """The version this job registered (None until it has succeeded, or for jobs that register none)."""
-        if self.result_ref is None or self._registry is None:
+        if self.result_ref is None or self._source is None:
             return None
-        return self._registry.get(self.result_ref)
+        return self._source.get(self.result_ref)
 
     def to_dict(self) -> dict[str, Any]:
         from registry.types import _jsonable
 
-        return _jsonable({k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_registry"})
+        return _jsonable({k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_source"})
 
 
-def job_from_row(session: Session, row: m.Job, registry: Registry | None) -> Job:
+def job_from_row(session: Session, row: m.Job) -> Job:
+    """A detached job record (the facade binds it, see :meth:`Job.bind`)."""
     result_ref = None
     if row.result_version_id is not None:
         name, version = session.execute(
@@ -270,7 +285,6 @@ def job_from_row(session: Session, row: m.Job, registry: Registry | None) -> Job
         message=row.progress_message, attempts=row.attempts, error_type=row.error_type, error=row.error_message,
         created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, result_ref=result_ref,
         report=dict(row.report or {}), parent_job_id=row.parent_job_id, spec=dict(row.spec or {}),
-        _registry=registry,
     )
 
 
@@ -381,18 +395,18 @@ def _aware(moment: datetime) -> datetime:
 
 
 class LocalExecutor:
-    """Runs the job in this process, right away (the embedded default: no broker)."""
+    """Runs the job in this process, right away (the embedded default: no broker), with the service's runner."""
 
     name = "local"
 
-    def __init__(self, registry: Registry, on_progress: Callable[[int, float, str | None], None] | None = None) -> None:
-        self.registry = registry
-        self.on_progress = on_progress
+    def __init__(self, svc: Service) -> None:
+        self.svc = svc
 
     def dispatch(self, job_id: int, queue: str) -> None:
-        from workers.runners import run_job  # lazy: the registry package never imports torch eagerly
-
-        run_job(job_id, self.registry, self.on_progress)
+        if self.svc.local_runner is None:
+            raise BrokerUnavailable(f"job {job_id} is queued, but this process has no broker and runs no jobs itself",
+                                    job_id=job_id, hint="set ADREG_BROKER_URL and start a worker (`adreg worker`)")
+        self.svc.local_runner(self.svc, job_id, self.svc.on_progress)
 
 
 class CeleryExecutor:
@@ -401,7 +415,7 @@ class CeleryExecutor:
     name = "celery"
 
     def __init__(self, broker_url: str, fallback_gpu_to_cpu: bool = False) -> None:
-        from workers.celery_app import make_app
+        from registry.celery_config import make_app
 
         self.app = make_app(broker_url)
         self.fallback_gpu_to_cpu = fallback_gpu_to_cpu

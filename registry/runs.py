@@ -21,14 +21,14 @@ from sqlalchemy.orm import Session
 
 from registry import catalog
 from registry import models as m
-from registry.db import transaction
 from registry.errors import IncompatibleAdapters, RegistryError
 from registry.jobs import FINISHED
+from registry.operations import submit as ops
 from registry.recipes import InvalidRecipe, Recipe, Step
 from registry.refs import parse_ref
 
 if TYPE_CHECKING:
-    from registry.sdk import Registry
+    from registry.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -203,28 +203,29 @@ def _check_gates(session: Session, run: m.Run, step: Step, job: m.Job) -> tuple[
     return target, None
 
 
-def _submit_step(reg: Registry, run: m.Run, step: Step) -> int:
+def _submit_step(svc: Service, run: m.Run, step: Step) -> int:
     """Submit the job of a job step; returns its id."""
     body = step.body
     if step.kind == "merge":
-        job = reg.merge([_ref(run, s) for s in body.sources], weights=body.weights, method=body.method,
+        job = ops.merge(svc, [_ref(run, s) for s in body.sources], weights=body.weights, method=body.method,
                         name=body.name, allow_cross_base=body.allow_cross_base, run_id=run.id, **body.params)
     elif step.kind == "train":
         refs = [_ref(run, r) for r in [body.source, *body.joint_with] if r]
-        job = reg.train(refs[0] if refs else None, joint_with=refs[1:], data=body.data, steps=body.steps, lr=body.lr,
-                        batch_size=body.batch_size, seed=body.seed, name=body.name, new=body.new, base=body.base,
-                        run_id=run.id)
+        job = ops.train(svc, refs[0] if refs else None, joint_with=refs[1:], data=body.data, steps=body.steps,
+                        lr=body.lr, batch_size=body.batch_size, seed=body.seed, name=body.name, new=body.new,
+                        base=body.base, run_id=run.id)
     elif step.kind == "validate":
-        job = reg.validate(_ref(run, body.target), run_id=run.id)
+        job = ops.validate(svc, _ref(run, body.target), run_id=run.id)
     else:
-        job = reg.publish(_ref(run, body.target), body.repo, branch=body.branch, private=body.private, run_id=run.id)
+        job = ops.publish(svc, _ref(run, body.target), body.repo, branch=body.branch, private=body.private,
+                          run_id=run.id)
     return job.id
 
 
 _advancing = threading.local()  # the runs this thread is advancing right now
 
 
-def advance_run(reg: Registry, run_id: int) -> None:
+def advance_run(svc: Service, run_id: int) -> None:
     """Move the run forward as far as finished work allows; safe to call from anywhere, any number of times.
 
     The run ends ``succeeded`` or ``failed`` whenever no unfinished job holds it: an error in a step (an alias
@@ -238,19 +239,19 @@ def advance_run(reg: Registry, run_id: int) -> None:
         return
     active.add(run_id)
     try:
-        _advance(reg, run_id)
+        _advance(svc, run_id)
     finally:
         active.discard(run_id)
 
 
-def _fail_run(reg: Registry, run_id: int, message: str) -> None:
-    with transaction(reg._sessions) as s:
+def _fail_run(svc: Service, run_id: int, message: str) -> None:
+    with svc.transaction() as s:
         run = _locked_run(s, run_id)
         if run.status == "running":
             _finish(run, "failed", message)
 
 
-def _advance(reg: Registry, run_id: int) -> None:
+def _advance(svc: Service, run_id: int) -> None:
     recipe: Recipe | None = None
     where = "the run"
 
@@ -310,7 +311,7 @@ def _advance(reg: Registry, run_id: int) -> None:
     while True:
         submit: Step | None = None
         try:
-            with transaction(reg._sessions) as s:
+            with svc.transaction() as s:
                 run = _locked_run(s, run_id)
                 if run.status != "running":
                     return
@@ -327,16 +328,16 @@ def _advance(reg: Registry, run_id: int) -> None:
             if not isinstance(exc, RegistryError):
                 log.exception("run %s: %s failed", run_id, where)
             reason = exc if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
-            _fail_run(reg, run_id, f"{where} failed: {reason}")
+            _fail_run(svc, run_id, f"{where} failed: {reason}")
             return
         try:
-            job_id = _submit_step(reg, run, submit)
+            job_id = _submit_step(svc, run, submit)
         except Exception as exc:
             if not isinstance(exc, RegistryError):
                 log.exception("run %s: step %s could not start", run_id, submit.name)
-            _fail_run(reg, run_id, f"step {submit.name} could not start: {exc}")
+            _fail_run(svc, run_id, f"step {submit.name} could not start: {exc}")
             return
-        with transaction(reg._sessions) as s:
+        with svc.transaction() as s:
             run = _locked_run(s, run_id)
             if (run.step_jobs or {}).get(submit.name) == "pending":
                 run.step_jobs = {**run.step_jobs, submit.name: job_id}

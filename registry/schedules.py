@@ -21,14 +21,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from registry import models as m
-from registry.db import transaction
 from registry.errors import RegistryError
 from registry.recipes import InvalidRecipe, Recipe
 from registry.refs import check_slug, parse_ref
 from registry.runs import advance_run, create_run
 
 if TYPE_CHECKING:
-    from registry.sdk import Registry
+    from registry.service import Service
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +160,11 @@ def _start(session: Session, schedule: m.Schedule, trigger: str, key: str, fire:
     return run.id if created and run.status == "running" else None
 
 
-def tick(reg: Registry, now: datetime | None = None) -> list[int]:
+def tick(svc: Service, now: datetime | None = None) -> list[int]:
     """Turn due cron fires and unprocessed alias events into runs; return the ids of runs started."""
     now = _aware(now or m.utcnow())
     started: list[int] = []
-    with transaction(reg._sessions) as s:
+    with svc.transaction() as s:
         due = _claim(s, select(m.Schedule).where(
             m.Schedule.enabled.is_(True), m.Schedule.cron.is_not(None), m.Schedule.next_fire_at <= now,
         ).order_by(m.Schedule.id))
@@ -195,7 +194,7 @@ def tick(reg: Registry, now: datetime | None = None) -> list[int]:
                     started.append(run_id)
             event.processed_at = now
     for run_id in started:
-        advance_run(reg, run_id)
+        advance_run(svc, run_id)
     return started
 
 

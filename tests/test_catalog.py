@@ -30,7 +30,7 @@ def perturbed(src: Path, dst: Path, scale: float = 1.5) -> Path:
 
 
 def count(reg, model) -> int:  # type: ignore[no-untyped-def]
-    with reg._sessions() as s:
+    with reg.service.sessions() as s:
         return s.scalar(select(func.count()).select_from(model))
 
 

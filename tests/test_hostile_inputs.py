@@ -39,7 +39,7 @@ def embedded(tiny):  # type: ignore[no-untyped-def]
 
 
 def _count(reg, model) -> int:  # type: ignore[no-untyped-def]
-    with reg._sessions() as s:
+    with reg.service.sessions() as s:
         return s.scalar(select(func.count()).select_from(model))
 
 
@@ -227,7 +227,7 @@ def test_a_step_that_raises_fails_the_run_instead_of_stranding_it(embedded, monk
     monkeypatch.setattr(catalog, "set_alias", lambda *a, **k: 1 / 0)
     run = embedded.run_recipe({"name": "pin2", "steps": [_promote("pin")]})
     assert run.status == "failed" and "ZeroDivisionError" in run.message
-    with embedded._sessions() as s:
+    with embedded.service.sessions() as s:
         assert s.scalar(select(func.count()).select_from(m.Run).where(m.Run.status == "running")) == 0
 
 
@@ -273,7 +273,7 @@ def test_catch_up_all_is_bounded_per_tick(embedded):
     embedded.add_schedule({"name": "pin", "steps": [_promote("pin")]}, cron="* * * * *", catch_up="all", now=T0)
     started = embedded.tick(T0 + timedelta(hours=2))  # 120 missed fires
     assert len(started) == MAX_CATCH_UP_RUNS
-    with embedded._sessions() as s:
+    with embedded.service.sessions() as s:
         fires = sorted(r.fire_time.replace(tzinfo=timezone.utc) for r in s.scalars(select(m.Run)))
     assert fires == [T0 + timedelta(hours=2, minutes=-i) for i in reversed(range(MAX_CATCH_UP_RUNS))]
     assert embedded.tick(T0 + timedelta(hours=2)) == []
@@ -282,7 +282,7 @@ def test_catch_up_all_is_bounded_per_tick(embedded):
 def test_catch_up_latest_runs_the_latest_fire_after_a_long_outage(embedded):
     embedded.add_schedule({"name": "pin", "steps": [_promote("pin")]}, cron="* * * * *", now=T0)
     assert len(embedded.tick(T0 + timedelta(days=2))) == 1  # 2880 missed fires; the latest is "now"
-    with embedded._sessions() as s:
+    with embedded.service.sessions() as s:
         fire = s.scalars(select(m.Run.fire_time)).one()
     assert fire.replace(tzinfo=timezone.utc) == T0 + timedelta(days=2)
 

@@ -23,7 +23,7 @@ def _with_config(src: Path, dest: Path, **changes: object) -> Path:
 
 
 def _job_count(registry) -> int:  # type: ignore[no-untyped-def]
-    with registry._sessions() as s:
+    with registry.service.sessions() as s:
         return int(s.scalar(select(func.count()).select_from(m.Job)))
 
 

@@ -45,21 +45,21 @@ def test_claim_is_exclusive_and_lease_expiry_allows_takeover(registry, tiny):
     from workers.runners import claim
 
     v = _register(registry, tiny)
-    with registry._sessions() as s, s.begin():
+    with registry.service.sessions() as s, s.begin():
         from registry.jobs import insert_job
 
         row, created = insert_job(s, ValidateSpec(version_id=v.id, ref=v.ref), queue="gpu", idempotency_key="k1")
         job_id = row.id
-    with registry._sessions() as s, s.begin():
+    with registry.service.sessions() as s, s.begin():
         again, created_again = insert_job(s, ValidateSpec(version_id=v.id, ref=v.ref), queue="gpu",
                                           idempotency_key="k1")
     assert created and not created_again and again.id == job_id
-    assert claim(registry, job_id) == 1
-    assert claim(registry, job_id) is None  # running, lease still valid
-    with registry._sessions() as s, s.begin():
+    assert claim(registry.service, job_id) == 1
+    assert claim(registry.service, job_id) is None  # running, lease still valid
+    with registry.service.sessions() as s, s.begin():
         s.execute(update(m.Job.__table__).where(m.Job.__table__.c.id == job_id)
                   .values(lease_expires_at=m.utcnow() - timedelta(seconds=1)))
-    assert claim(registry, job_id) == 2  # the lease expired: another worker may take it over
+    assert claim(registry.service, job_id) == 2  # the lease expired: another worker may take it over
 
 
 def test_cancel_queued_job_and_finished_job(registry, tiny):
@@ -67,10 +67,10 @@ def test_cancel_queued_job_and_finished_job(registry, tiny):
     from workers.runners import run_job
 
     v = _register(registry, tiny)
-    with registry._sessions() as s, s.begin():
+    with registry.service.sessions() as s, s.begin():
         job_id = insert_job(s, ValidateSpec(version_id=v.id, ref=v.ref), queue="gpu")[0].id
     assert registry.cancel(job_id) == "cancelled"
-    assert run_job(job_id, registry) == "cancelled"  # a late message for it is a no-op
+    assert run_job(registry.service, job_id) == "cancelled"  # a late message for it is a no-op
     assert registry.job(job_id).attempts == 0
     done = registry.validate(v.ref)
     with pytest.raises(Exception, match="already succeeded"):
@@ -135,7 +135,7 @@ def test_two_workers_racing_for_one_job_run_it_once(celery_registry, start_worke
     start_worker("cpu,gpu")
     v = _register(celery_registry, tiny)
     job = celery_registry.validate(v.ref)
-    celery_registry.executor.dispatch(job.id, "gpu")  # a duplicate message, as a redelivery would make
+    celery_registry.service.executor.dispatch(job.id, "gpu")  # a duplicate message, as a redelivery would make
     job.wait(timeout=120)
     time.sleep(1.0)  # let the duplicate be consumed (a no-op)
     assert job.refresh().attempts == 1 and job.status == "succeeded"

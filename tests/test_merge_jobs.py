@@ -28,7 +28,7 @@ def catalog(registry, tiny):  # type: ignore[no-untyped-def]
 
 
 def _count(reg, model) -> int:  # type: ignore[no-untyped-def]
-    with reg._sessions() as s:
+    with reg.service.sessions() as s:
         return s.scalar(select(func.count()).select_from(model))
 
 
@@ -87,10 +87,10 @@ def test_cancel_queued_merge(catalog):
     spec = MergeSpec(sources=[SourceRef(ref=v.ref, version_id=v.id, weights_sha256=v.weights_sha256,
                                         storage_path=v.path.split("artifacts/", 1)[1])],
                      weights=[1.0], method="linear", name="never")
-    with catalog._sessions() as s, s.begin():
+    with catalog.service.sessions() as s, s.begin():
         job_id = insert_job(s, spec, queue="cpu")[0].id
     assert catalog.cancel(job_id) == "cancelled"
-    catalog.executor.dispatch(job_id, "cpu")
+    catalog.service.executor.dispatch(job_id, "cpu")
     assert catalog.job(job_id).status == "cancelled" and _count(catalog, m.AdapterVersion) == 3
 
 

@@ -18,11 +18,11 @@ def test_gc_lists_then_removes_only_unreferenced_files(registry, tiny):
     (root / "scratch" / "job-999").mkdir(parents=True)
     from registry.gc import collect
 
-    dry = collect(registry)
+    dry = collect(registry.service)
     assert not dry["applied"] and sorted(dry["paths"]) == sorted([
         f"adapters/{orphan.name}", "scratch/job-999"])
     assert orphan.exists()
-    done = collect(registry, apply=True)
+    done = collect(registry.service, apply=True)
     assert done["applied"] and not orphan.exists() and not (root / "scratch" / "job-999").exists()
     assert (root / kept.path.split(str(root) + "/", 1)[1] / "adapter_model.safetensors").exists()
     assert registry.get("tone:1").weights_sha256 == kept.weights_sha256

@@ -43,7 +43,7 @@ def promote_recipe() -> dict:
 
 
 def _runs(reg, **where) -> int:  # type: ignore[no-untyped-def]
-    with reg._sessions() as s:
+    with reg.service.sessions() as s:
         query = select(func.count()).select_from(m.Run)
         for key, value in where.items():
             query = query.where(getattr(m.Run, key) == value)
@@ -86,7 +86,7 @@ def test_invalid_recipes_refused_before_anything_is_queued(cat, tmp_path):
     with pytest.raises(InvalidRecipe, match="exactly one of"):
         cat.run_recipe({"name": "x", "steps": [{"name": "a"}]})
     assert _runs(cat) == 0
-    with cat._sessions() as s:
+    with cat.service.sessions() as s:
         assert s.scalar(select(func.count()).select_from(m.Job)) == 0
 
 
@@ -116,7 +116,7 @@ def test_catch_up_after_three_hour_outage(cat, policy, expected):
     # the scheduler was down from T0 to T0+3h10: fires at 01:00, 02:00, 03:00 were missed
     cat.tick(T0 + timedelta(hours=3, minutes=10))
     assert _runs(cat) == expected
-    with cat._sessions() as s:
+    with cat.service.sessions() as s:
         fires = sorted(r.fire_time for r in s.scalars(select(m.Run)))
     if policy == "all":
         assert [f.replace(tzinfo=timezone.utc) for f in fires] == [T0 + timedelta(hours=h) for h in (1, 2, 3)]
@@ -156,6 +156,6 @@ def test_two_tick_processes_run_each_fire_once(cat, db_url, tmp_path):
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     errors = [p.communicate(timeout=300)[1] for p in procs]
     assert all(p.returncode == 0 for p in procs), errors
-    with cat._sessions() as s:
+    with cat.service.sessions() as s:
         fires = [r.fire_time for r in s.scalars(select(m.Run).where(m.Run.trigger == "cron"))]
     assert len(fires) == len(set(fires)) == 5  # 01:00 .. 05:00 (the last tick is at 05:57)

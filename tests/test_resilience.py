@@ -103,17 +103,17 @@ def test_sweep_sends_a_stale_job_once_per_lease(pg_schema_url, monkeypatch):
 
     with Registry(pg_schema_url) as reg:
         long_ago = m.utcnow() - timedelta(minutes=10)
-        with reg._sessions() as s, s.begin():
+        with reg.service.sessions() as s, s.begin():
             s.add(m.Job(kind="merge", status="running", queue="cpu", spec={}, attempts=1, created_at=long_ago,
                         started_at=long_ago, heartbeat_at=long_ago, lease_expires_at=long_ago))
         broker = Broker()
         for _ in range(5):  # five sweeps in a row: one message
-            recover_once(reg, broker, lease=60)
+            recover_once(reg.service, broker, lease=60)
         assert broker.sent == [1]
-        with reg._sessions() as s, s.begin():  # a lease later, nobody took it: sent once more
+        with reg.service.sessions() as s, s.begin():  # a lease later, nobody took it: sent once more
             s.execute(update(m.Job).values(heartbeat_at=m.utcnow() - timedelta(seconds=61)))
-        recover_once(reg, broker, lease=60)
-        recover_once(reg, broker, lease=60)
+        recover_once(reg.service, broker, lease=60)
+        recover_once(reg.service, broker, lease=60)
         assert broker.sent == [1, 1]
 
 
@@ -177,13 +177,13 @@ def test_doctor_reports_stuck_jobs_and_leftover_temporary_files(tmp_path):
     home = tmp_path / "home"
     with Registry(home=home, database_url=f"sqlite:///{tmp_path / 'c.db'}") as reg:
         long_ago = m.utcnow() - timedelta(hours=1)
-        with reg._sessions() as s, s.begin():
+        with reg.service.sessions() as s, s.begin():
             s.add(m.Job(kind="merge", status="queued", queue="cpu", spec={}, attempts=0, created_at=long_ago))
         leftover = reg.store.root / "blobs" / "ab" / ".tmp-123"
         leftover.parent.mkdir(parents=True)
         leftover.write_bytes(b"x" * 10)
         os.utime(leftover, (time.time() - 3600, time.time() - 3600))
-        with reg._sessions() as s:
+        with reg.service.sessions() as s:
             assert s.scalar(select(m.Job.status)) == "queued"
     env = {**os.environ, "ADREG_HOME": str(home), "ADREG_BROKER_URL": "", "ADREG_DATABASE_URL": ""}
     result = _cli("--db", f"sqlite:///{tmp_path / 'c.db'}", "doctor", "--json", env=env)

@@ -38,7 +38,7 @@ def trainable(registry, tiny):  # type: ignore[no-untyped-def]
 
 
 def _jobs(reg) -> int:  # type: ignore[no-untyped-def]
-    with reg._sessions() as s:
+    with reg.service.sessions() as s:
         return s.scalar(select(func.count()).select_from(m.Job))
 
 

@@ -1,18 +1,13 @@
-"""Hugging Face Hub I/O with the real ``huggingface_hub`` client: publish jobs and pinned downloads.
+"""Publish jobs: push a version to a Hub repository with a model card that records its base, lineage and evidence.
 
-The token comes from the environment (``HF_TOKEN``) or ``huggingface_hub``'s own login; it is never
-written to the catalog, a job spec, a log line or an error message. ``HF_ENDPOINT`` selects the Hub.
+Hub calls go through :mod:`registry.hub_client` (retries, error mapping, the token never written anywhere).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import yaml
 from sqlalchemy import select
@@ -20,125 +15,15 @@ from sqlalchemy import select
 from registry import models as m
 from registry import queries
 from registry.base_identity import card_base_model
-from registry.config import max_adapter_bytes
-from registry.db import transaction
-from registry.errors import InvalidAdapter, RegistryError
-from registry.inspect import CONVERT_HINT, WEIGHTS_FILE
+from registry.errors import RegistryError
+from registry.hub_client import api, endpoint, hub_call
+from registry.inspect import WEIGHTS_FILE
 from registry.jobs import PublishSpec
 from registry.lineage_render import to_mermaid
+from registry.service import Service
 from workers.runners import JobContext, complete
 
-if TYPE_CHECKING:
-    from registry.sdk import Registry
-
 log = logging.getLogger("adreg.hub")
-T = TypeVar("T")
-
-
-class HubError(RegistryError):
-    """A Hub request failed; the message says what to do about it (and never contains the token)."""
-
-
-def endpoint() -> str | None:
-    return os.environ.get("HF_ENDPOINT") or None
-
-
-def _scrub(text: str) -> str:
-    from huggingface_hub import get_token
-
-    token = get_token()
-    return text.replace(token, "***") if token else text
-
-
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def hub_call(what: str, fn: Callable[[], T], *, attempts: int = 4, backoff: float = 0.5) -> T:
-    """Run a Hub call, retrying transient failures (5xx, 429, connection errors) with exponential backoff,
-    and turning the others into :class:`HubError` with an actionable message."""
-    import httpx2  # huggingface_hub's HTTP client
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
-
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except RevisionNotFoundError:
-            raise HubError(f"{what}: revision not found on the Hub") from None
-        except RepositoryNotFoundError:
-            raise HubError(f"{what}: repository not found (or the token cannot see it)") from None
-        except HfHubHTTPError as exc:
-            status = _status(exc)
-            if status in (401, 403):
-                raise HubError(f"{what}: the token lacks write access to this repository (HTTP {status})",
-                               hint="set HF_TOKEN to a token with write permission on this repository, "
-                                    "or run `hf auth login`") from None
-            if status == 404:
-                raise HubError(f"{what}: repository or revision not found (HTTP 404)") from None
-            if status in (409, 412):
-                raise HubError(f"{what}: conflict on the Hub (HTTP {status}): the branch moved or the repo "
-                               "is in another state; retry or publish to another branch") from None
-            if (status is None or status >= 500 or status == 429) and attempt < attempts:
-                log.warning("%s: HTTP %s, retrying (%d/%d)", what, status, attempt, attempts)
-                time.sleep(backoff * 2 ** (attempt - 1))
-                continue
-            raise HubError(f"{what}: Hub error (HTTP {status}): {_scrub(str(exc))[:300]}") from None
-        except (httpx2.TransportError, ConnectionError) as exc:
-            if attempt < attempts:
-                time.sleep(backoff * 2 ** (attempt - 1))
-                continue
-            raise HubError(f"{what}: cannot reach the Hub at {endpoint() or 'huggingface.co'}: {exc}") from None
-    raise AssertionError("unreachable")
-
-
-def api():  # type: ignore[no-untyped-def]
-    from huggingface_hub import HfApi
-
-    return HfApi(endpoint=endpoint())
-
-
-# -- fetching ---------------------------------------------------------------------------------------
-
-
-def fetch_adapter(repo_id: str, revision: str | None) -> tuple[Path, str]:
-    """Resolve ``revision`` to a commit sha, then download only the config and safetensors at that sha.
-
-    A repository whose weights are pickles only, or larger than ``ADREG_MAX_ADAPTER_BYTES``, is refused before
-    anything is downloaded.
-    """
-    from huggingface_hub import snapshot_download
-
-    label = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
-    info = hub_call(label, lambda: api().model_info(repo_id, revision=revision, files_metadata=True))
-    files = {s.rfilename for s in info.siblings or []}
-    weights_size = next((s.size for s in info.siblings or [] if s.rfilename == WEIGHTS_FILE), None)
-    if weights_size is not None and weights_size > max_adapter_bytes():
-        raise InvalidAdapter(label, [f"{WEIGHTS_FILE} is {weights_size:,} bytes, more than ADREG_MAX_ADAPTER_BYTES "
-                                     f"({max_adapter_bytes():,}); nothing was downloaded"])
-    if WEIGHTS_FILE not in files:
-        pickles = sorted(f for f in files if f.endswith((".bin", ".pt", ".pth")))
-        problems = ([f"the repository has only pickle weights ({', '.join(pickles)}); the registry accepts "
-                     "safetensors only, because loading a pickle can run arbitrary code"]
-                    if pickles else [f"the repository has no {WEIGHTS_FILE}"])
-        raise InvalidAdapter(label, problems, hint=CONVERT_HINT if pickles else None)
-    if "adapter_config.json" not in files:
-        raise InvalidAdapter(label, ["the repository has no adapter_config.json"])
-    folder = hub_call(label, lambda: snapshot_download(
-        repo_id, revision=info.sha, allow_patterns=["adapter_config.json", "*.safetensors"], endpoint=endpoint(),
-    ))
-    return Path(folder), str(info.sha)
-
-
-def resolve_base_revision(name: str, revision: str | None) -> str | None:
-    """The commit sha of a base model given as a Hub id, or None when the Hub does not know it."""
-    if "/" not in name or Path(name).expanduser().exists():
-        return revision
-    try:
-        return str(hub_call(name, lambda: api().model_info(name, revision=revision), attempts=1).sha)
-    except HubError:
-        return revision
-
 
 # -- publishing -------------------------------------------------------------------------------------
 
@@ -245,11 +130,11 @@ def build_card(ctx: dict[str, Any], base_hub_id: str) -> Any:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
-def run_publish(registry: Registry, ctx: JobContext, spec: PublishSpec) -> None:
+def run_publish(svc: Service, ctx: JobContext, spec: PublishSpec) -> None:
     from huggingface_hub import CommitOperationAdd
 
     target = spec.target
-    with registry._sessions() as s:
+    with svc.sessions() as s:
         row = s.get(m.AdapterVersion, spec.version_id)
         if row is None:
             raise RegistryError(f"version {spec.ref} no longer exists")
@@ -266,19 +151,19 @@ def run_publish(registry: Registry, ctx: JobContext, spec: PublishSpec) -> None:
     remote_sha, remote_commit = _remote_weights(target.repo_id, target.branch)
     if remote_sha == row.weights_sha256 and not target.create_pr:
         # Already there (by us or by hand): record it, make no commit.
-        with transaction(registry._sessions) as s:
+        with svc.transaction() as s:
             if existing is None:
                 s.add(m.Publication(version_id=row.id, repo_id=target.repo_id, branch=target.branch,
                                     commit_oid=remote_commit, url=url, weights_sha256=row.weights_sha256,
                                     published_at=m.utcnow()))
             commit_oid = existing.commit_oid if existing is not None else remote_commit
-            complete(registry, ctx, s, result_version_id=row.id, progress_message="already published",
+            complete(svc, ctx, s, result_version_id=row.id, progress_message="already published",
                      report={"noop": True, "repo_id": target.repo_id, "branch": target.branch,
                              "commit": commit_oid, "url": url})
         return
 
     ctx.progress(0.1, "preparing files", force=True)
-    folder = registry.store.path(row.storage_path)
+    folder = svc.store.path(row.storage_path)
     config = json.loads((folder / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = base_id
     config["revision"] = base.revision if base is not None and base.name == base_id else None
@@ -300,7 +185,7 @@ def run_publish(registry: Registry, ctx: JobContext, spec: PublishSpec) -> None:
         commit_message=f"adapter-registry: {spec.ref}",
         commit_description=f"weights sha256 {row.weights_sha256}",
     ))
-    with transaction(registry._sessions) as s:
+    with svc.transaction() as s:
         if existing is not None:
             s.delete(s.get(m.Publication, existing.id))
             s.flush()
@@ -308,7 +193,7 @@ def run_publish(registry: Registry, ctx: JobContext, spec: PublishSpec) -> None:
                             url=url, pr_url=getattr(commit, "pr_url", None), weights_sha256=row.weights_sha256,
                             published_at=m.utcnow())
         s.add(pub)
-        complete(registry, ctx, s, result_version_id=row.id, progress_message="published",
+        complete(svc, ctx, s, result_version_id=row.id, progress_message="published",
                  report={"noop": False, "repo_id": target.repo_id, "branch": target.branch, "commit": commit.oid,
                          "url": url, "pr_url": getattr(commit, "pr_url", None)})
 

@@ -3,31 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
 from registry import catalog
 from registry import models as m
-from registry.db import transaction
 from registry.errors import RegistryError
 from registry.inspect import inspect_adapter, sha256_file, weights_path
 from registry.jobs import MergeSpec, SourceRef, ValidateSpec
+from registry.operations.submit import submit
+from registry.service import Service
 from workers.runners import JobContext, complete
-
-if TYPE_CHECKING:
-    from registry.sdk import Registry
 
 
 class InputChanged(RegistryError):
     """An input's file no longer matches the sha256 recorded in the catalog."""
 
 
-def verified_folders(registry: Registry, sources: list[SourceRef]) -> list[Path]:
+def verified_folders(svc: Service, sources: list[SourceRef]) -> list[Path]:
     """The stored folders of a job's pinned inputs, each checked against the sha256 recorded at submission."""
     folders = []
     for src in sources:
-        folder = registry.store.path(src.storage_path)
+        folder = svc.store.path(src.storage_path)
         actual = sha256_file(weights_path(folder))
         if actual != src.weights_sha256:
             raise InputChanged(
@@ -38,12 +35,12 @@ def verified_folders(registry: Registry, sources: list[SourceRef]) -> list[Path]
     return folders
 
 
-def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
+def run_merge(svc: Service, ctx: JobContext, spec: MergeSpec) -> None:
     from workers.merge import merge_adapters
 
     ctx.progress(0.0, "checking inputs", force=True)
-    folders = verified_folders(registry, spec.sources)
-    with registry._sessions() as s:
+    folders = verified_folders(svc, spec.sources)
+    with svc.sessions() as s:
         rows = [s.get(m.AdapterVersion, src.version_id) for src in spec.sources]
         missing = [src.ref for src, row in zip(spec.sources, rows, strict=True) if row is None]
         if missing:
@@ -63,7 +60,7 @@ def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
     ctx.check_cancel()
     ctx.progress(0.92, "validating the merged adapter", force=True)
     manifest = inspect_adapter(out)  # post-merge checks: consistent tensors, no NaN/Inf, PEFT layout
-    storage = registry.store.put_adapter(weights_path(out), manifest.weights_sha256, manifest.config)
+    storage = svc.store.put_adapter(weights_path(out), manifest.weights_sha256, manifest.config)
     report_data = report.to_dict()
     # The edges record every parameter as the merge resolved it (e.g. the svd_rank actually used).
     edge_params = {"method": spec.method, **{k: v for k, v in report.params.items() if v is not None}}
@@ -72,7 +69,7 @@ def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
     if spec.allow_cross_base:
         edge_params["allow_cross_base"] = True
 
-    with transaction(registry._sessions) as s:
+    with svc.transaction() as s:
         first = s.get(m.AdapterVersion, spec.sources[0].version_id)
         if first is None:
             raise InputChanged(f"input {spec.sources[0].ref} was deleted from the catalog")
@@ -85,12 +82,12 @@ def run_merge(registry: Registry, ctx: JobContext, spec: MergeSpec) -> None:
                 for i, (src, w) in enumerate(zip(spec.sources, spec.weights, strict=True))
             ],
         )
-        complete(registry, ctx, s, result_version_id=row.id, report=report_data, progress_message="merged")
+        complete(svc, ctx, s, result_version_id=row.id, report=report_data, progress_message="merged")
         ref = f"{spec.name}:{row.version}"
         version_id = row.id
 
     if spec.validate_after or spec.publish_to is not None:
-        registry.submit(ValidateSpec(version_id=version_id, ref=ref, publish_after=spec.publish_to),
+        submit(svc, ValidateSpec(version_id=version_id, ref=ref, publish_after=spec.publish_to),
                         parent_job_id=ctx.job_id)
 
 

@@ -33,16 +33,16 @@ def _stale(now, queued_grace: float, lease: float):  # type: ignore[no-untyped-d
     )
 
 
-def stale_jobs(registry, queues: set[str] | None, queued_grace: float, lease: float) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
+def stale_jobs(svc, queues: set[str] | None, queued_grace: float, lease: float) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
     t = m.Job.__table__
     query = select(t.c.id, t.c.queue).where(_stale(m.utcnow(), queued_grace, lease))
     if queues:
         query = query.where(t.c.queue.in_(queues))
-    with registry._sessions() as s:
+    with svc.sessions() as s:
         return [(jid, q) for jid, q in s.execute(query.order_by(t.c.id))]
 
 
-def recover_once(registry, app, queues: set[str] | None = None, queued_grace: float = 300.0,  # type: ignore[no-untyped-def]
+def recover_once(svc, app, queues: set[str] | None = None, queued_grace: float = 300.0,  # type: ignore[no-untyped-def]
                  lease: float | None = None) -> list[int]:
     """Send each stale job once more. The row is marked re-dispatched by a conditional UPDATE first, so that
     several workers' sweeps (or one sweep every few seconds) send a job once per lease or grace period."""
@@ -51,9 +51,9 @@ def recover_once(registry, app, queues: set[str] | None = None, queued_grace: fl
     lease = lease_seconds() if lease is None else lease
     t = m.Job.__table__
     ids = []
-    for job_id, queue in stale_jobs(registry, queues, queued_grace, lease):
+    for job_id, queue in stale_jobs(svc, queues, queued_grace, lease):
         now = m.utcnow()
-        with registry._sessions() as s, s.begin():
+        with svc.sessions() as s, s.begin():
             mine = s.execute(update(t).where(t.c.id == job_id, _stale(now, queued_grace, lease))
                              .values(heartbeat_at=now)).rowcount
         if mine:
@@ -67,13 +67,13 @@ def recover_once(registry, app, queues: set[str] | None = None, queued_grace: fl
 def recovery_loop(queues: set[str] | None) -> None:
     from workers.celery_app import app
     from workers.runners import lease_seconds
-    from workers.tasks import registry
+    from workers.tasks import service
 
     period = float(os.environ.get("ADREG_RECOVERY_INTERVAL", str(max(1.0, lease_seconds() / 2))))
     while True:
         try:
-            reg = registry()
-            recover_once(reg, app, queues, reg.settings.queued_grace_seconds)
+            svc = service()
+            recover_once(svc, app, queues, svc.settings.queued_grace_seconds)
         except Exception:
             log.warning("recovery sweep failed", exc_info=True)
         time.sleep(period)

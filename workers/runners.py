@@ -20,17 +20,14 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import or_, update
 
 from registry import models as m
-from registry.db import transaction
 from registry.errors import RegistryError
 from registry.jobs import parse_spec
-
-if TYPE_CHECKING:
-    from registry.sdk import Registry
+from registry.service import Service
 
 log = logging.getLogger("adreg.runner")
 ProgressListener = Callable[[int, float, "str | None"], None]
@@ -47,14 +44,14 @@ def lease_seconds() -> float:
 class JobContext:
     """What a job function gets: its row's id and attempt, progress reporting, cancel checks, scratch space."""
 
-    def __init__(self, registry: Registry, job_id: int, attempt: int,
+    def __init__(self, svc: Service, job_id: int, attempt: int,
                  on_progress: ProgressListener | None = None) -> None:
-        self.registry = registry
+        self.svc = svc
         self.on_progress = on_progress
         self.job_id = job_id
         self.attempt = attempt
-        self.scratch = registry.store.root / "scratch" / f"job-{job_id}"
-        self.checkpoints = registry.store.root / "checkpoints" / f"job-{job_id}"
+        self.scratch = svc.store.root / "scratch" / f"job-{job_id}"
+        self.checkpoints = svc.store.root / "checkpoints" / f"job-{job_id}"
         self._last_write = 0.0
         self._last_cancel_check = 0.0
         self._cancelled = False
@@ -72,7 +69,7 @@ class JobContext:
         if not force and now - self._last_write < 0.5:
             return
         self._last_write = now
-        with transaction(self.registry._sessions) as s:
+        with self.svc.transaction() as s:
             s.execute(update(m.Job.__table__).where(self._mine())
                       .values(progress=fraction, progress_message=message))
 
@@ -81,7 +78,7 @@ class JobContext:
         if self._cancelled or now - self._last_cancel_check < 0.25:
             return self._cancelled
         self._last_cancel_check = now
-        with self.registry._sessions() as s:
+        with self.svc.sessions() as s:
             row = s.get(m.Job, self.job_id)
             self._cancelled = bool(row is None or row.cancel_requested or row.status != "running"
                                    or row.attempts != self.attempt)
@@ -92,11 +89,11 @@ class JobContext:
             raise JobCancelled(f"job {self.job_id} was cancelled")
 
 
-def claim(registry: Registry, job_id: int) -> int | None:
+def claim(svc: Service, job_id: int) -> int | None:
     """Take the job for this process; return the attempt number, or None if it is not ours to run."""
     now = m.utcnow()
     t = m.Job.__table__
-    with transaction(registry._sessions) as s:
+    with svc.transaction() as s:
         attempt = s.execute(
             update(t)
             .where(t.c.id == job_id, t.c.cancel_requested.is_(False),
@@ -109,12 +106,12 @@ def claim(registry: Registry, job_id: int) -> int | None:
     return attempt
 
 
-def _heartbeat(registry: Registry, ctx: JobContext, stop: threading.Event) -> None:
+def _heartbeat(svc: Service, ctx: JobContext, stop: threading.Event) -> None:
     period = max(0.5, lease_seconds() / 3)
     while not stop.wait(period):
         now = m.utcnow()
         try:
-            with transaction(registry._sessions) as s:
+            with svc.transaction() as s:
                 s.execute(update(m.Job.__table__).where(ctx._mine())
                           .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds())))
         except Exception:  # a missed beat only shortens the lease; the job itself goes on
@@ -127,12 +124,12 @@ def _ended(ctx: JobContext, status: str, **values: Any):  # type: ignore[no-unty
             .values(status=status, finished_at=m.utcnow(), lease_expires_at=None, **values))
 
 
-def _finish(registry: Registry, ctx: JobContext, status: str, **values: Any) -> bool:
-    with transaction(registry._sessions) as s:
+def _finish(svc: Service, ctx: JobContext, status: str, **values: Any) -> bool:
+    with svc.transaction() as s:
         return bool(s.execute(_ended(ctx, status, **values)).rowcount)
 
 
-JobFunction = Callable[["Registry", JobContext, Any], None]
+JobFunction = Callable[[Service, JobContext, Any], None]
 
 
 def _runners() -> dict[str, JobFunction]:
@@ -144,34 +141,34 @@ def _runners() -> dict[str, JobFunction]:
     return {"merge": run_merge, "validate": run_validate, "train": run_train, "publish": run_publish}
 
 
-def run_job(job_id: int, registry: Registry, on_progress: ProgressListener | None = None) -> str:
+def run_job(svc: Service, job_id: int, on_progress: ProgressListener | None = None) -> str:
     """Claim and run job ``job_id``; return its status afterwards. Never raises for job failures.
 
     ``on_progress(job_id, fraction, message)`` hears every progress report (the local executor's way to show
     progress in the process that waits for the job; Celery workers report through the job row only).
     """
-    attempt = claim(registry, job_id)
+    attempt = claim(svc, job_id)
     if attempt is None:
-        with registry._sessions() as s:
+        with svc.sessions() as s:
             row = s.get(m.Job, job_id)
             return row.status if row is not None else "missing"
-    ctx = JobContext(registry, job_id, attempt, on_progress)
+    ctx = JobContext(svc, job_id, attempt, on_progress)
     stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(registry, ctx, stop), daemon=True)
+    beat = threading.Thread(target=_heartbeat, args=(svc, ctx, stop), daemon=True)
     beat.start()
     try:
-        with registry._sessions() as s:
+        with svc.sessions() as s:
             spec = parse_spec(s.get(m.Job, job_id).spec)  # type: ignore[union-attr]
         shutil.rmtree(ctx.scratch, ignore_errors=True)  # leftovers of a killed attempt
         ctx.scratch.mkdir(parents=True, exist_ok=True)
-        _runners()[spec.kind](registry, ctx, spec)
+        _runners()[spec.kind](svc, ctx, spec)
         status, ended_here = "succeeded", True
     except JobCancelled:
-        ended_here = _finish(registry, ctx, "cancelled", progress_message="cancelled")
+        ended_here = _finish(svc, ctx, "cancelled", progress_message="cancelled")
         status = "cancelled"
     except Exception as exc:
         user_error = isinstance(exc, RegistryError)
-        ended_here = _finish(registry, ctx, "failed", error_type=type(exc).__name__, error_message=str(exc),
+        ended_here = _finish(svc, ctx, "failed", error_type=type(exc).__name__, error_message=str(exc),
                              error_traceback=None if user_error else traceback.format_exc(),
                              report=getattr(exc, "report", None) or {})
         if not user_error:
@@ -182,13 +179,13 @@ def run_job(job_id: int, registry: Registry, on_progress: ProgressListener | Non
         shutil.rmtree(ctx.scratch, ignore_errors=True)
     if ended_here:  # checkpoints outlive a killed attempt, not the job's end
         shutil.rmtree(ctx.checkpoints, ignore_errors=True)
-        _advance_run_of(registry, job_id)
+        _advance_run_of(svc, job_id)
     return status
 
 
-def _advance_run_of(registry: Registry, job_id: int) -> None:
+def _advance_run_of(svc: Service, job_id: int) -> None:
     """A job that belongs to a recipe run moves the run on (next step, or the run's end)."""
-    with registry._sessions() as s:
+    with svc.sessions() as s:
         row = s.get(m.Job, job_id)
         run_id = row.run_id if row is not None else None
     if run_id is None:
@@ -196,12 +193,12 @@ def _advance_run_of(registry: Registry, job_id: int) -> None:
     from registry.runs import advance_run
 
     try:
-        advance_run(registry, run_id)
+        advance_run(svc, run_id)
     except Exception:
         log.exception("advancing run %s after job %s failed", run_id, job_id)
 
 
-def complete(registry: Registry, ctx: JobContext, session, **values: Any) -> None:  # type: ignore[no-untyped-def]
+def complete(svc: Service, ctx: JobContext, session, **values: Any) -> None:  # type: ignore[no-untyped-def]
     """Mark the job succeeded inside ``session`` (the caller's transaction that registers its output).
 
     Raises JobCancelled if the row is no longer ours (cancelled, or taken over after a lost lease), so

@@ -10,23 +10,23 @@ from celery.signals import worker_process_init, worker_ready
 from workers.celery_app import app
 
 log = logging.getLogger("adreg.worker")
-_registry = None
+_service = None
 
 
-def registry():  # type: ignore[no-untyped-def]
-    """One Registry per worker process, opened after the fork (connections are never shared)."""
-    global _registry
-    if _registry is None:
-        from registry.sdk import Registry
+def service():  # type: ignore[no-untyped-def]
+    """One service per worker process, opened after the fork (connections are never shared)."""
+    global _service
+    if _service is None:
+        from registry.service import Service
 
-        _registry = Registry()
-    return _registry
+        _service = Service.open()
+    return _service
 
 
 @worker_process_init.connect
 def _reset_after_fork(**_kwargs) -> None:  # type: ignore[no-untyped-def]
-    global _registry
-    _registry = None
+    global _service
+    _service = None
 
 
 @app.task(name="adreg.run_job", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -37,7 +37,7 @@ def run_job(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
     from workers.runners import run_job as run
 
     try:
-        return run(int(job_id), registry())
+        return run(service(), int(job_id))
     except ServiceUnavailable as exc:
         delay = min(60, 2 ** min(self.request.retries, 6))
         log.warning("job %s: %s; retrying in %ss", job_id, exc, delay)
@@ -47,7 +47,9 @@ def run_job(self, job_id: int) -> str:  # type: ignore[no-untyped-def]
 @app.task(name="adreg.tick", acks_late=False)
 def tick() -> list[int]:
     """The schedule tick (sent by beat): due fires and alias events become runs, each exactly once."""
-    return registry().tick()
+    from registry.schedules import tick as run_tick
+
+    return run_tick(service())
 
 
 @worker_ready.connect

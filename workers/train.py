@@ -24,14 +24,15 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from registry import catalog
 from registry import models as m
-from registry.db import transaction
 from registry.errors import RegistryError
 from registry.inspect import inspect_adapter, sha256_file, weights_path
 from registry.jobs import TrainSpec, ValidateSpec
+from registry.operations.submit import submit
+from registry.service import Service
 from registry.trainset import CLASSIFICATION_TASKS, IGNORED_LABEL, load_rows
 from workers.merge_job import InputChanged, verified_folders
 from workers.quiet import quiet_loading
@@ -46,10 +47,6 @@ from workers.validate import (
     loaded_match_stored,
     nested_layers,
 )
-
-if TYPE_CHECKING:
-    from registry.sdk import Registry
-
 
 # The held-out set is a tenth of the rows, at most this many: evaluated twice, it must stay small next to training.
 DEFAULT_MAX_EVAL_ROWS = 200
@@ -247,12 +244,12 @@ def _accuracy(prediction: Any) -> dict[str, float]:
     return {"accuracy": float((predicted[mask] == labels[mask]).mean()) if mask.any() else 0.0}
 
 
-def run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
+def run_train(svc: Service, ctx: JobContext, spec: TrainSpec) -> None:
     with quiet_loading():  # library noise off (model loads, Trainer) unless ADREG_VERBOSE=1
-        _run_train(registry, ctx, spec)
+        _run_train(svc, ctx, spec)
 
 
-def _run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
+def _run_train(svc: Service, ctx: JobContext, spec: TrainSpec) -> None:
     import torch
     import transformers
     from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
@@ -264,12 +261,12 @@ def _run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
     ctx.progress(0.0, "checking inputs", force=True)
     if sha256_file(Path(spec.data.path)) != spec.data.sha256:
         raise InputChanged(f"data file {spec.data.path} changed since the job was submitted")
-    with registry._sessions() as s:
+    with svc.sessions() as s:
         base = s.get(m.BaseModelRecord, spec.base_model_id)
         sources = [s.get(m.AdapterVersion, src.version_id) for src in spec.sources]
     if base is None or any(r is None for r in sources):
         raise InputChanged("an input of this job was deleted from the catalog")
-    folders = verified_folders(registry, spec.sources)
+    folders = verified_folders(svc, spec.sources)
 
     names = [f"a{i}" for i in range(len(spec.names))]
     task = spec.task_type
@@ -461,12 +458,12 @@ def _run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
         cfg.update(base_model_name_or_path=base.name, revision=base.revision)
         cfg_file.write_text(json.dumps(cfg, indent=2))
         manifest = inspect_adapter(folder)
-        stored.append((spec.names[i], manifest, registry.store.put_adapter(weights_path(folder),
+        stored.append((spec.names[i], manifest, svc.store.put_adapter(weights_path(folder),
                                                                            manifest.weights_sha256, manifest.config)))
     params = {"steps": spec.steps, "lr": spec.lr, "batch_size": spec.batch_size, "seed": spec.seed,
               "dataset_sha256": spec.data.sha256, "dataset_rows": spec.data.rows,
               "split": report["dataset"]["split"], "job": ctx.job_id}
-    with transaction(registry._sessions) as s:
+    with svc.transaction() as s:
         results = []
         for i, (name, manifest, storage) in enumerate(stored):
             edge = {**params, "trained_with": [n for j, n in enumerate(spec.names) if j != i]}
@@ -476,7 +473,7 @@ def _run_train(registry: Registry, ctx: JobContext, spec: TrainSpec) -> None:
                                               source_uri=f"job:{ctx.job_id}", parents=parents)
             results.append((row.id, f"{name}:{row.version}"))
         report["registered"] = [ref for _, ref in results]
-        complete(registry, ctx, s, result_version_id=results[0][0], report=report, progress_message="trained")
+        complete(svc, ctx, s, result_version_id=results[0][0], report=report, progress_message="trained")
     if spec.validate_after:
         for version_id, ref in results:
-            registry.submit(ValidateSpec(version_id=version_id, ref=ref), parent_job_id=ctx.job_id)
+            submit(svc, ValidateSpec(version_id=version_id, ref=ref), parent_job_id=ctx.job_id)

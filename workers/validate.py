@@ -20,23 +20,21 @@ in the job's report; a ``validated`` compatibility record is written when all pa
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import delete, select
 
 from registry import catalog
 from registry import models as m
-from registry.db import transaction
 from registry.errors import RegistryError
 from registry.inspect import WEIGHTS_FILE, lora_internals
 from registry.jobs import ValidateSpec
+from registry.operations.submit import submit
+from registry.service import Service
 from registry.targets import head_labels, saved_modules
 from registry.trainset import CLASSIFICATION_TASKS, VALIDATED_TASKS
 from workers.quiet import quiet_loading
 from workers.runners import JobContext, complete
-
-if TYPE_CHECKING:
-    from registry.sdk import Registry
 
 CANDIDATE = "candidate"
 
@@ -136,7 +134,7 @@ def _from_hub_cache(base: m.BaseModelRecord) -> str:
             f"base model {base.name!r} has no local weights: no local path is recorded and it is not in the HF cache",
             hint="register an adapter with --base-path DIR, or set ADREG_ALLOW_DOWNLOADS=1 to download it",
         )
-    from workers.hub import endpoint, hub_call
+    from registry.hub_client import endpoint, hub_call
 
     return hub_call(base.name, lambda: snapshot_download(
         base.name, revision=base.revision, allow_patterns=patterns, endpoint=endpoint()))
@@ -246,18 +244,18 @@ def layer_checks(peft_model: Any, expected_modules: set[str]) -> tuple[dict[str,
     }, failures
 
 
-def run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> None:
+def run_validate(svc: Service, ctx: JobContext, spec: ValidateSpec) -> None:
     with quiet_loading():  # library noise off (model loads) unless ADREG_VERBOSE=1
-        _run_validate(registry, ctx, spec)
+        _run_validate(svc, ctx, spec)
 
 
-def _run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> None:
+def _run_validate(svc: Service, ctx: JobContext, spec: ValidateSpec) -> None:
     import torch
     from peft import PeftModel
 
     from workers.merge_job import parent_versions
 
-    with registry._sessions() as s:
+    with svc.sessions() as s:
         row = s.get(m.AdapterVersion, spec.version_id)
         if row is None:
             raise RegistryError(f"version {spec.ref} no longer exists")
@@ -268,7 +266,7 @@ def _run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> No
         edge_params = s.scalars(
             select(m.LineageEdge.params).where(m.LineageEdge.child_id == row.id, m.LineageEdge.relation == "merge")
         ).first() or {}
-    folder = registry.store.path(row.storage_path)
+    folder = svc.store.path(row.storage_path)
     task = (row.task_type or "").upper() or None
     if task is not None and task not in VALIDATED_TASKS:
         raise RegistryError(f"{spec.ref} is a {task} adapter; runtime validation supports the task types "
@@ -314,11 +312,11 @@ def _run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> No
         ctx.progress(0.6, "comparing with the parents", force=True)
         names = []
         distances = {}
-        with registry._sessions() as s:
+        with svc.sessions() as s:
             refs = {p.id: catalog.exact_ref(s, p) for p, _ in parents}
         for i, (parent, _w) in enumerate(parents):
             name = f"parent{i}"
-            peft_model.load_adapter(str(registry.store.path(parent.storage_path)), adapter_name=name)
+            peft_model.load_adapter(str(svc.store.path(parent.storage_path)), adapter_name=name)
             peft_model.set_adapter(name)
             distances[refs[parent.id]] = float((logits(peft_model) - cand).abs().max())
             names.append(name)
@@ -343,15 +341,15 @@ def _run_validate(registry: Registry, ctx: JobContext, spec: ValidateSpec) -> No
     if failures:
         raise ValidationFailed(spec.ref, failures, report)
     ctx.progress(0.95, "recording", force=True)
-    with transaction(registry._sessions) as s:
+    with svc.transaction() as s:
         s.execute(delete(m.Compatibility).where(
             m.Compatibility.version_id == row.id, m.Compatibility.base_model_id == base.id,
             m.Compatibility.level == "validated",
         ))
         s.add(m.Compatibility(version_id=row.id, base_model_id=base.id, level="validated", evidence=report))
-        complete(registry, ctx, s, report=report, result_version_id=row.id, progress_message="validated")
+        complete(svc, ctx, s, report=report, result_version_id=row.id, progress_message="validated")
     if spec.publish_after is not None:
         from registry.jobs import PublishSpec
 
-        registry.submit(PublishSpec(version_id=row.id, ref=spec.ref, target=spec.publish_after),
+        submit(svc, PublishSpec(version_id=row.id, ref=spec.ref, target=spec.publish_after),
                         parent_job_id=ctx.job_id)

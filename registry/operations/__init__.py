@@ -1,0 +1,1 @@
+"""The operations every front end calls: one function per behaviour, each taking a Service."""

@@ -1,0 +1,323 @@
+"""Job operations: merge, train, validate and publish requests checked in full, then submitted; job status.
+
+Every check runs before a job row exists; :func:`submit` writes the row (committed) and hands its id to the
+service's executor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy import select
+
+from registry import catalog, jobs
+from registry import models as m
+from registry.base_identity import card_base_model
+from registry.errors import ConflictError, RegistryError, field_problems
+from registry.inspect import inspect_adapter
+from registry.refs import parse_ref
+from registry.service import Service
+
+
+def _invalid(what: str, exc: ValidationError) -> RegistryError:
+    """A pydantic error as one line per field, for a user who never wrote the spec by hand."""
+    return RegistryError(f"invalid {what}: " + "; ".join(field_problems(exc, what)))
+
+
+def merge(
+    svc: Service,
+    sources: list[str],
+    *,
+    weights: list[float],
+    method: str = "svd",
+    name: str,
+    density: float | None = None,
+    svd_rank: int | None = None,
+    svd_clamp: float | None = None,
+    majority_sign_method: str = "total",
+    seed: int | None = None,
+    dtype: str | None = None,
+    tags: dict[str, str] | None = None,
+    description: str | None = None,
+    allow_cross_base: bool = False,
+    validate: bool = False,
+    publish_to: str | jobs.PublishTarget | None = None,
+    idempotency_key: str | None = None,
+    run_id: int | None = None,
+) -> jobs.Job:
+    """Merge catalog versions into a new version of ``name``; returns the job.
+
+    ``validate`` chains a runtime validation job; ``publish_to`` (a Hub repo id) chains validation and
+    then a publish job that runs only if every check passed.
+
+    Every static check runs first, on stored metadata only, and reports every problem at once
+    (:class:`IncompatibleAdapters`); nothing is queued unless all pass. On the embedded default the
+    job runs in-process before this returns; with a broker, a worker runs it (``job.wait()``).
+    """
+    from registry.merge_rules import check_merge
+
+    params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
+              "majority_sign_method": majority_sign_method, "seed": seed}
+    with svc.transaction() as session:
+        rows = [catalog.resolve(session, parse_ref(ref)) for ref in sources]
+        refs = [catalog.exact_ref(session, r) for r in rows]
+        manifests = [catalog.manifest_of(session, r) for r in rows]
+    check_merge(manifests, list(weights), method, {k: v for k, v in params.items() if v is not None},
+                allow_cross_base=allow_cross_base, labels=refs)
+    if isinstance(publish_to, str):
+        publish_to = publish_target(publish_to)
+    if publish_to is not None:
+        card_base_model(manifests[0].base_model_name_or_path, publish_to.base_model_id, f"the merge {name!r}")
+    try:
+        spec = jobs.MergeSpec(
+            sources=[jobs.SourceRef(ref=ref, version_id=r.id, weights_sha256=r.weights_sha256,
+                                    storage_path=r.storage_path) for ref, r in zip(refs, rows, strict=True)],
+            weights=list(weights), method=method, params=jobs.MergeParams(**params, dtype=dtype), name=name,
+            tags=dict(tags or {}), description=description, allow_cross_base=allow_cross_base,
+            validate_after=validate or publish_to is not None,
+            publish_to=publish_to,
+        )
+    except ValidationError as exc:
+        raise _invalid("merge request", exc) from None
+    return submit(svc, spec, idempotency_key=idempotency_key, run_id=run_id)
+
+
+def validate(svc: Service, ref: str, *, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
+    """Queue a runtime validation of a version against its base model's real weights."""
+    with svc.transaction() as session:
+        row = catalog.resolve(session, parse_ref(ref))
+        exact = catalog.exact_ref(session, row)
+    return submit(svc, jobs.ValidateSpec(version_id=row.id, ref=exact), idempotency_key=idempotency_key,
+                       run_id=run_id)
+
+
+def submit(
+    svc: Service, spec: jobs.AnySpec, *, idempotency_key: str | None = None, parent_job_id: int | None = None,
+    run_id: int | None = None,
+) -> jobs.Job:
+    """Write the job row (committed), then hand its id to the executor.
+
+    With an ``idempotency_key`` already used, the first job is returned and nothing new is queued (a retry
+    after a lost answer or an unreachable broker is safe). A broker that cannot be reached raises
+    :class:`~registry.errors.BrokerUnavailable`: the job exists and the recovery sweep sends it later.
+    """
+    queue = jobs.DEFAULT_QUEUE[spec.kind]
+    if queue == "gpu" and svc.settings.gpu_queue_fallback:
+        queue = "cpu"
+    with svc.transaction() as session:
+        row, created = jobs.insert_job(
+            session, spec, queue=queue, idempotency_key=idempotency_key, parent_job_id=parent_job_id,
+            run_id=run_id,
+        )
+        job_id = row.id
+    if created:
+        svc.executor.dispatch(job_id, queue)
+    return job(svc, job_id)
+
+
+def job(svc: Service, job_id: int) -> jobs.Job:
+    with svc.sessions() as session:
+        row = session.get(m.Job, job_id)
+        if row is None:
+            raise RegistryError(f"no job {job_id}", hint="see `adreg jobs`")
+        return jobs.job_from_row(session, row)
+
+
+def list_jobs(svc: Service, *, status: str | None = None, kind: str | None = None, parent_job_id: int | None = None,
+         limit: int = 50) -> list[jobs.Job]:
+    """Recent jobs, newest first (only the follow-ups of ``parent_job_id`` when given)."""
+    if status is not None and status not in jobs.STATUSES:
+        raise RegistryError(f"status must be one of {', '.join(jobs.STATUSES)}")
+    with svc.sessions() as session:
+        query = select(m.Job).order_by(m.Job.id.desc()).limit(limit)
+        if status:
+            query = query.where(m.Job.status == status)
+        if kind:
+            query = query.where(m.Job.kind == kind)
+        if parent_job_id is not None:
+            query = query.where(m.Job.parent_job_id == parent_job_id)
+        return [jobs.job_from_row(session, r) for r in session.scalars(query)]
+
+
+def cancel(svc: Service, job_id: int) -> str:
+    """Cancel a queued job, or ask a running one to stop; returns ``cancelled`` or ``cancelling``."""
+    with svc.transaction() as session:
+        return jobs.request_cancel(session, job_id)
+
+
+def train(
+    svc: Service,
+    source: str | None = None,
+    *,
+    data: str | Path,
+    steps: int = 100,
+    lr: float = 1e-4,
+    name: str | None = None,
+    new: jobs.LoraSpec | dict | None = None,
+    base: str | None = None,
+    joint_with: list[str] | None = None,
+    active: list[int] | None = None,
+    lrs: list[float] | None = None,
+    batch_size: int = 4,
+    grad_accum: int = 1,
+    max_length: int = 256,
+    eval_rows: int | None = None,
+    seed: int = 0,
+    checkpoint_every: int = 50,
+    bf16: bool = False,
+    gradient_checkpointing: bool = False,
+    tags: dict[str, str] | None = None,
+    validate: bool = False,
+    idempotency_key: str | None = None,
+    run_id: int | None = None,
+    task_type: str | None = None,
+    reuse_name: bool = False,
+) -> jobs.Job:
+    """Continue ``source`` (and ``joint_with``, trained together), or create a ``new`` adapter on ``base``.
+
+    Everything is checked before a job exists: the data file (readable, non-empty, known columns),
+    the sources (catalog versions on one base with local weights), and for a new adapter its
+    targets, which are resolved to explicit module names of the base (``all-linear`` is expanded;
+    anything that is not a linear or embedding module of the base is refused with the valid list).
+    Each trained adapter is registered as a new version (continuing: of its own name, or ``name``).
+    ``eval_rows`` rows are held out for the eval loss before and after (default: a tenth, at most 200).
+
+    ``task_type`` (CAUSAL_LM, SEQ_CLS, TOKEN_CLS, SEQ_2_SEQ_LM) is a new adapter's PEFT task type, by default
+    the one the base's architecture serves; a continued adapter keeps its own. Any other task type is
+    refused here, listing the supported ones, and the data file must have the task's columns.
+    A ``new`` adapter's ``name`` must not exist yet unless ``reuse_name``.
+    """
+    from registry.targets import resolve_targets, saved_modules
+    from registry.trainset import (
+        CLASSIFICATION_TASKS,
+        check_trainable_task,
+        describe_dataset,
+        head_size,
+        task_for_architecture,
+    )
+
+    refs = ([source] if source else []) + list(joint_with or [])
+    if new is not None and refs:
+        raise RegistryError("give either sources to continue or `new` to create an adapter, not both")
+    if new is None and not refs:
+        raise RegistryError("nothing to train: give a source version (or several with joint_with), or `new`")
+    for ref in refs:
+        parsed = parse_ref(ref)
+        if parsed.path is not None:
+            inspect_adapter(parsed.path)  # refuses pickles and broken folders with the precise reason
+            raise RegistryError(f"{ref} is a folder: register it first (`adreg register {ref} --name NAME`)")
+    with svc.transaction() as session:
+        rows = [catalog.resolve(session, parse_ref(ref)) for ref in refs]
+        if new is not None:
+            if not base:
+                raise RegistryError("a new adapter needs a base model (`base=`, `--base`)")
+            base_row = catalog.find_base(session, base)
+            default_task = task_for_architecture(base_row.architecture, base_row.model_type)
+            if task_type is None and default_task is None:
+                raise RegistryError(f"cannot tell the task type of base {base_row.name!r} from its architecture "
+                                    f"{base_row.architecture!r}: give task_type= (--task-type)")
+            task = check_trainable_task(task_type or default_task, f"a new adapter on {base_row.name!r}")
+            if default_task == "FEATURE_EXTRACTION":  # a bare model: the task's model class nests it
+                raise RegistryError(
+                    f"base {base_row.name!r} is a bare {base_row.architecture}: a {task} model wraps it "
+                    "(module paths gain a prefix), so the adapter would not fit the recorded base",
+                    hint="register the base as the task's architecture (e.g. a *ForSequenceClassification "
+                         "checkpoint) and train on that")
+            lora = new if isinstance(new, jobs.LoraSpec) else None
+            raw = lora.model_dump() if lora else dict(new)
+            raw["targets"] = resolve_targets(base_row.module_shapes, raw.get("targets") or [],
+                                             ("classifier", "score") if task in CLASSIFICATION_TASKS else ())
+            if not name:
+                raise RegistryError("a new adapter needs a name")
+            if not reuse_name and catalog.adapter_exists(session, name):
+                raise ConflictError(
+                    f"an adapter named {name!r} exists: a new adapter would become its next version, with other "
+                    "targets and rank and no lineage to it",
+                    hint=f"continue it with `adreg train {name} ...`, choose another name, or pass --reuse-name "
+                         "(reuse_name=True) to add an unrelated version under this name")
+            names = [name]
+        else:
+            base_ids = {r.base_model_id for r in rows}
+            if len(base_ids) != 1 or None in base_ids:
+                raise RegistryError("jointly trained adapters must share one recorded base model")
+            base_row = session.get(m.BaseModelRecord, rows[0].base_model_id)
+            adapter_names = [session.get(m.Adapter, r.adapter_id).name for r in rows]
+            if name and len(rows) > 1:
+                raise RegistryError("`name` applies to a single adapter; joint runs keep each adapter's name")
+            names = [name] if name else adapter_names
+            refs = [f"{n}:{r.version}" for n, r in zip(adapter_names, rows, strict=True)]
+            tasks = {r.task_type or task_for_architecture(base_row.architecture, base_row.model_type)
+                     for r in rows}
+            if len(tasks) != 1:
+                raise RegistryError(f"jointly trained adapters must share one task type: {sorted(map(str, tasks))}")
+            task = check_trainable_task(tasks.pop(), f"continuing {', '.join(refs)}")
+            if task_type is not None and task_type.strip().upper() != task:
+                raise RegistryError(f"{refs[0]} is a {task} adapter; a continued adapter keeps its task type")
+            owners: dict[str, str] = {}
+            for ref, r in zip(refs, rows, strict=True):
+                for module in saved_modules(r.extra_tensors or {}, r.modules_to_save)[0]:
+                    if module in owners:
+                        raise RegistryError(
+                            f"{owners[module]} and {ref} both train module {module!r} in full (modules_to_save): "
+                            "PEFT activates only one copy of such a module, so they cannot be trained jointly")
+                    owners[module] = ref
+        if not base_row.local_path:
+            raise RegistryError(f"base model {base_row.name!r} has no local weights recorded",
+                                hint="register an adapter with --base-path DIR pointing at the base folder")
+        sources = [jobs.SourceRef(ref=ref, version_id=r.id, weights_sha256=r.weights_sha256,
+                                  storage_path=r.storage_path) for ref, r in zip(refs, rows, strict=True)]
+        base_id = base_row.id
+        base_info = (base_row.architecture, base_row.model_type, base_row.local_path)
+        sources_extra = [dict(r.extra_tensors or {}) for r in rows]
+    data_spec = describe_dataset(data, task)
+    num_labels = head_size(task, *base_info, sources_extra, data_spec)
+    try:
+        spec = jobs.TrainSpec(
+            sources=sources, new=jobs.LoraSpec(**raw) if new is not None else None, base_model_id=base_id,
+            task_type=task, num_labels=num_labels,
+            names=names, active=active, data=data_spec, steps=steps, lr=lr, lrs=lrs, batch_size=batch_size,
+            grad_accum=grad_accum, max_length=max_length, eval_rows=eval_rows, seed=seed,
+            checkpoint_every=checkpoint_every, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
+            tags=dict(tags or {}), validate_after=validate,
+        )
+    except ValidationError as exc:
+        raise _invalid("training request", exc) from None
+    if lrs is not None and len(lrs) != len(names):
+        raise RegistryError(f"lrs has {len(lrs)} values for {len(names)} adapter(s)")
+    if active is not None and any(i < 0 or i >= len(names) for i in active):
+        raise RegistryError(f"active indices must be in 0..{len(names) - 1}")
+    if eval_rows is not None and eval_rows >= data_spec.rows:
+        raise RegistryError(f"eval_rows={eval_rows} leaves no training rows: {data} has {data_spec.rows} row(s)")
+    return submit(svc, spec, idempotency_key=idempotency_key, run_id=run_id)
+
+
+def publish(
+    svc: Service, ref: str, repo_id: str, *, branch: str = "main", private: bool = False, create_pr: bool = False,
+    base_model_id: str | None = None, idempotency_key: str | None = None, run_id: int | None = None,
+) -> jobs.Job:
+    """Push a version to a Hub repository with a model card that records its base, lineage and evidence.
+
+    The card's ``base_model`` is the version's base when that is a Hub id, else ``base_model_id`` (e.g. the
+    Hub id a local base folder was downloaded from); with neither, it is refused before any job exists.
+    Publishing the same version to the same repo and branch again is a no-op (the remote weights'
+    sha256 is compared). The token comes from ``HF_TOKEN`` or ``huggingface_hub``'s login and is
+    never stored.
+    """
+    target = publish_target(repo_id, branch=branch, private=private, create_pr=create_pr,
+                                  base_model_id=base_model_id)
+    with svc.transaction() as session:
+        row = catalog.resolve(session, parse_ref(ref))
+        exact = catalog.exact_ref(session, row)
+        base = session.get(m.BaseModelRecord, row.base_model_id) if row.base_model_id else None
+        card_base_model(base.name if base else None, target.base_model_id, exact)
+    return submit(svc, jobs.PublishSpec(version_id=row.id, ref=exact, target=target),
+                       idempotency_key=idempotency_key, run_id=run_id)
+
+
+def publish_target(repo_id: str, **options: object) -> jobs.PublishTarget:
+    """A validated Hub target (``branch``, ``private``, ``create_pr``, ``base_model_id``) for ``publish_to=``."""
+    try:
+        return jobs.PublishTarget(repo_id=repo_id, **options)
+    except ValidationError as exc:
+        raise _invalid(f"Hub target {repo_id!r}", exc) from None

@@ -1,0 +1,179 @@
+"""Catalog operations on versions: register, look up, search, lineage, aliases and tags.
+
+Every front end (the embedded :class:`~registry.sdk.Registry`, the HTTP API, the CLI through them) calls these
+functions with a :class:`~registry.service.Service`, so each behaviour is written once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import select
+
+from registry import catalog, queries
+from registry import models as m
+from registry import types as t
+from registry.base_identity import resolve_base
+from registry.basemodel import describe_base
+from registry.errors import InvalidReference
+from registry.inspect import inspect_adapter, weights_path
+from registry.manifest import check_text
+from registry.refs import Ref, check_slug, check_tag, parse_ref
+from registry.service import Service
+
+
+def register(
+    svc: Service,
+    source: str | Path,
+    *,
+    name: str,
+    tags: dict[str, str] | None = None,
+    base: str | None = None,
+    base_path: str | Path | None = None,
+    revision: str | None = None,
+    description: str | None = None,
+    parents: list[catalog.ParentSpec] | None = None,
+) -> t.AdapterVersion:
+    """Register the adapter folder ``source`` as the next version of ``name``.
+
+    The base model is ``base`` or the adapter config's ``base_model_name_or_path`` (at ``revision``
+    or the config's); its architecture and module shapes are read from ``base_path`` (or from the
+    base name itself when it is a local folder). Registering the same weights under the same name
+    again returns the existing version (with any new tags applied).
+    """
+    check_slug(name)
+    for key, value in (tags or {}).items():
+        check_tag(key, value)
+    check_text(description, "description", multiline=True)
+    check_text(revision, "revision")
+    ref = parse_ref(str(source)) if isinstance(source, str) else Ref(path=Path(source))
+    source_uri: str | None = None
+    root: Path | None = None  # where the folder's files may resolve to: the folder itself, for a local one
+    if ref.hub_repo:
+        from registry.hub_client import fetch_adapter, resolve_base_revision
+
+        folder, commit = fetch_adapter(ref.hub_repo, ref.hub_revision)
+        source_uri = f"hf://{ref.hub_repo}@{commit}"
+        root = folder.parents[1]  # the Hub cache: snapshots/<commit>/ files link to the repository's blobs/
+    elif ref.path is None:
+        raise InvalidReference(f"{source!r} is not a folder path (write ./{source} for a local folder)")
+    else:
+        folder = ref.path
+    manifest = inspect_adapter(folder, root=root, max_bytes=svc.settings.max_adapter_bytes)
+    if ref.hub_repo:
+        base_name = base or manifest.base_model_name_or_path
+        if base_name and revision is None:
+            revision = resolve_base_revision(base_name, manifest.revision)  # pin the base to a commit too
+        identity = resolve_base(base_name, adapter_folder=None, base_path=base_path, explicit=True)
+    else:
+        identity = resolve_base(base or manifest.base_model_name_or_path, adapter_folder=folder,
+                                base_path=base_path, explicit=base is not None)
+    description_of_base = describe_base(identity.local_path) if identity.local_path is not None else None
+    base_revision = revision or manifest.revision
+    # Check first, copy last: everything that can refuse runs (in a transaction rolled back) before the
+    # weights are copied, so a refused registration writes nothing. The final transaction checks again.
+    with svc.sessions() as session:
+        catalog.check_fits(manifest, catalog.upsert_base(
+            session, identity.name, base_revision, description_of_base, identity.local_path))
+        session.rollback()
+    storage = svc.store.put_adapter(weights_path(folder, root=root), manifest.weights_sha256, manifest.config)
+    with svc.transaction() as session:
+        base_row = catalog.upsert_base(
+            session, identity.name, base_revision, description_of_base, identity.local_path
+        )
+        row, created = catalog.register_version(
+            session, name, manifest, storage, base_row, tags=tags,
+            source_uri=source_uri or str(folder.resolve()), description=description, parents=parents,
+        )
+        if not created and tags:
+            catalog.set_tags(session, row, tags)
+        return queries.describe(session, [row], svc.store.root)[0]
+
+
+def get(svc: Service, ref: str) -> t.AdapterVersion:
+    """The version ``ref`` names: ``name`` (latest), ``name:3`` or ``name@alias``."""
+    with svc.transaction() as session:
+        row = catalog.resolve(session, parse_ref(ref))
+        return queries.describe(session, [row], svc.store.root)[0]
+
+
+def search_page(svc: Service, filters: queries.SearchFilters) -> t.SearchPage:
+    with svc.transaction() as session:
+        rows, total = queries.search(session, filters)
+        items = queries.describe(session, rows, svc.store.root)
+        return t.SearchPage(items=items, total=total, limit=filters.limit, offset=filters.offset)
+
+
+def lineage(svc: Service, ref: str) -> t.LineageGraph:
+    """All ancestors and descendants of a version, as nodes and edges."""
+    with svc.transaction() as session:
+        row = catalog.resolve(session, parse_ref(ref))
+        return queries.lineage(session, row.id)
+
+
+def base_models(svc: Service) -> list[t.BaseModelInfo]:
+    with svc.transaction() as session:
+        return queries.base_models(session)
+
+
+def versions_of(svc: Service, name: str) -> list[t.AdapterVersion]:
+    """Every version of one adapter, oldest first."""
+    with svc.transaction() as session:
+        rows = session.scalars(
+            select(m.AdapterVersion).join(m.Adapter)
+            .where(m.Adapter.name == check_slug(name)).order_by(m.AdapterVersion.version)
+        ).all()
+        return queries.describe(session, list(rows), svc.store.root)
+
+
+def set_alias(svc: Service, ref: str, alias: str) -> t.AdapterVersion:
+    """Point ``alias`` (e.g. ``production``) at the version ``ref`` names; moves it if it exists."""
+    with svc.transaction() as session:
+        row = catalog.resolve(session, parse_ref(ref))
+        catalog.set_alias(session, row, alias)
+        session.flush()
+        return queries.describe(session, [row], svc.store.root)[0]
+
+
+def remove_alias(svc: Service, name: str, alias: str | None = None) -> None:
+    """Remove an alias: ``remove_alias("tone@production")`` (or ``remove_alias("tone", "production")``)."""
+    if alias is None:
+        parsed = parse_ref(name)
+        if parsed.alias is None:
+            raise InvalidReference(f"{name!r} is not name@alias")
+        name, alias = parsed.name or "", parsed.alias
+    with svc.transaction() as session:
+        catalog.remove_alias(session, name, alias)
+
+
+def aliases(svc: Service, name: str | None = None) -> list[t.AliasInfo]:
+    """Every alias and the version it points at (only ``name``'s when given)."""
+    with svc.transaction() as session:
+        return queries.aliases(session, check_slug(name) if name is not None else None)
+
+
+def tag(svc: Service, ref: str, tags: dict[str, str]) -> t.AdapterVersion:
+    """Set tags (key -> value) on a version, overwriting existing values of the same keys."""
+    with svc.transaction() as session:
+        row = catalog.resolve(session, parse_ref(ref))
+        catalog.set_tags(session, row, tags)
+        return queries.describe(session, [row], svc.store.root)[0]
+
+
+def untag(svc: Service, ref: str, keys: list[str]) -> t.AdapterVersion:
+    with svc.transaction() as session:
+        row = catalog.resolve(session, parse_ref(ref))
+        catalog.remove_tags(session, row, keys)
+        return queries.describe(session, [row], svc.store.root)[0]
+
+
+def publications(svc: Service, ref: str) -> list[dict]:
+    """Where a version has been published (repo, branch, commit, URL, time)."""
+    with svc.transaction() as session:
+        row = catalog.resolve(session, parse_ref(ref))
+        return [
+            {"repo_id": p.repo_id, "branch": p.branch, "commit": p.commit_oid, "url": p.url, "pr_url": p.pr_url,
+             "published_at": p.published_at.isoformat()}
+            for p in session.scalars(select(m.Publication).where(m.Publication.version_id == row.id)
+                                     .order_by(m.Publication.id))
+        ]
