@@ -9,7 +9,6 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import is_dataclass
 from typing import Any
 
 import typer
@@ -18,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from registry.errors import RegistryError
-from registry.types import _jsonable
+from registry.types import to_jsonable
 
 stdout = Console(soft_wrap=True)
 stderr = Console(stderr=True, soft_wrap=True)
@@ -52,22 +51,6 @@ class Activity:
 
 
 activity = Activity()
-
-
-def jsonable(data: Any) -> Any:
-    if hasattr(data, "to_dict"):
-        return data.to_dict()
-    if is_dataclass(data) and not isinstance(data, type):
-        import dataclasses
-
-        return _jsonable(dataclasses.asdict(data))
-    if hasattr(data, "model_dump"):
-        return data.model_dump(mode="json")
-    if isinstance(data, (list, tuple)):
-        return [jsonable(x) for x in data]
-    if isinstance(data, dict):
-        return {k: jsonable(v) for k, v in data.items()}
-    return _jsonable(data)
 
 
 class FailedOutcome(RegistryError):
@@ -124,7 +107,7 @@ def emits(render: Callable[[Any], None] | None = None) -> Callable[[Callable[...
 
 def _show(data: Any, render: Callable[[Any], None] | None, json_mode: bool | None) -> None:
     if json_mode:
-        sys.stdout.write(json.dumps(jsonable(data), indent=2, sort_keys=False) + "\n")
+        sys.stdout.write(json.dumps(to_jsonable(data), indent=2, sort_keys=False) + "\n")
     elif render is not None and data is not None:
         render(data)
 

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry import Registry
 from registry.errors import RegistryError
+from registry.sdk import Registry
 
 
 @dataclass

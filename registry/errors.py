@@ -80,6 +80,20 @@ class ConflictError(RegistryError):
     """The catalog already holds something that contradicts the request."""
 
 
+class Unauthenticated(RegistryError):
+    """No valid credential was presented: a malformed, unknown, wrong, revoked or expired token, or a disabled
+    user. An unknown token and a wrong secret are refused with the same message."""
+
+
+class Forbidden(RegistryError):
+    """The principal is known but lacks a permission (or its token's scope does not reach it); the message names
+    what is missing."""
+
+
+class AuthRecordNotFound(RegistryError):
+    """No user, API token or grant matches."""
+
+
 def field_problems(exc: Any, whole: str) -> list[str]:
     """A pydantic ``ValidationError`` as one ``field.path: message`` line per error (``whole`` names the
     object itself when an error is not about one field)."""

@@ -19,11 +19,10 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from registry import models as m
-from registry.errors import BrokerUnavailable, RegistryError
+from registry.errors import RegistryError
 from registry.refs import MAX_REVISION_CHARS, REVISION_PATTERN, check_slug, check_tag
 
 if TYPE_CHECKING:
-    from registry.service import Service
     from registry.types import AdapterVersion
 
 
@@ -266,9 +265,9 @@ class Job:
         return self._source.get(self.result_ref)
 
     def to_dict(self) -> dict[str, Any]:
-        from registry.types import _jsonable
+        from registry.types import jsonable
 
-        return _jsonable({k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_source"})
+        return jsonable({k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_source"})
 
 
 def job_from_row(session: Session, row: m.Job) -> Job:
@@ -389,53 +388,3 @@ def _aware(moment: datetime) -> datetime:
     from datetime import timezone
 
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-# -- executors ------------------------------------------------------------------------------------
-
-
-class LocalExecutor:
-    """Runs the job in this process, right away (the embedded default: no broker), with the service's runner."""
-
-    name = "local"
-
-    def __init__(self, svc: Service) -> None:
-        self.svc = svc
-
-    def dispatch(self, job_id: int, queue: str) -> None:
-        if self.svc.local_runner is None:
-            raise BrokerUnavailable(f"job {job_id} is queued, but this process has no broker and runs no jobs itself",
-                                    job_id=job_id, hint="set ADREG_BROKER_URL and start a worker (`adreg worker`)")
-        self.svc.local_runner(self.svc, job_id, self.svc.on_progress)
-
-
-class CeleryExecutor:
-    """Sends the job id to a Celery queue by task name (no import of the task code)."""
-
-    name = "celery"
-
-    def __init__(self, broker_url: str, fallback_gpu_to_cpu: bool = False) -> None:
-        from registry.celery_config import make_app
-
-        self.app = make_app(broker_url)
-        self.fallback_gpu_to_cpu = fallback_gpu_to_cpu
-
-    def dispatch(self, job_id: int, queue: str) -> None:
-        """Send the job's id; a broker that cannot be reached raises :class:`BrokerUnavailable` (the row stays)."""
-        from kombu.exceptions import OperationalError
-        from kombu.utils.url import maybe_sanitize_url
-
-        if queue == "gpu" and self.fallback_gpu_to_cpu:
-            queue = "cpu"
-        try:
-            self.app.send_task(TASK_NAME, args=[job_id], queue=queue)
-        except (OperationalError, OSError) as exc:
-            where = maybe_sanitize_url(self.app.conf.broker_url)
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise BrokerUnavailable(
-                f"job {job_id} is recorded in the catalog (queued), but the broker at {where} is unreachable "
-                f"({reason}); a worker's recovery sweep sends it once the broker is back",
-                job_id=job_id,
-                hint=f"follow it with `adreg job {job_id} --wait`; submitting again makes a second job unless you "
-                     "pass the same --idempotency-key",
-            ) from None

@@ -9,6 +9,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -35,6 +36,11 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC datetime: SQLite hands timezone-aware columns back naive (they hold UTC)."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -128,6 +134,8 @@ class AdapterVersion(Base):
     source_uri: Mapped[str | None] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # Who registered it (a user name, or the OS user of an embedded catalog); NULL before revision 0007.
+    created_by: Mapped[str | None] = mapped_column(String(255))
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
     base_model: Mapped[BaseModelRecord | None] = relationship()
@@ -308,3 +316,68 @@ class Event(Base):
     version_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class User(Base):
+    """Someone who holds API tokens. ``groups`` name the groups whose grants (``group:NAME``) apply to them."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    groups: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApiToken(Base):
+    """A bearer token of a user. Only the sha256 of its secret is stored; the plaintext is shown once."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint("scope IN ('read', 'write', 'admin')", name="scope"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str | None] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex sha256 of the secret
+    scope: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    user: Mapped[User] = relationship()
+
+
+class Grant(Base):
+    """``subject`` (a user name or ``group:NAME``) may ``permission`` adapters whose name matches ``pattern``."""
+
+    __tablename__ = "grants"
+    __table_args__ = (
+        UniqueConstraint("subject", "pattern"),
+        CheckConstraint("permission IN ('read', 'write', 'manage')", name="permission"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject: Mapped[str] = mapped_column(String(80))
+    pattern: Mapped[str] = mapped_column(String(64))  # an fnmatch glob over adapter names: ``cx-*``
+    permission: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AuditEvent(Base):
+    """One change to the catalog or its access rules, by whom; append-only, never holds a secret."""
+
+    __tablename__ = "audit_events"
+    # Newest events of one adapter: an index on (adapter_name, at), which also serves adapter_name alone.
+    __table_args__ = (Index("ix_audit_events_adapter_name_at", "adapter_name", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))  # ``version.register``, ``alias.set``, ``token.create``...
+    adapter_name: Mapped[str | None] = mapped_column(String(64))
+    ref: Mapped[str | None] = mapped_column(Text)
+    before: Mapped[dict[str, Any] | None] = mapped_column()
+    after: Mapped[dict[str, Any] | None] = mapped_column()

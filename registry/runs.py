@@ -53,9 +53,9 @@ class RunInfo:
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
 
-        from registry.types import _jsonable
+        from registry.types import jsonable
 
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
 def run_info(session: Session, row: m.Run) -> RunInfo:

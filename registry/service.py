@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.config import Settings
 from registry.db import ensure_schema, make_engine, session_factory, transaction
+from registry.executors import CeleryExecutor, LocalExecutor
 from registry.store import ArtifactStore
 
 ProgressListener = Callable[[int, float, "str | None"], None]
@@ -72,19 +73,20 @@ class Service:
         """The same catalog, engine and executor, acting as ``actor`` (one per HTTP request)."""
         other = Service(self.settings, local_runner=self.local_runner, on_progress=self.on_progress,
                         actor=actor, engine=self.engine)
-        other._executor = self._executor
+        if isinstance(self._executor, CeleryExecutor):  # one broker connection pool per process
+            other._executor = self._executor
         return other
 
     @property
     def executor(self) -> Executor:
         """Celery when ``ADREG_BROKER_URL`` is set, else the in-process local executor."""
         if self._executor is None:
-            from registry.jobs import CeleryExecutor, LocalExecutor
-
             if self.settings.broker_url:
                 self._executor = CeleryExecutor(self.settings.broker_url)
             else:
-                self._executor = LocalExecutor(self)
+                runner = self.local_runner
+                self._executor = LocalExecutor(
+                    None if runner is None else lambda job_id: runner(self, job_id, self.on_progress))
         return self._executor
 
     def transaction(self):  # type: ignore[no-untyped-def]

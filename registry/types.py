@@ -9,17 +9,33 @@ from typing import Any
 
 class _Serializable:
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return jsonable(dataclasses.asdict(self))  # type: ignore[call-overload]
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
+    """Datetimes as ISO strings, inside dicts and lists (the dataclasses' ``to_dict`` helper)."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return value
+
+
+def to_jsonable(data: Any) -> Any:
+    """Any SDK result (dataclass, pydantic model, list or dict of them) as plain JSON data."""
+    if hasattr(data, "to_dict"):
+        return data.to_dict()
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        return to_jsonable(dataclasses.asdict(data))
+    if hasattr(data, "model_dump"):
+        return data.model_dump(mode="json")
+    if isinstance(data, (list, tuple)):
+        return [to_jsonable(x) for x in data]
+    if isinstance(data, dict):
+        return {k: to_jsonable(v) for k, v in data.items()}
+    return jsonable(data)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -37,7 +37,9 @@ def test_upgrade_downgrade_round_trip_and_no_drift(db_url):
         assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
         upgrade(engine)
         assert {"adapters", "adapter_versions", "tags", "aliases", "lineage_edges", "compatibility",
-                "base_models", "version_targets"} <= set(inspect(engine).get_table_names())
+                "base_models", "version_targets", "users", "api_tokens", "grants", "audit_events"} \
+            <= set(inspect(engine).get_table_names())
+        assert "created_by" in {c["name"] for c in inspect(engine).get_columns("adapter_versions")}
     finally:
         engine.dispose()
 

@@ -21,7 +21,7 @@ from registry.inspect import WEIGHTS_FILE
 from registry.jobs import PublishSpec
 from registry.lineage_render import to_mermaid
 from registry.service import Service
-from workers.runners import JobContext, complete
+from workers.context import JobContext, complete
 
 log = logging.getLogger("adreg.hub")
 

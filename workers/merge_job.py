@@ -13,7 +13,7 @@ from registry.inspect import inspect_adapter, sha256_file, weights_path
 from registry.jobs import MergeSpec, SourceRef, ValidateSpec
 from registry.operations.submit import submit
 from registry.service import Service
-from workers.runners import JobContext, complete
+from workers.context import JobContext, complete
 
 
 class InputChanged(RegistryError):

@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy import func, or_, select, update
 
 from registry import models as m
 from registry.jobs import TASK_NAME
+from registry.service import Service
 
 log = logging.getLogger("adreg.recovery")
 
@@ -33,7 +35,7 @@ def _stale(now, queued_grace: float, lease: float):  # type: ignore[no-untyped-d
     )
 
 
-def stale_jobs(svc, queues: set[str] | None, queued_grace: float, lease: float) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
+def stale_jobs(svc: Service, queues: set[str] | None, queued_grace: float, lease: float) -> list[tuple[int, str]]:  # type: ignore[no-untyped-def]
     t = m.Job.__table__
     query = select(t.c.id, t.c.queue).where(_stale(m.utcnow(), queued_grace, lease))
     if queues:
@@ -42,11 +44,11 @@ def stale_jobs(svc, queues: set[str] | None, queued_grace: float, lease: float) 
         return [(jid, q) for jid, q in s.execute(query.order_by(t.c.id))]
 
 
-def recover_once(svc, app, queues: set[str] | None = None, queued_grace: float = 300.0,  # type: ignore[no-untyped-def]
+def recover_once(svc: Service, app, queues: set[str] | None = None, queued_grace: float = 300.0,  # type: ignore[no-untyped-def]
                  lease: float | None = None) -> list[int]:
     """Send each stale job once more. The row is marked re-dispatched by a conditional UPDATE first, so that
     several workers' sweeps (or one sweep every few seconds) send a job once per lease or grace period."""
-    from workers.runners import lease_seconds
+    from workers.context import lease_seconds
 
     lease = lease_seconds() if lease is None else lease
     t = m.Job.__table__
@@ -64,10 +66,10 @@ def recover_once(svc, app, queues: set[str] | None = None, queued_grace: float =
     return ids
 
 
-def recovery_loop(queues: set[str] | None) -> None:
+def recovery_loop(queues: set[str] | None, service: Callable[[], Service]) -> None:
+    """Sweep every half lease, forever (a daemon thread of each worker), with the worker's service."""
     from workers.celery_app import app
-    from workers.runners import lease_seconds
-    from workers.tasks import service
+    from workers.context import lease_seconds
 
     period = float(os.environ.get("ADREG_RECOVERY_INTERVAL", str(max(1.0, lease_seconds() / 2))))
     while True:

@@ -16,7 +16,6 @@ import os
 import shutil
 import socket
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from datetime import timedelta
@@ -28,65 +27,9 @@ from registry import models as m
 from registry.errors import RegistryError
 from registry.jobs import parse_spec
 from registry.service import Service
+from workers.context import JobCancelled, JobContext, ProgressListener, ended, lease_seconds
 
 log = logging.getLogger("adreg.runner")
-ProgressListener = Callable[[int, float, "str | None"], None]
-
-
-class JobCancelled(Exception):
-    """Raised inside a job when its row asks it to stop."""
-
-
-def lease_seconds() -> float:
-    return float(os.environ.get("ADREG_JOB_LEASE_SECONDS", "120"))
-
-
-class JobContext:
-    """What a job function gets: its row's id and attempt, progress reporting, cancel checks, scratch space."""
-
-    def __init__(self, svc: Service, job_id: int, attempt: int,
-                 on_progress: ProgressListener | None = None) -> None:
-        self.svc = svc
-        self.on_progress = on_progress
-        self.job_id = job_id
-        self.attempt = attempt
-        self.scratch = svc.store.root / "scratch" / f"job-{job_id}"
-        self.checkpoints = svc.store.root / "checkpoints" / f"job-{job_id}"
-        self._last_write = 0.0
-        self._last_cancel_check = 0.0
-        self._cancelled = False
-
-    def _mine(self):  # type: ignore[no-untyped-def]
-        t = m.Job.__table__
-        return (t.c.id == self.job_id) & (t.c.attempts == self.attempt) & (t.c.status == "running")
-
-    def progress(self, fraction: float, message: str | None = None, *, force: bool = False) -> None:
-        """Record progress on the job row (at most twice a second unless ``force``) and tell the listener."""
-        fraction = max(0.0, min(1.0, fraction))
-        if self.on_progress is not None:
-            self.on_progress(self.job_id, fraction, message)
-        now = time.monotonic()
-        if not force and now - self._last_write < 0.5:
-            return
-        self._last_write = now
-        with self.svc.transaction() as s:
-            s.execute(update(m.Job.__table__).where(self._mine())
-                      .values(progress=fraction, progress_message=message))
-
-    def should_cancel(self) -> bool:
-        now = time.monotonic()
-        if self._cancelled or now - self._last_cancel_check < 0.25:
-            return self._cancelled
-        self._last_cancel_check = now
-        with self.svc.sessions() as s:
-            row = s.get(m.Job, self.job_id)
-            self._cancelled = bool(row is None or row.cancel_requested or row.status != "running"
-                                   or row.attempts != self.attempt)
-        return self._cancelled
-
-    def check_cancel(self) -> None:
-        if self.should_cancel():
-            raise JobCancelled(f"job {self.job_id} was cancelled")
 
 
 def claim(svc: Service, job_id: int) -> int | None:
@@ -118,15 +61,9 @@ def _heartbeat(svc: Service, ctx: JobContext, stop: threading.Event) -> None:
             log.warning("heartbeat for job %s failed", ctx.job_id, exc_info=True)
 
 
-def _ended(ctx: JobContext, status: str, **values: Any):  # type: ignore[no-untyped-def]
-    """The UPDATE that ends this attempt's job with ``status``; it matches nothing once the job is not ours."""
-    return (update(m.Job.__table__).where(ctx._mine())
-            .values(status=status, finished_at=m.utcnow(), lease_expires_at=None, **values))
-
-
 def _finish(svc: Service, ctx: JobContext, status: str, **values: Any) -> bool:
     with svc.transaction() as s:
-        return bool(s.execute(_ended(ctx, status, **values)).rowcount)
+        return bool(s.execute(ended(ctx, status, **values)).rowcount)
 
 
 JobFunction = Callable[[Service, JobContext, Any], None]
@@ -198,12 +135,3 @@ def _advance_run_of(svc: Service, job_id: int) -> None:
         log.exception("advancing run %s after job %s failed", run_id, job_id)
 
 
-def complete(svc: Service, ctx: JobContext, session, **values: Any) -> None:  # type: ignore[no-untyped-def]
-    """Mark the job succeeded inside ``session`` (the caller's transaction that registers its output).
-
-    Raises JobCancelled if the row is no longer ours (cancelled, or taken over after a lost lease), so
-    the caller's transaction rolls back and nothing is registered twice.
-    """
-    done = session.execute(_ended(ctx, "succeeded", progress=1.0, **values)).rowcount
-    if not done:
-        raise JobCancelled(f"job {ctx.job_id} is no longer held by this attempt")

@@ -58,4 +58,4 @@ def _start_recovery(sender=None, **_kwargs) -> None:  # type: ignore[no-untyped-
     from workers.recovery import recovery_loop
 
     queues = {q.name for q in sender.app.amqp.queues.consume_from.values()} if sender is not None else None
-    threading.Thread(target=recovery_loop, args=(queues,), daemon=True, name="adreg-recovery").start()
+    threading.Thread(target=recovery_loop, args=(queues, service), daemon=True, name="adreg-recovery").start()

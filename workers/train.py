@@ -34,9 +34,9 @@ from registry.jobs import TrainSpec, ValidateSpec
 from registry.operations.submit import submit
 from registry.service import Service
 from registry.trainset import CLASSIFICATION_TASKS, IGNORED_LABEL, load_rows
+from workers.context import JobCancelled, JobContext, complete
 from workers.merge_job import InputChanged, verified_folders
 from workers.quiet import quiet_loading
-from workers.runners import JobCancelled, JobContext, complete
 from workers.validate import (
     ADAPTER_PARAM_MARKERS,
     adapter_modules,

@@ -33,8 +33,8 @@ from registry.operations.submit import submit
 from registry.service import Service
 from registry.targets import head_labels, saved_modules
 from registry.trainset import CLASSIFICATION_TASKS, VALIDATED_TASKS
+from workers.context import JobContext, complete
 from workers.quiet import quiet_loading
-from workers.runners import JobContext, complete
 
 CANDIDATE = "candidate"
 
