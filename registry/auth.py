@@ -166,13 +166,17 @@ class Principal:
         return self.can("admin") or (user_name == self.name and self.scope != "read")
 
 
+def os_user() -> str:
+    """Who acts in the embedded default: the operating-system user (``local`` when it has no name)."""
+    try:
+        return getpass.getuser() or "local"
+    except (OSError, KeyError, ImportError):  # no login name and no passwd entry (some containers)
+        return "local"
+
+
 def embedded_principal() -> Principal:
     """The principal of an embedded catalog (no server): the OS user, admin, with admin scope."""
-    try:
-        name = getpass.getuser() or "local"
-    except (OSError, KeyError, ImportError):  # no login name and no passwd entry (some containers)
-        name = "local"
-    return Principal(name=name, is_admin=True, groups=(), scope="admin")
+    return Principal(name=os_user(), is_admin=True, groups=(), scope="admin")
 
 
 def _grants_of(session: Session, user: User) -> tuple[tuple[str, str], ...]:

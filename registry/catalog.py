@@ -129,6 +129,7 @@ def register_version(
     source_uri: str | None = None,
     description: str | None = None,
     parents: list[ParentSpec] | None = None,
+    created_by: str | None = None,
 ) -> tuple[m.AdapterVersion, bool]:
     """Create version N+1 of ``name`` (or return the version that already holds these weights and this config).
 
@@ -158,6 +159,7 @@ def register_version(
     row = m.AdapterVersion(
         adapter_id=adapter.id,
         version=number,
+        created_by=created_by,
         base_model_id=base.id if base is not None else None,
         status="ready",
         peft_type=manifest.peft_type,

@@ -99,6 +99,7 @@ class MergeSpec(BaseModel):
 
     kind: Literal["merge"] = "merge"
     spec_version: Literal[1] = 1
+    submitted_by: str | None = None  # the user the job acts for (created_by of what it registers)
     sources: list[SourceRef] = Field(min_length=1)
     weights: list[float]
     method: str
@@ -123,6 +124,7 @@ class PublishSpec(BaseModel):
 
     kind: Literal["publish"] = "publish"
     spec_version: Literal[1] = 1
+    submitted_by: str | None = None  # the user the job acts for (created_by of what it registers)
     version_id: int
     ref: str
     target: PublishTarget
@@ -133,6 +135,7 @@ class ValidateSpec(BaseModel):
 
     kind: Literal["validate"] = "validate"
     spec_version: Literal[1] = 1
+    submitted_by: str | None = None  # the user the job acts for (created_by of what it registers)
     version_id: int
     ref: str
     probe_count: int = Field(default=4, ge=1, le=64)
@@ -169,6 +172,7 @@ class TrainSpec(BaseModel):
 
     kind: Literal["train"] = "train"
     spec_version: Literal[1] = 1
+    submitted_by: str | None = None  # the user the job acts for (created_by of what it registers)
     sources: list[SourceRef] = Field(default_factory=list)
     new: LoraSpec | None = None
     base_model_id: int
@@ -198,6 +202,15 @@ _SPEC = TypeAdapter(JobSpec)
 DEFAULT_QUEUE = {"merge": "cpu", "validate": "gpu", "train": "gpu", "publish": "cpu"}
 
 
+def written_names(spec: AnySpec) -> list[str]:
+    """The adapter names a job registers versions of or acts on (what a permission check and the audit log name)."""
+    if isinstance(spec, MergeSpec):
+        return [spec.name]
+    if isinstance(spec, TrainSpec):
+        return list(spec.names)
+    return [spec.ref.rpartition(":")[0] or spec.ref]
+
+
 def parse_spec(data: dict[str, Any]) -> AnySpec:
     return _SPEC.validate_python(data)
 
@@ -222,7 +235,6 @@ class Job:
     report: dict[str, Any]
     parent_job_id: int | None
     spec: dict[str, Any] = field(repr=False, default_factory=dict)
-    _source: JobSource | None = field(default=None, repr=False, compare=False)
 
     @property
     def done(self) -> bool:
@@ -230,16 +242,16 @@ class Job:
 
     def bind(self, source: JobSource) -> Job:
         """Let ``refresh()``, ``wait()`` and ``result`` ask ``source`` (the facade that returned this handle)."""
-        self._source = source
+        self._source: JobSource | None = source  # not a field: a handle's data is only the job's own
         return self
 
     def refresh(self) -> Job:
-        if self._source is None:
+        source = getattr(self, "_source", None)
+        if source is None:
             raise RegistryError(f"job {self.id} is a detached record: get a handle from Registry.job({self.id})")
-        fresh = self._source.job(self.id)
+        fresh = source.job(self.id)
         for name in self.__dataclass_fields__:
-            if name != "_source":
-                setattr(self, name, getattr(fresh, name))
+            setattr(self, name, getattr(fresh, name))
         return self
 
     def wait(self, timeout: float | None = None, *, poll: float = 0.2,
@@ -260,14 +272,15 @@ class Job:
     @property
     def result(self) -> AdapterVersion | None:
         """The version this job registered (None until it has succeeded, or for jobs that register none)."""
-        if self.result_ref is None or self._source is None:
+        source = getattr(self, "_source", None)
+        if self.result_ref is None or source is None:
             return None
-        return self._source.get(self.result_ref)
+        return source.get(self.result_ref)
 
     def to_dict(self) -> dict[str, Any]:
         from registry.types import jsonable
 
-        return jsonable({k: getattr(self, k) for k in self.__dataclass_fields__ if k != "_source"})
+        return jsonable({k: getattr(self, k) for k in self.__dataclass_fields__})
 
 
 def job_from_row(session: Session, row: m.Job) -> Job:

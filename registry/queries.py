@@ -183,7 +183,7 @@ def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path) -
             peft_version=r.peft_version, weights_sha256=r.weights_sha256, size_bytes=r.size_bytes,
             param_count=r.param_count, dtypes=list(r.dtypes or []), module_count=r.module_count,
             path=str(store_root / r.storage_path), source_uri=r.source_uri, description=r.description,
-            created_at=r.created_at,
+            created_at=r.created_at, created_by=r.created_by,
             tags=dict(tags.get(r.id, {})), aliases=aliases.get(r.id, []), parents=parents.get(r.id, []),
             compatible=compat.get(r.id, []),
         ))

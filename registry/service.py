@@ -7,7 +7,6 @@ embedded :class:`~registry.sdk.Registry`, the HTTP API, the CLI, runs, schedules
 
 from __future__ import annotations
 
-import getpass
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -15,6 +14,7 @@ from typing import Protocol
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from registry.auth import Principal, os_user
 from registry.config import Settings
 from registry.db import ensure_schema, make_engine, session_factory, transaction
 from registry.executors import CeleryExecutor, LocalExecutor
@@ -29,14 +29,6 @@ class Executor(Protocol):
     name: str
 
     def dispatch(self, job_id: int, queue: str) -> None: ...
-
-
-def os_user() -> str:
-    """Who acts in the embedded default: the operating-system user."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "local"
 
 
 class Service:
@@ -61,6 +53,8 @@ class Service:
         self.local_runner = local_runner
         self.on_progress = on_progress
         self.actor = actor or os_user()
+        #: Whose permissions access operations check (``None``: a trusted local caller, e.g. the embedded CLI).
+        self.principal: Principal | None = None
         self._executor: Executor | None = None
 
     @classmethod
@@ -69,10 +63,11 @@ class Service:
         """A service over the catalog ``database_url`` (else ``ADREG_DATABASE_URL``, else the embedded SQLite)."""
         return cls(Settings.from_env(database_url, home), **options)  # type: ignore[arg-type]
 
-    def acting_as(self, actor: str) -> Service:
-        """The same catalog, engine and executor, acting as ``actor`` (one per HTTP request)."""
+    def acting_as(self, principal: Principal) -> Service:
+        """The same catalog, engine and executor, acting as ``principal`` (one per HTTP request)."""
         other = Service(self.settings, local_runner=self.local_runner, on_progress=self.on_progress,
-                        actor=actor, engine=self.engine)
+                        actor=principal.name, engine=self.engine)
+        other.principal = principal
         if isinstance(self._executor, CeleryExecutor):  # one broker connection pool per process
             other._executor = self._executor
         return other

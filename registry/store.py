@@ -91,6 +91,24 @@ class ArtifactStore:
             raise UnsafePath(f"{sha256!r} is not a sha256 digest")
         return self._inside(Path("blobs") / sha256[:2] / f"{sha256}.safetensors")
 
+    def has_blob(self, sha256: str) -> bool:
+        """Whether the weights with this sha256 are stored (an upload of them can be skipped)."""
+        return self._blob(sha256).is_file()
+
+    def blob_path(self, sha256: str) -> Path:
+        return self._blob(sha256)
+
+    def incoming_blob(self, sha256: str, max_bytes: int) -> IncomingBlob:
+        """A writer for weights arriving in pieces (an HTTP upload): see :class:`IncomingBlob`."""
+        return IncomingBlob(self._blob(sha256), sha256, max_bytes)
+
+    def data_file(self, sha256: str, suffix: str) -> Path:
+        """Where an uploaded training-data file with this content and suffix (``.jsonl``, ...) is kept."""
+        if not _HEX.match(sha256) or suffix not in DATA_SUFFIXES:
+            raise UnsafePath(f"{sha256[:80]!r}{suffix[:20]!r} is not a sha256 digest and a data-file suffix "
+                             f"({', '.join(DATA_SUFFIXES)})")
+        return self._inside(Path("data") / f"{sha256}{suffix}")
+
     @staticmethod
     def adapter_folder(sha256: str, config: dict[str, Any]) -> str:
         """The relative folder a version with these weights and this config is stored in."""
@@ -176,3 +194,61 @@ class ArtifactStore:
             if staging is not None and staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         return relative
+
+
+DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".text", ".parquet")
+
+
+class IncomingBlob:
+    """Weights received in pieces, written to a temporary file beside their blob and hashed on the way.
+
+    :meth:`commit` moves them into place only if they hash to the announced sha256; :meth:`discard` (or leaving a
+    ``with`` block without committing) removes the temporary file, so an interrupted or refused upload leaves
+    nothing behind. More than ``max_bytes`` is refused while it arrives.
+    """
+
+    def __init__(self, blob: Path, sha256: str, max_bytes: int) -> None:
+        self.blob, self.sha256, self.max_bytes = blob, sha256, max_bytes
+        self.size = 0
+        self._digest = hashlib.sha256()
+        with _storage_errors(blob.parent):
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=blob.parent, prefix=".tmp-")
+        self._tmp: Path | None = Path(name)
+        self._out = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise InvalidAdapter("the upload", [f"the file is larger than the limit ({self.max_bytes:,} bytes, "
+                                                "ADREG_MAX_ADAPTER_BYTES); nothing was stored"])
+        self._digest.update(data)
+        with _storage_errors(self.blob.parent):
+            self._out.write(data)
+
+    def commit(self) -> None:
+        """Check the hash, then move the file into the store (a no-op if the same blob arrived meanwhile)."""
+        actual = self._digest.hexdigest()
+        if actual != self.sha256:
+            raise InvalidAdapter("the upload", [f"the bytes received hash to {actual[:12]}, not the announced "
+                                                f"{self.sha256[:12]} (a truncated or altered upload); nothing was "
+                                                "stored"])
+        with _storage_errors(self.blob.parent):
+            self._out.flush()
+            os.fsync(self._out.fileno())
+            self._out.close()
+            os.replace(self._tmp, self.blob)  # type: ignore[arg-type]
+        self._tmp = None
+
+    def discard(self) -> None:
+        if not self._out.closed:
+            self._out.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+    def __enter__(self) -> IncomingBlob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()

@@ -101,6 +101,7 @@ class AdapterVersion(_Serializable):
     source_uri: str | None
     description: str | None
     created_at: datetime
+    created_by: str | None = None
     tags: dict[str, str] = dataclasses.field(default_factory=dict)
     aliases: list[str] = dataclasses.field(default_factory=list)
     parents: list[ParentLink] = dataclasses.field(default_factory=list)

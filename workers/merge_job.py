@@ -76,7 +76,7 @@ def run_merge(svc: Service, ctx: JobContext, spec: MergeSpec) -> None:
         base = s.get(m.BaseModelRecord, first.base_model_id) if first.base_model_id else None
         row, _ = catalog.register_version(
             s, spec.name, manifest, storage, base, tags=spec.tags,
-            source_uri=f"job:{ctx.job_id}", description=spec.description,
+            source_uri=f"job:{ctx.job_id}", description=spec.description, created_by=spec.submitted_by,
             parents=[
                 catalog.ParentSpec(src.version_id, "merge", w, i, edge_params)
                 for i, (src, w) in enumerate(zip(spec.sources, spec.weights, strict=True))

@@ -470,7 +470,8 @@ def _run_train(svc: Service, ctx: JobContext, spec: TrainSpec) -> None:
             parents = ([catalog.ParentSpec(spec.sources[i].version_id, "finetune", None, 0, edge)]
                        if spec.sources else [])
             row, _ = catalog.register_version(s, name, manifest, storage, base, tags=spec.tags,
-                                              source_uri=f"job:{ctx.job_id}", parents=parents)
+                                              source_uri=f"job:{ctx.job_id}", parents=parents,
+                                              created_by=spec.submitted_by)
             results.append((row.id, f"{name}:{row.version}"))
         report["registered"] = [ref for _, ref in results]
         complete(svc, ctx, s, result_version_id=results[0][0], report=report, progress_message="trained")

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from registry import catalog, jobs
+from registry import audit, catalog, jobs
 from registry import models as m
 from registry.base_identity import card_base_model
 from registry.errors import ConflictError, RegistryError, field_problems
@@ -105,12 +105,18 @@ def submit(
     queue = jobs.DEFAULT_QUEUE[spec.kind]
     if queue == "gpu" and svc.settings.gpu_queue_fallback:
         queue = "cpu"
+    if spec.submitted_by is None:
+        spec = spec.model_copy(update={"submitted_by": svc.actor})
     with svc.transaction() as session:
         row, created = jobs.insert_job(
             session, spec, queue=queue, idempotency_key=idempotency_key, parent_job_id=parent_job_id,
             run_id=run_id,
         )
         job_id = row.id
+        if created:
+            audit.record(session, spec.submitted_by or svc.actor, "job.submit",
+                         adapter_name=jobs.written_names(spec)[0], ref=getattr(spec, "ref", None),
+                         after={"job": job_id, "kind": spec.kind, "names": jobs.written_names(spec)})
     if created:
         svc.executor.dispatch(job_id, queue)
     return job(svc, job_id)
@@ -122,6 +128,18 @@ def job(svc: Service, job_id: int) -> jobs.Job:
         if row is None:
             raise RegistryError(f"no job {job_id}", hint="see `adreg jobs`")
         return jobs.job_from_row(session, row)
+
+
+def wait_job(svc: Service, job_id: int, *, timeout: float = 20.0) -> jobs.Job:
+    """The job once it has finished, or as it stands after ``timeout`` seconds (at most 30): a long poll."""
+    import time
+
+    deadline = time.monotonic() + max(0.0, min(timeout, 30.0))
+    current = job(svc, job_id)
+    while not current.done and time.monotonic() < deadline:
+        time.sleep(0.1)
+        current = job(svc, job_id)
+    return current
 
 
 def list_jobs(svc: Service, *, status: str | None = None, kind: str | None = None, parent_job_id: int | None = None,
@@ -143,7 +161,12 @@ def list_jobs(svc: Service, *, status: str | None = None, kind: str | None = Non
 def cancel(svc: Service, job_id: int) -> str:
     """Cancel a queued job, or ask a running one to stop; returns ``cancelled`` or ``cancelling``."""
     with svc.transaction() as session:
-        return jobs.request_cancel(session, job_id)
+        status = jobs.request_cancel(session, job_id)
+        row = session.get(m.Job, job_id)
+        names = jobs.written_names(jobs.parse_spec(row.spec)) if row is not None else []
+        audit.record(session, svc.actor, "job.cancel", adapter_name=names[0] if names else None,
+                     after={"job": job_id, "status": status})
+        return status
 
 
 def train(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from registry import catalog, queries
+from registry import audit, catalog, queries
 from registry import models as m
 from registry import types as t
 from registry.base_identity import resolve_base
@@ -84,10 +84,16 @@ def register(
         row, created = catalog.register_version(
             session, name, manifest, storage, base_row, tags=tags,
             source_uri=source_uri or str(folder.resolve()), description=description, parents=parents,
+            created_by=svc.actor,
         )
         if not created and tags:
             catalog.set_tags(session, row, tags)
-        return queries.describe(session, [row], svc.store.root)[0]
+        view = queries.describe(session, [row], svc.store.root)[0]
+        if created:
+            audit.record(session, svc.actor, "version.register", adapter_name=name, ref=view.ref,
+                         after={"weights_sha256": view.weights_sha256, "base_model": view.base_model,
+                                "source": source_uri or str(folder.resolve())})
+        return view
 
 
 def get(svc: Service, ref: str) -> t.AdapterVersion:
@@ -126,12 +132,20 @@ def versions_of(svc: Service, name: str) -> list[t.AdapterVersion]:
         return queries.describe(session, list(rows), svc.store.root)
 
 
+def _alias_target(session, name: str, alias: str) -> str | None:  # type: ignore[no-untyped-def]
+    return next((a.ref for a in queries.aliases(session, name) if a.alias == alias), None)
+
+
 def set_alias(svc: Service, ref: str, alias: str) -> t.AdapterVersion:
     """Point ``alias`` (e.g. ``production``) at the version ``ref`` names; moves it if it exists."""
     with svc.transaction() as session:
         row = catalog.resolve(session, parse_ref(ref))
+        view = queries.describe(session, [row], svc.store.root)[0]
+        before = _alias_target(session, view.name, alias)
         catalog.set_alias(session, row, alias)
         session.flush()
+        audit.record(session, svc.actor, "alias.set", adapter_name=view.name, ref=f"{view.name}@{alias}",
+                     before={"version": before}, after={"version": view.ref})
         return queries.describe(session, [row], svc.store.root)[0]
 
 
@@ -143,7 +157,10 @@ def remove_alias(svc: Service, name: str, alias: str | None = None) -> None:
             raise InvalidReference(f"{name!r} is not name@alias")
         name, alias = parsed.name or "", parsed.alias
     with svc.transaction() as session:
+        before = _alias_target(session, check_slug(name), alias)
         catalog.remove_alias(session, name, alias)
+        audit.record(session, svc.actor, "alias.remove", adapter_name=name, ref=f"{name}@{alias}",
+                     before={"version": before}, after=None)
 
 
 def aliases(svc: Service, name: str | None = None) -> list[t.AliasInfo]:
@@ -156,15 +173,23 @@ def tag(svc: Service, ref: str, tags: dict[str, str]) -> t.AdapterVersion:
     """Set tags (key -> value) on a version, overwriting existing values of the same keys."""
     with svc.transaction() as session:
         row = catalog.resolve(session, parse_ref(ref))
+        before = queries.describe(session, [row], svc.store.root)[0]
         catalog.set_tags(session, row, tags)
-        return queries.describe(session, [row], svc.store.root)[0]
+        after = queries.describe(session, [row], svc.store.root)[0]
+        audit.record(session, svc.actor, "tag.set", adapter_name=after.name, ref=after.ref,
+                     before={"tags": before.tags}, after={"tags": after.tags})
+        return after
 
 
 def untag(svc: Service, ref: str, keys: list[str]) -> t.AdapterVersion:
     with svc.transaction() as session:
         row = catalog.resolve(session, parse_ref(ref))
+        before = queries.describe(session, [row], svc.store.root)[0]
         catalog.remove_tags(session, row, keys)
-        return queries.describe(session, [row], svc.store.root)[0]
+        after = queries.describe(session, [row], svc.store.root)[0]
+        audit.record(session, svc.actor, "tag.remove", adapter_name=after.name, ref=after.ref,
+                     before={"tags": before.tags}, after={"tags": after.tags})
+        return after
 
 
 def publications(svc: Service, ref: str) -> list[dict]:
