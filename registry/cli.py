@@ -42,12 +42,14 @@ _state: dict[str, Any] = {}
 def _main(
     db: str | None = typer.Option(None, "--db", envvar="ADREG_DATABASE_URL", help="Catalog database URL."),
     home: Path | None = typer.Option(None, "--home", envvar="ADREG_HOME", help="Embedded catalog folder."),
+    url: str | None = typer.Option(None, "--url", envvar="ADREG_URL",
+                                   help="An adreg server (then ADREG_TOKEN or `adreg login` give the token)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Let libraries print their own progress and warnings."),
 ) -> None:
     import os
 
     _state.clear()
-    _state.update(db=db, home=home)
+    _state.update(db=db, home=home, url=url)
     if verbose:
         os.environ["ADREG_VERBOSE"] = "1"  # read where the workers load models (workers.quiet)
 
@@ -56,7 +58,8 @@ def _registry():  # type: ignore[no-untyped-def]
     from registry.sdk import Registry
 
     if "registry" not in _state:
-        _state["registry"] = Registry(_state.get("db"), home=_state.get("home"), on_progress=activity.job)
+        _state["registry"] = Registry(_state.get("url") or _state.get("db"), home=_state.get("home"),
+                                      on_progress=activity.job)
     return _state["registry"]
 
 
@@ -132,15 +135,31 @@ def _render_bases(bases: list[t.BaseModelInfo]) -> None:
 # -- commands ------------------------------------------------------------------------------------
 
 
+def _render_init(data: dict[str, Any]) -> None:
+    stdout.print(f"catalog ready at {data['database']} (schema {data['revision']})", markup=False)
+    if data.get("admin"):
+        stderr.print(f"admin {escape(data['admin'])} created; its token (shown once, store it now):", highlight=False)
+        stdout.print(data["token"], markup=False, highlight=False)
+
+
 @app.command()
-@emits(lambda d: stdout.print(f"catalog ready at {d['database']} (schema {d['revision']})", markup=False))
-def init(json_output: bool = JSON) -> dict[str, str]:
+@emits(_render_init)
+def init(
+    admin: str | None = typer.Option(None, "--admin", help="Create this first admin user and print its token once."),
+    json_output: bool = JSON,
+) -> dict[str, Any]:
     """Create the catalog, or upgrade its schema to this version's."""
     from registry.db import head_revision
     from registry.sdk import Registry
 
     url = Registry.init(_state.get("db"), home=_state.get("home"))
-    return {"database": url, "revision": head_revision()}
+    done: dict[str, Any] = {"database": url, "revision": head_revision()}
+    if admin:
+        with Registry(_state.get("db"), home=_state.get("home")) as reg:
+            reg.add_user(admin, admin=True)
+            token = reg.create_token(admin, scope="admin", label="created by adreg init")
+        done.update(admin=admin, token=token["token"], token_id=token["id"])
+    return done
 
 
 @app.command()
@@ -936,6 +955,11 @@ def worker(
         "worker", "-Q", ",".join(names), "-c", str(1 if chosen == "solo" else concurrency), "-P", chosen,
         "-l", loglevel, "-n", f"adreg-{'-'.join(names)}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
     ])
+
+
+from registry.cli_access import install  # noqa: E402  (the access commands register on the app above)
+
+install(app, _registry, _state)
 
 
 def main() -> None:

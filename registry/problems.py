@@ -65,7 +65,7 @@ def to_problem(exc: errors.RegistryError, status: int | None = None) -> dict[str
 def from_problem(body: dict[str, Any], status: int) -> errors.RegistryError:
     """The typed error a problem document describes (a :class:`RegistryError` for an unknown type)."""
     cls = _KNOWN.get(str(body.get("error") or ""), errors.RegistryError)
-    if status >= 500 and cls is errors.RegistryError:
+    if status in (502, 503, 504) and cls is errors.RegistryError:
         cls = errors.ServiceUnavailable
     exc = cls.__new__(cls)
     errors.RegistryError.__init__(exc, str(body.get("detail") or body.get("title") or f"HTTP {status}"),

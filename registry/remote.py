@@ -1,17 +1,264 @@
-"""The remote ``Registry``: the same methods, results and typed errors as the embedded one, over HTTP."""
+"""The remote ``Registry``: the same methods, results and typed errors as the embedded one, over HTTP.
+
+``Registry("https://adreg.example.com", token=...)``, or ``ADREG_URL`` + ``ADREG_TOKEN``, or ``adreg login URL``
+give a :class:`RemoteRegistry`. Its methods are built from :data:`registry.endpoints.ENDPOINTS`, the table the
+server builds its routes from, and turn each answer back into the service function's own return type; an error
+answer (RFC 9457 problem+json) is raised as the SDK error it names. Files move as streams: ``register`` uploads
+weights only when the server lacks their sha256, ``download`` verifies the sha256 of what it receives.
+"""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import inspect
+import json
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from registry import endpoints, jobs
+from registry import types as t
+from registry.errors import RegistryError, ServiceUnavailable, Unauthenticated
+from registry.login import saved_login
+from registry.problems import from_problem
+from registry.sdk import Registry
+
+CHUNK = 1 << 20
 
 
-def remote_target(location: str | None) -> str | None:
-    """The server URL a ``Registry(location)`` means, or None for a catalog opened in this process.
+class RemoteRegistry(Registry):
+    """A ``Registry`` whose catalog is an ``adreg serve`` server (see the module docstring)."""
 
-    An ``http(s)://`` location is a server; with no location, ``ADREG_URL`` names one (unless a database URL is
-    set explicitly in ``ADREG_DATABASE_URL``, which opens that catalog directly).
-    """
-    if location is not None:
-        return location if location.startswith(("http://", "https://")) else None
-    url = os.environ.get("ADREG_URL")
-    return url if url and not os.environ.get("ADREG_DATABASE_URL") else None
+    def __init__(self, url: str | None = None, *, token: str | None = None, timeout: float = 60.0,
+                 home: str | Path | None = None,
+                 on_progress: Callable[[int, float, str | None], None] | None = None) -> None:
+        """``on_progress(done_bytes, total_bytes)`` is not used here: uploads report through ``on_upload``."""
+        import httpx
+
+        login = saved_login()
+        self.url = (url or os.environ.get("ADREG_URL") or (login or {}).get("url") or "").rstrip("/")
+        if not self.url.startswith(("http://", "https://")):
+            raise RegistryError(f"{self.url!r} is not a server URL (http:// or https://)")
+        token = token or os.environ.get("ADREG_TOKEN") or (
+            login["token"] if login and login["url"].rstrip("/") == self.url else None)
+        if not token:
+            raise Unauthenticated(f"no API token for {self.url}",
+                                  hint="pass token=, set ADREG_TOKEN, or run `adreg login URL`")
+        self.on_upload: Callable[[int, int], None] | None = None
+        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(timeout, connect=10.0),
+                                   headers={"Authorization": f"Bearer {token}", "User-Agent": "adreg"})
+
+    def close(self) -> None:
+        self.client.close()
+
+    @property
+    def service(self):  # type: ignore[no-untyped-def]
+        raise RegistryError(f"this Registry talks to the server at {self.url}; the operation needs a catalog opened "
+                            "in this process (unset ADREG_URL, or run it on the server)")
+
+    settings = store = engine = service
+
+    # -- transport ---------------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **options: Any) -> Any:
+        """Send a request; return its JSON (None for an empty answer); raise the SDK error a problem names."""
+        import httpx
+
+        try:
+            response = self.client.request(method, path, **options)
+        except httpx.TimeoutException:
+            raise ServiceUnavailable(f"the server at {self.url} did not answer in time ({method} {path})") from None
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(f"cannot reach the server at {self.url}: {exc}") from None
+        self.raise_for_problem(response)
+        return response.json() if response.content else None
+
+    def raise_for_problem(self, response: Any) -> None:
+        if response.status_code < 400:
+            return
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"detail": f"HTTP {response.status_code} from {self.url}: {response.text[:200]}"}
+        raise from_problem(body if isinstance(body, dict) else {"detail": str(body)}, response.status_code)
+
+    def call(self, operation: str, /, *args: Any, **kwargs: Any) -> Any:
+        """Call the server's ``operation`` with the service function's own arguments."""
+        from pydantic import TypeAdapter
+        from pydantic_core import to_jsonable_python
+
+        endpoint = endpoints.BY_NAME[operation]
+        signature = inspect.Signature(endpoint.parameters)
+        bound = signature.bind(*args, **kwargs)
+        values = to_jsonable_python(bound.arguments)
+        path = endpoint.path
+        for field in endpoint.path_fields:
+            path = path.replace("{" + field + "}", _segment(values.pop(field)))
+        if endpoint.method in ("GET", "DELETE"):
+            data = self.request(endpoint.method, path, params={k: v for k, v in values.items() if v is not None})
+        else:
+            data = self.request(endpoint.method, path, json=values)
+        returns = endpoint.returns()
+        if returns is type(None):
+            return None
+        result = TypeAdapter(returns).validate_python(data)
+        if isinstance(result, jobs.Job):
+            return result.bind(self)
+        if isinstance(result, list) and result and isinstance(result[0], jobs.Job):
+            return [job.bind(self) for job in result]
+        return result
+
+    # -- files -------------------------------------------------------------------------------------
+
+    def upload(self, path: Path, sha256: str, *, kind: str = "blobs", suffix: str | None = None) -> None:
+        """Stream ``path`` to the server unless it already holds ``sha256``; ``on_upload`` hears the progress."""
+        if kind == "blobs" and self.client.head(f"/v1/blobs/{sha256}").status_code == 200:
+            return
+        total = path.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            done = 0
+            with path.open("rb") as source:
+                while block := source.read(CHUNK):
+                    done += len(block)
+                    if self.on_upload is not None:
+                        self.on_upload(done, total)
+                    yield block
+
+        self.request("PUT", f"/v1/{kind}/{sha256}", content=chunks(), params={"suffix": suffix} if suffix else None,
+                     headers={"Content-Type": "application/octet-stream", "Content-Length": str(total)})
+
+    def register(self, source: str | Path, *, name: str, tags: dict[str, str] | None = None,
+                 base: str | None = None, base_path: str | Path | None = None, revision: str | None = None,
+                 description: str | None = None, parents: list | None = None) -> t.AdapterVersion:
+        """Register a local adapter folder (or ``hf://`` repo) on the server: every local check first, then the
+        weights are uploaded (unless the server has their sha256), then the server checks and registers them."""
+        from registry.base_identity import resolve_base
+        from registry.inspect import CONFIG_FILE, inspect_adapter, weights_path
+        from registry.refs import Ref, parse_ref
+
+        if parents:
+            raise RegistryError("parents= is not available over HTTP: lineage comes from the server's own jobs")
+        ref = parse_ref(str(source)) if isinstance(source, str) else Ref(path=Path(source))
+        source_uri, root = None, None
+        if ref.hub_repo:
+            from registry.hub_client import fetch_adapter
+
+            folder, commit = fetch_adapter(ref.hub_repo, ref.hub_revision)
+            source_uri, root = f"hf://{ref.hub_repo}@{commit}", folder.parents[1]
+        elif ref.path is None:
+            raise RegistryError(f"{source!r} is not a folder path (write ./{source} for a local folder)")
+        else:
+            folder = ref.path
+        manifest = inspect_adapter(folder, root=root)
+        config = json.loads((folder / CONFIG_FILE).read_text())
+        if base_path is None and not ref.hub_repo:  # a local base is named by the path the server must see
+            identity = resolve_base(base or manifest.base_model_name_or_path, adapter_folder=folder,
+                                    base_path=None, explicit=base is not None)
+            base = identity.name
+            base_path = str(identity.local_path) if identity.local_path else None
+        self.upload(weights_path(folder, root=root), manifest.weights_sha256)
+        data = self.request("POST", "/v1/versions", json={
+            "name": name, "weights_sha256": manifest.weights_sha256, "config": config, "tags": tags, "base": base,
+            "base_path": str(base_path) if base_path else None, "revision": revision, "description": description,
+            "source_uri": source_uri or f"upload:{folder.resolve()}"})
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(t.AdapterVersion).validate_python(data)
+
+    def download(self, ref: str, folder: str | Path) -> Path:
+        """Write version ``ref`` (adapter_config.json + adapter_model.safetensors) into the new folder ``folder``,
+        verifying the weights' sha256; nothing is left at ``folder`` if anything fails."""
+        import httpx
+
+        version = self.get(ref)
+        target = _new_folder(folder)
+        staging = Path(tempfile.mkdtemp(prefix=".tmp-adreg-", dir=target.parent))
+        try:
+            for filename in ("adapter_config.json", "adapter_model.safetensors"):
+                digest = hashlib.sha256()
+                try:
+                    with self.client.stream("GET", f"/v1/versions/{_segment(version.ref)}/files/{filename}") as answer:
+                        if answer.status_code >= 400:
+                            answer.read()
+                            self.raise_for_problem(answer)
+                        with (staging / filename).open("wb") as out:
+                            for block in answer.iter_bytes(CHUNK):
+                                digest.update(block)
+                                out.write(block)
+                except httpx.TransportError as exc:
+                    raise ServiceUnavailable(f"the download of {version.ref} from {self.url} broke off: {exc}") \
+                        from None
+                if filename.endswith(".safetensors") and digest.hexdigest() != version.weights_sha256:
+                    raise RegistryError(f"the weights of {version.ref} arrived with sha256 {digest.hexdigest()[:12]}, "
+                                        f"not {version.weights_sha256[:12]}; nothing was written")
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def train(self, source: str | None = None, *, data: str | Path, **options: Any) -> jobs.Job:
+        """As embedded; a local data file is uploaded first (unless the server has it) and named by its sha256."""
+        from registry.inspect import sha256_file
+
+        path = Path(data)
+        if not path.is_file():
+            raise RegistryError(f"data file {path} does not exist")
+        sha = sha256_file(path)
+        self.upload(path, sha, kind="data", suffix=path.suffix.lower())
+        return self.call("train", source, data=f"{endpoints.UPLOAD_SCHEME}{sha}{path.suffix.lower()}", **options)
+
+    def run_recipe(self, recipe: str | Path | dict, *, idempotency_key: str | None = None) -> Any:
+        return self.call("run_recipe", _recipe_dict(recipe), idempotency_key=idempotency_key)
+
+    def add_schedule(self, recipe: str | Path | dict, **options: Any) -> dict:
+        return self.call("add_schedule", _recipe_dict(recipe), **options)
+
+    def tick(self, now: datetime | None = None) -> list[int]:
+        return self.call("tick")
+
+
+def _recipe_dict(recipe: str | Path | dict) -> dict:
+    from registry.recipes import load_recipe
+
+    return load_recipe(recipe if isinstance(recipe, dict) else Path(recipe)).model_dump(by_alias=True,
+                                                                                         exclude_none=True)
+
+
+def _segment(value: Any) -> str:
+    from urllib.parse import quote
+
+    return quote(str(value), safe=":@")
+
+
+def _new_folder(folder: str | Path) -> Path:
+    target = Path(folder).expanduser().resolve()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise RegistryError(f"{target} exists and is not an empty folder", hint="give a new folder to download into")
+    if target.exists():
+        target.rmdir()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def _remote_method(name: str) -> Callable[..., Any]:
+    embedded = getattr(Registry, name)
+
+    @functools.wraps(embedded)
+    def method(self: RemoteRegistry, *args: Any, **kwargs: Any) -> Any:
+        return self.call(name, *args, **kwargs)
+
+    return method
+
+
+#: Every table operation the facade offers becomes a remote method (register, train, recipes: written above).
+for _endpoint in endpoints.ENDPOINTS:
+    if hasattr(Registry, _endpoint.name) and _endpoint.name not in RemoteRegistry.__dict__:
+        setattr(RemoteRegistry, _endpoint.name, _remote_method(_endpoint.name))
+
+Registry.transports.update(http=RemoteRegistry, https=RemoteRegistry)

@@ -9,12 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any, ClassVar
 
 from registry import catalog, jobs, queries
 from registry import types as t
 from registry.config import Settings
 from registry.db import make_engine, upgrade
-from registry.operations import automation, submit, versions
+from registry.errors import RegistryError
+from registry.login import server_url
+from registry.operations import access, automation, submit, versions
 from registry.runs import RunInfo
 from registry.service import Service
 
@@ -28,19 +31,21 @@ class Registry:
     ``ADREG_URL``) talks to an ``adreg serve`` server instead (a :class:`~registry.remote.RemoteRegistry`).
     """
 
-    def __new__(cls, database_url: str | None = None, **kwargs: object):  # type: ignore[no-untyped-def]
-        from registry.remote import remote_target
+    #: Facades of catalogs served elsewhere, by URL scheme (:mod:`registry.remote` adds http and https).
+    transports: ClassVar[dict[str, type[Registry]]] = {}
 
-        target = remote_target(database_url) if cls is Registry else None
+    def __new__(cls, database_url: str | None = None, **_options: object):  # type: ignore[no-untyped-def]
+        target = server_url(database_url) if cls is Registry else None
         if target is not None:
-            from registry.remote import RemoteRegistry
-
-            return RemoteRegistry(target, token=kwargs.get("token"))  # type: ignore[arg-type]
-        return super().__new__(cls)
+            scheme = target.partition(":")[0]
+            if scheme not in Registry.transports:
+                raise RegistryError(f"no client for {scheme}:// URLs (import registry.remote)")
+            return object.__new__(Registry.transports[scheme])  # its __init__ runs next, with these arguments
+        return object.__new__(cls)
 
     def __init__(
         self, database_url: str | None = None, *, home: str | Path | None = None,
-        on_progress: Callable[[int, float, str | None], None] | None = None, token: str | None = None,
+        on_progress: Callable[[int, float, str | None], None] | None = None,
     ) -> None:
         """``on_progress(job_id, fraction, message)`` hears the progress of jobs run in this process (the
         embedded default's local executor); jobs on Celery workers report through ``Job.refresh()``."""
@@ -339,3 +344,51 @@ class Registry:
     def tick(self, now: datetime | None = None) -> list[int]:
         """Start the runs that schedules and alias triggers are due for (see ``registry.schedules``)."""
         return automation.tick(self.service, now)
+
+    def wait_job(self, job_id: int, *, timeout: float = 20.0) -> jobs.Job:
+        """The job once it has finished, or as it stands after ``timeout`` seconds (at most 30)."""
+        return self._bound(submit.wait_job(self.service, job_id, timeout=timeout))
+
+    def download(self, ref: str, folder: str | Path) -> Path:
+        """Copy version ``ref`` (adapter_config.json + adapter_model.safetensors) into the new folder ``folder``,
+        verifying the weights' sha256; nothing is left at ``folder`` if anything fails."""
+        return versions.download(self.service, ref, folder)
+
+    # -- access: users, tokens, grants, audit --------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """Who this registry acts as (embedded: the OS user, with every right)."""
+        return access.whoami(self.service)
+
+    def add_user(self, name: str, *, admin: bool = False, groups: list[str] | None = None) -> dict[str, Any]:
+        """Create a user of the server's API (admin only)."""
+        return access.add_user(self.service, name, admin=admin, groups=groups)
+
+    def users(self) -> list[dict[str, Any]]:
+        return access.users(self.service)
+
+    def create_token(self, user: str, *, scope: str = "write", expires: str | None = None,
+                     label: str | None = None) -> dict[str, Any]:
+        """A new API token (``scope`` read, write or admin; ``expires`` like ``30d``); its secret is shown once."""
+        return access.create_token(self.service, user, scope=scope, expires=expires, label=label)
+
+    def tokens(self, user: str | None = None) -> list[dict[str, Any]]:
+        return access.tokens(self.service, user)
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        return access.revoke_token(self.service, token_id)
+
+    def add_grant(self, subject: str, pattern: str, permission: str = "write") -> dict[str, Any]:
+        """Let a user (or ``group:NAME``) read, write or manage adapters whose names match ``pattern`` (``cx-*``)."""
+        return access.add_grant(self.service, subject, pattern, permission)
+
+    def remove_grant(self, subject: str, pattern: str) -> dict[str, Any]:
+        return access.remove_grant(self.service, subject, pattern)
+
+    def grants(self, subject: str | None = None) -> list[dict[str, Any]]:
+        return access.grants(self.service, subject)
+
+    def audit_events(self, *, name: str | None = None, since: str | None = None,
+                     limit: int = 200) -> list[dict[str, Any]]:
+        """Who did what, newest first: registrations, alias and tag changes, job submissions, access changes."""
+        return access.audit_events(self.service, name=name, since=since, limit=limit)

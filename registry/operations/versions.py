@@ -15,7 +15,7 @@ from registry import models as m
 from registry import types as t
 from registry.base_identity import resolve_base
 from registry.basemodel import describe_base
-from registry.errors import InvalidReference
+from registry.errors import InvalidReference, RegistryError
 from registry.inspect import inspect_adapter, weights_path
 from registry.manifest import check_text
 from registry.refs import Ref, check_slug, check_tag, parse_ref
@@ -33,6 +33,7 @@ def register(
     revision: str | None = None,
     description: str | None = None,
     parents: list[catalog.ParentSpec] | None = None,
+    source_uri: str | None = None,
 ) -> t.AdapterVersion:
     """Register the adapter folder ``source`` as the next version of ``name``.
 
@@ -47,7 +48,6 @@ def register(
     check_text(description, "description", multiline=True)
     check_text(revision, "revision")
     ref = parse_ref(str(source)) if isinstance(source, str) else Ref(path=Path(source))
-    source_uri: str | None = None
     root: Path | None = None  # where the folder's files may resolve to: the folder itself, for a local one
     if ref.hub_repo:
         from registry.hub_client import fetch_adapter, resolve_base_revision
@@ -202,3 +202,33 @@ def publications(svc: Service, ref: str) -> list[dict]:
             for p in session.scalars(select(m.Publication).where(m.Publication.version_id == row.id)
                                      .order_by(m.Publication.id))
         ]
+
+
+def download(svc: Service, ref: str, folder: str | Path) -> Path:
+    """Copy version ``ref``'s files into the new folder ``folder`` (through a temporary folder beside it), checking
+    the weights' sha256; nothing is left at ``folder`` if anything fails."""
+    import shutil
+    import tempfile
+
+    from registry.inspect import CONFIG_FILE, WEIGHTS_FILE, sha256_file
+
+    version = get(svc, ref)
+    target = Path(folder).expanduser().resolve()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise RegistryError(f"{target} exists and is not an empty folder", hint="give a new folder to download into")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".tmp-adreg-", dir=target.parent))
+    try:
+        stored = Path(version.path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copyfile(stored / name, staging / name)
+        actual = sha256_file(staging / WEIGHTS_FILE)
+        if actual != version.weights_sha256:
+            raise RegistryError(f"the stored weights of {version.ref} hash to {actual[:12]}, not the recorded "
+                                f"{version.weights_sha256[:12]}: the store was altered; nothing was written")
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
