@@ -238,3 +238,33 @@ def hub(monkeypatch, tmp_path):  # type: ignore[no-untyped-def]
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
     yield server
     server.stop()
+
+
+@pytest.fixture
+def server_env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a server on the embedded default (SQLite + the in-process executor)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADREG_")}
+    return {**env, "ADREG_HOME": str(tmp_path / "server-home"), "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture
+def start_server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Start real ``adreg serve`` processes: ``start_server(env)`` -> ServerProcess (stopped after the test)."""
+    from server_process import ServerProcess
+
+    servers: list[ServerProcess] = []
+
+    def start(env: dict[str, str], admin: str = "admin") -> ServerProcess:
+        server = ServerProcess(env, tmp_path / f"server-{len(servers)}.log", admin)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server, server_env):  # type: ignore[no-untyped-def]
+    """A running server on the embedded default catalog."""
+    return start_server(server_env)
