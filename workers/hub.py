@@ -20,8 +20,8 @@ from registry.hub_client import api, endpoint, hub_call
 from registry.inspect import WEIGHTS_FILE
 from registry.jobs import PublishSpec
 from registry.lineage_render import to_mermaid
-from registry.service import Service
 from workers.context import JobContext, complete
+from workers.host import LocalHost
 
 log = logging.getLogger("adreg.hub")
 
@@ -130,9 +130,11 @@ def build_card(ctx: dict[str, Any], base_hub_id: str) -> Any:
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines))
 
 
-def run_publish(svc: Service, ctx: JobContext, spec: PublishSpec) -> None:
+def run_publish(host: LocalHost, ctx: JobContext, spec: PublishSpec) -> None:
+    """Push a version to the Hub (on a host with the catalog: the server runs it for remote workers)."""
     from huggingface_hub import CommitOperationAdd
 
+    svc = host.svc
     target = spec.target
     with svc.sessions() as s:
         row = s.get(m.AdapterVersion, spec.version_id)

@@ -28,6 +28,7 @@ from registry.errors import RegistryError
 from registry.jobs import parse_spec
 from registry.service import Service
 from workers.context import JobCancelled, JobContext, ProgressListener, ended, lease_seconds
+from workers.host import LocalHost
 
 log = logging.getLogger("adreg.runner")
 
@@ -66,7 +67,7 @@ def _finish(svc: Service, ctx: JobContext, status: str, **values: Any) -> bool:
         return bool(s.execute(ended(ctx, status, **values)).rowcount)
 
 
-JobFunction = Callable[[Service, JobContext, Any], None]
+JobFunction = Callable[[LocalHost, JobContext, Any], None]
 
 
 def _runners() -> dict[str, JobFunction]:
@@ -98,7 +99,7 @@ def run_job(svc: Service, job_id: int, on_progress: ProgressListener | None = No
             spec = parse_spec(s.get(m.Job, job_id).spec)  # type: ignore[union-attr]
         shutil.rmtree(ctx.scratch, ignore_errors=True)  # leftovers of a killed attempt
         ctx.scratch.mkdir(parents=True, exist_ok=True)
-        _runners()[spec.kind](svc, ctx, spec)
+        _runners()[spec.kind](LocalHost(svc), ctx, spec)
         status, ended_here = "succeeded", True
     except JobCancelled:
         ended_here = _finish(svc, ctx, "cancelled", progress_message="cancelled")

@@ -29,13 +29,10 @@ from typing import Any
 from registry import catalog
 from registry import models as m
 from registry.errors import RegistryError
-from registry.inspect import inspect_adapter, sha256_file, weights_path
-from registry.jobs import TrainSpec, ValidateSpec
-from registry.operations.submit import submit
-from registry.service import Service
+from registry.jobs import TrainSpec
 from registry.trainset import CLASSIFICATION_TASKS, IGNORED_LABEL, load_rows
-from workers.context import JobCancelled, JobContext, complete
-from workers.merge_job import InputChanged, verified_folders
+from workers.context import JobCancelled, JobContext
+from workers.host import JobHost, Outcome, Output
 from workers.quiet import quiet_loading
 from workers.validate import (
     ADAPTER_PARAM_MARKERS,
@@ -244,12 +241,12 @@ def _accuracy(prediction: Any) -> dict[str, float]:
     return {"accuracy": float((predicted[mask] == labels[mask]).mean()) if mask.any() else 0.0}
 
 
-def run_train(svc: Service, ctx: JobContext, spec: TrainSpec) -> None:
+def run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
     with quiet_loading():  # library noise off (model loads, Trainer) unless ADREG_VERBOSE=1
-        _run_train(svc, ctx, spec)
+        _run_train(host, ctx, spec)
 
 
-def _run_train(svc: Service, ctx: JobContext, spec: TrainSpec) -> None:
+def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
     import torch
     import transformers
     from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
@@ -259,14 +256,11 @@ def _run_train(svc: Service, ctx: JobContext, spec: TrainSpec) -> None:
 
     started = time.monotonic()
     ctx.progress(0.0, "checking inputs", force=True)
-    if sha256_file(Path(spec.data.path)) != spec.data.sha256:
-        raise InputChanged(f"data file {spec.data.path} changed since the job was submitted")
-    with svc.sessions() as s:
-        base = s.get(m.BaseModelRecord, spec.base_model_id)
-        sources = [s.get(m.AdapterVersion, src.version_id) for src in spec.sources]
-    if base is None or any(r is None for r in sources):
-        raise InputChanged("an input of this job was deleted from the catalog")
-    folders = verified_folders(svc, spec.sources)
+    data_path = host.data_file(spec.data)
+    inputs = host.load(spec)
+    base = inputs.base
+    sources = [inputs.versions[src.version_id] for src in spec.sources]
+    folders = [host.folder(row, src.ref) for row, src in zip(sources, spec.sources, strict=True)]
 
     names = [f"a{i}" for i in range(len(spec.names))]
     task = spec.task_type
@@ -313,7 +307,7 @@ def _run_train(svc: Service, ctx: JobContext, spec: TrainSpec) -> None:
     if not all(report["loaded_weights_match_sources"].values()):
         raise TrainingCheckFailed("the loaded adapter weights differ from the stored ones", report)
 
-    rows = load_rows(spec.data.path, spec.data.format)
+    rows = load_rows(str(data_path), spec.data.format)
     n_rows = len(rows)
     n_eval = spec.eval_rows or (min(max(1, n_rows // 10), DEFAULT_MAX_EVAL_ROWS) if n_rows >= 2 else 0)
     if n_eval and n_eval < n_rows:
@@ -450,31 +444,18 @@ def _run_train(svc: Service, ctx: JobContext, spec: TrainSpec) -> None:
     if base_after != base_digest:
         raise TrainingCheckFailed("the base model's weights changed during training", report)
 
-    stored = []
+    outputs = []
+    params = {"steps": spec.steps, "lr": spec.lr, "batch_size": spec.batch_size, "seed": spec.seed,
+              "dataset_sha256": spec.data.sha256, "dataset_rows": spec.data.rows,
+              "split": report["dataset"]["split"], "job": ctx.job_id}
     for i, a in enumerate(names):
         folder = out / a
         cfg_file = folder / "adapter_config.json"
         cfg = json.loads(cfg_file.read_text())
         cfg.update(base_model_name_or_path=base.name, revision=base.revision)
         cfg_file.write_text(json.dumps(cfg, indent=2))
-        manifest = inspect_adapter(folder)
-        stored.append((spec.names[i], manifest, svc.store.put_adapter(weights_path(folder),
-                                                                           manifest.weights_sha256, manifest.config)))
-    params = {"steps": spec.steps, "lr": spec.lr, "batch_size": spec.batch_size, "seed": spec.seed,
-              "dataset_sha256": spec.data.sha256, "dataset_rows": spec.data.rows,
-              "split": report["dataset"]["split"], "job": ctx.job_id}
-    with svc.transaction() as s:
-        results = []
-        for i, (name, manifest, storage) in enumerate(stored):
-            edge = {**params, "trained_with": [n for j, n in enumerate(spec.names) if j != i]}
-            parents = ([catalog.ParentSpec(spec.sources[i].version_id, "finetune", None, 0, edge)]
-                       if spec.sources else [])
-            row, _ = catalog.register_version(s, name, manifest, storage, base, tags=spec.tags,
-                                              source_uri=f"job:{ctx.job_id}", parents=parents,
-                                              created_by=spec.submitted_by)
-            results.append((row.id, f"{name}:{row.version}"))
-        report["registered"] = [ref for _, ref in results]
-        complete(svc, ctx, s, result_version_id=results[0][0], report=report, progress_message="trained")
-    if spec.validate_after:
-        for version_id, ref in results:
-            submit(svc, ValidateSpec(version_id=version_id, ref=ref), parent_job_id=ctx.job_id)
+        edge = {**params, "trained_with": [n for j, n in enumerate(spec.names) if j != i]}
+        parents = ([catalog.ParentSpec(spec.sources[i].version_id, "finetune", None, 0, edge)]
+                   if spec.sources else [])
+        outputs.append(Output(spec.names[i], folder, spec.base_model_id, parents=parents))
+    host.commit(ctx, spec, Outcome(report=report, message="trained", outputs=outputs))

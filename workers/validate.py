@@ -22,18 +22,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import delete, select
-
-from registry import catalog
 from registry import models as m
 from registry.errors import RegistryError
 from registry.inspect import WEIGHTS_FILE, lora_internals
 from registry.jobs import ValidateSpec
-from registry.operations.submit import submit
-from registry.service import Service
 from registry.targets import head_labels, saved_modules
 from registry.trainset import CLASSIFICATION_TASKS, VALIDATED_TASKS
-from workers.context import JobContext, complete
+from workers.context import JobContext
+from workers.host import JobHost, Outcome
 from workers.quiet import quiet_loading
 
 CANDIDATE = "candidate"
@@ -244,29 +240,21 @@ def layer_checks(peft_model: Any, expected_modules: set[str]) -> tuple[dict[str,
     }, failures
 
 
-def run_validate(svc: Service, ctx: JobContext, spec: ValidateSpec) -> None:
+def run_validate(host: JobHost, ctx: JobContext, spec: ValidateSpec) -> None:
     with quiet_loading():  # library noise off (model loads) unless ADREG_VERBOSE=1
-        _run_validate(svc, ctx, spec)
+        _run_validate(host, ctx, spec)
 
 
-def _run_validate(svc: Service, ctx: JobContext, spec: ValidateSpec) -> None:
+def _run_validate(host: JobHost, ctx: JobContext, spec: ValidateSpec) -> None:
     import torch
     from peft import PeftModel
 
-    from workers.merge_job import parent_versions
-
-    with svc.sessions() as s:
-        row = s.get(m.AdapterVersion, spec.version_id)
-        if row is None:
-            raise RegistryError(f"version {spec.ref} no longer exists")
-        base = s.get(m.BaseModelRecord, row.base_model_id) if row.base_model_id else None
-        if base is None:
-            raise RegistryError(f"{spec.ref} has no base model recorded")
-        parents = [(s.get(m.AdapterVersion, pid), w) for pid, w in parent_versions(s, row.id)]
-        edge_params = s.scalars(
-            select(m.LineageEdge.params).where(m.LineageEdge.child_id == row.id, m.LineageEdge.relation == "merge")
-        ).first() or {}
-    folder = svc.store.path(row.storage_path)
+    inputs = host.load(spec)
+    row, base = inputs.versions[spec.version_id], inputs.base
+    assert base is not None  # load() refuses a version without a base
+    parents = [(inputs.versions.get(pid), w) for pid, w in inputs.parents]
+    edge_params = inputs.edge_params
+    folder = host.folder(row, spec.ref)
     task = (row.task_type or "").upper() or None
     if task is not None and task not in VALIDATED_TASKS:
         raise RegistryError(f"{spec.ref} is a {task} adapter; runtime validation supports the task types "
@@ -312,11 +300,10 @@ def _run_validate(svc: Service, ctx: JobContext, spec: ValidateSpec) -> None:
         ctx.progress(0.6, "comparing with the parents", force=True)
         names = []
         distances = {}
-        with svc.sessions() as s:
-            refs = {p.id: catalog.exact_ref(s, p) for p, _ in parents}
+        refs = inputs.refs
         for i, (parent, _w) in enumerate(parents):
             name = f"parent{i}"
-            peft_model.load_adapter(str(svc.store.path(parent.storage_path)), adapter_name=name)
+            peft_model.load_adapter(str(host.folder(parent, refs[parent.id])), adapter_name=name)
             peft_model.set_adapter(name)
             distances[refs[parent.id]] = float((logits(peft_model) - cand).abs().max())
             names.append(name)
@@ -341,15 +328,5 @@ def _run_validate(svc: Service, ctx: JobContext, spec: ValidateSpec) -> None:
     if failures:
         raise ValidationFailed(spec.ref, failures, report)
     ctx.progress(0.95, "recording", force=True)
-    with svc.transaction() as s:
-        s.execute(delete(m.Compatibility).where(
-            m.Compatibility.version_id == row.id, m.Compatibility.base_model_id == base.id,
-            m.Compatibility.level == "validated",
-        ))
-        s.add(m.Compatibility(version_id=row.id, base_model_id=base.id, level="validated", evidence=report))
-        complete(svc, ctx, s, report=report, result_version_id=row.id, progress_message="validated")
-    if spec.publish_after is not None:
-        from registry.jobs import PublishSpec
-
-        submit(svc, PublishSpec(version_id=row.id, ref=spec.ref, target=spec.publish_after),
-                        parent_job_id=ctx.job_id)
+    host.commit(ctx, spec, Outcome(report=report, message="validated", validated=(row.id, base.id),
+                                   result_version_id=row.id))
