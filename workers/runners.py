@@ -33,8 +33,9 @@ from workers.host import LocalHost
 log = logging.getLogger("adreg.runner")
 
 
-def claim(svc: Service, job_id: int) -> int | None:
-    """Take the job for this process; return the attempt number, or None if it is not ours to run."""
+def claim(svc: Service, job_id: int, worker: str | None = None) -> int | None:
+    """Take the job for this process (or for ``worker``, a remote worker's ``host:pid``); return the attempt number,
+    or None if it is not ours to run."""
     now = m.utcnow()
     t = m.Job.__table__
     with svc.transaction() as s:
@@ -44,25 +45,32 @@ def claim(svc: Service, job_id: int) -> int | None:
                    or_(t.c.status == "queued", (t.c.status == "running") & (t.c.lease_expires_at < now)))
             .values(status="running", attempts=t.c.attempts + 1, started_at=now, heartbeat_at=now,
                     lease_expires_at=now + timedelta(seconds=lease_seconds()),
-                    worker_host=f"{socket.gethostname()}:{os.getpid()}", error_type=None, error_message=None)
+                    worker_host=(worker or f"{socket.gethostname()}:{os.getpid()}")[:255], error_type=None,
+                    error_message=None)
             .returning(t.c.attempts)
         ).scalar_one_or_none()
     return attempt
 
 
+def beat(svc: Service, ctx: JobContext, **values: Any) -> bool:
+    """Extend the attempt's lease (and set ``values``, e.g. progress); False once the job is no longer ours."""
+    now = m.utcnow()
+    with svc.transaction() as s:
+        return bool(s.execute(update(m.Job.__table__).where(ctx._mine()).values(
+            heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds()), **values)).rowcount)
+
+
 def _heartbeat(svc: Service, ctx: JobContext, stop: threading.Event) -> None:
     period = max(0.5, lease_seconds() / 3)
     while not stop.wait(period):
-        now = m.utcnow()
         try:
-            with svc.transaction() as s:
-                s.execute(update(m.Job.__table__).where(ctx._mine())
-                          .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds())))
+            beat(svc, ctx)
         except Exception:  # a missed beat only shortens the lease; the job itself goes on
             log.warning("heartbeat for job %s failed", ctx.job_id, exc_info=True)
 
 
-def _finish(svc: Service, ctx: JobContext, status: str, **values: Any) -> bool:
+def finish(svc: Service, ctx: JobContext, status: str, **values: Any) -> bool:
+    """End the attempt with ``status`` (failed, cancelled); False if the job was no longer ours."""
     with svc.transaction() as s:
         return bool(s.execute(ended(ctx, status, **values)).rowcount)
 
@@ -102,11 +110,11 @@ def run_job(svc: Service, job_id: int, on_progress: ProgressListener | None = No
         _runners()[spec.kind](LocalHost(svc), ctx, spec)
         status, ended_here = "succeeded", True
     except JobCancelled:
-        ended_here = _finish(svc, ctx, "cancelled", progress_message="cancelled")
+        ended_here = finish(svc, ctx, "cancelled", progress_message="cancelled")
         status = "cancelled"
     except Exception as exc:
         user_error = isinstance(exc, RegistryError)
-        ended_here = _finish(svc, ctx, "failed", error_type=type(exc).__name__, error_message=str(exc),
+        ended_here = finish(svc, ctx, "failed", error_type=type(exc).__name__, error_message=str(exc),
                              error_traceback=None if user_error else traceback.format_exc(),
                              report=getattr(exc, "report", None) or {})
         if not user_error:
@@ -117,11 +125,11 @@ def run_job(svc: Service, job_id: int, on_progress: ProgressListener | None = No
         shutil.rmtree(ctx.scratch, ignore_errors=True)
     if ended_here:  # checkpoints outlive a killed attempt, not the job's end
         shutil.rmtree(ctx.checkpoints, ignore_errors=True)
-        _advance_run_of(svc, job_id)
+        advance_run_of(svc, job_id)
     return status
 
 
-def _advance_run_of(svc: Service, job_id: int) -> None:
+def advance_run_of(svc: Service, job_id: int) -> None:
     """A job that belongs to a recipe run moves the run on (next step, or the run's end)."""
     with svc.sessions() as s:
         row = s.get(m.Job, job_id)

@@ -1,0 +1,97 @@
+"""Routes for workers on other hosts: claim, heartbeat, fail, complete, and the files a job reads.
+
+A remote worker holds an admin token (a worker acts for every submitter). The work is done by
+:mod:`workers.remote_protocol`, on the same job rows and with the same commit as a worker beside the catalog.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name local objects.
+from typing import Annotated, Any
+
+from fastapi import FastAPI
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry import auth
+from registry.api.common import PROBLEM_RESPONSES
+from registry.errors import AdapterNotFound
+from registry.service import Service
+
+SHA256 = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ClaimRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    worker: str = Field(max_length=255, description="host:pid of the worker")
+
+
+class BeatRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attempt: int
+    progress: float | None = None
+    message: str | None = Field(default=None, max_length=500)
+
+
+class FailRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attempt: int
+    status: str = Field(pattern="^(failed|cancelled)$")
+    error_type: str | None = Field(default=None, max_length=100)
+    error_message: str | None = Field(default=None, max_length=10_000)
+    report: dict[str, Any] = Field(default_factory=dict)
+
+
+class CompleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    attempt: int
+    report: dict[str, Any] = Field(default_factory=dict)
+    message: str = Field(default="done", max_length=200)
+    outputs: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
+    validated: list[int] | None = Field(default=None, min_length=2, max_length=2)
+    result_version_id: int | None = None
+
+
+def _worker(who: auth.Principal) -> None:
+    who.require("admin")
+
+
+def add_routes(app: FastAPI, svc: Service, caller: Any) -> None:
+    """The worker routes, and ``GET /v1/blobs/{sha256}`` (weights by content, for any reader)."""
+    from workers import remote_protocol as protocol
+
+    @app.get("/v1/blobs/{sha256}", tags=["artifacts"], responses=PROBLEM_RESPONSES)
+    def blob(who: caller, sha256: SHA256) -> FileResponse:
+        """Stored weights by their sha256."""
+        if not svc.store.has_blob(sha256):
+            raise AdapterNotFound(f"no stored weights with sha256 {sha256[:12]}")
+        return FileResponse(svc.store.blob_path(sha256), media_type="application/octet-stream")
+
+    @app.post("/v1/worker/jobs/{job_id}/claim", tags=["worker"], responses=PROBLEM_RESPONSES)
+    def claim(who: caller, job_id: int, body: ClaimRequest) -> dict[str, Any]:
+        """Take a job for a remote worker: its attempt, spec and inputs (``attempt: null`` when not claimable)."""
+        _worker(who)
+        return protocol.claim_job(svc.acting_as(who), job_id, body.worker)
+
+    @app.post("/v1/worker/jobs/{job_id}/heartbeat", tags=["worker"], responses=PROBLEM_RESPONSES)
+    def heartbeat(who: caller, job_id: int, body: BeatRequest) -> dict[str, Any]:
+        """Extend the attempt's lease and record progress; ``cancel: true`` asks the worker to stop."""
+        _worker(who)
+        return protocol.heartbeat(svc, job_id, body.attempt, body.progress, body.message)
+
+    @app.post("/v1/worker/jobs/{job_id}/fail", tags=["worker"], responses=PROBLEM_RESPONSES)
+    def fail(who: caller, job_id: int, body: FailRequest) -> dict[str, Any]:
+        _worker(who)
+        return protocol.fail_job(svc, job_id, body.attempt, body.status, body.error_type, body.error_message,
+                                 body.report)
+
+    @app.post("/v1/worker/jobs/{job_id}/complete", tags=["worker"], responses=PROBLEM_RESPONSES)
+    def complete(who: caller, job_id: int, body: CompleteRequest) -> dict[str, Any]:
+        """Register the outputs (uploaded first by sha256) and mark the job succeeded, in one transaction."""
+        _worker(who)
+        return protocol.complete_job(svc.acting_as(who), job_id, body.attempt, body.model_dump())
+
+    @app.get("/v1/worker/jobs/{job_id}/data", tags=["worker"], responses=PROBLEM_RESPONSES)
+    def data(who: caller, job_id: int) -> FileResponse:
+        """The training data of a train job."""
+        _worker(who)
+        return FileResponse(protocol.data_path(svc, job_id), media_type="application/octet-stream")
