@@ -48,6 +48,13 @@ def install(app: typer.Typer, registry: Callable[[], Any], state: dict[str, Any]
 
             fail(RegistryError("adreg serve serves a catalog of its own: unset ADREG_URL / --url"))
         svc = Service(Settings.from_env(state.get("db"), state.get("home")), local_runner=run_job)
+        if svc.settings.broker_url:  # workers on other hosts have no catalog: the server sweeps for lost jobs
+            import threading
+
+            from workers.recovery import recovery_loop
+
+            threading.Thread(target=recovery_loop, args=(None, lambda: svc), daemon=True,
+                             name="adreg-recovery").start()
         stderr.print(f"serving {escape(svc.engine.url.render_as_string(hide_password=True))} on http://{host}:{port}",
                      highlight=False)
         uvicorn.run(create_app(svc), host=host, port=port, log_level=log_level, timeout_keep_alive=15,

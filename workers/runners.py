@@ -78,7 +78,7 @@ def finish(svc: Service, ctx: JobContext, status: str, **values: Any) -> bool:
 JobFunction = Callable[[LocalHost, JobContext, Any], None]
 
 
-def _runners() -> dict[str, JobFunction]:
+def job_functions() -> dict[str, JobFunction]:
     from workers.hub import run_publish
     from workers.merge_job import run_merge
     from workers.train import run_train
@@ -107,7 +107,7 @@ def run_job(svc: Service, job_id: int, on_progress: ProgressListener | None = No
             spec = parse_spec(s.get(m.Job, job_id).spec)  # type: ignore[union-attr]
         shutil.rmtree(ctx.scratch, ignore_errors=True)  # leftovers of a killed attempt
         ctx.scratch.mkdir(parents=True, exist_ok=True)
-        _runners()[spec.kind](LocalHost(svc), ctx, spec)
+        job_functions()[spec.kind](LocalHost(svc), ctx, spec)
         status, ended_here = "succeeded", True
     except JobCancelled:
         ended_here = finish(svc, ctx, "cancelled", progress_message="cancelled")
