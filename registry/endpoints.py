@@ -28,7 +28,7 @@ from registry.store import DATA_SUFFIXES
 UPLOAD_SCHEME = "upload:"
 
 #: Parameters of service functions that a remote caller may not set (internal bookkeeping).
-INTERNAL = frozenset({"svc", "run_id", "parent_job_id", "now"})
+INTERNAL = frozenset({"svc", "run_id", "now"})
 
 Rule = Callable[["auth.Principal", dict[str, Any], Service], None]
 
