@@ -875,9 +875,12 @@ def scheduler(
 @app.command()
 def beat(loglevel: str = typer.Option("INFO", "--loglevel", "-l")) -> None:
     """Run Celery beat: it sends the schedule tick to the cpu queue every ADREG_TICK_SECONDS (default 30)."""
+    from registry.config import Settings
     from workers.celery_app import app as celery_app
 
-    celery_app.start(["beat", "-l", loglevel, "-s", str(_registry().settings.home / "celerybeat-schedule")])
+    home = Settings.from_env(_state.get("db"), _state.get("home")).home  # beat needs no catalog, only a folder
+    home.mkdir(parents=True, exist_ok=True)
+    celery_app.start(["beat", "-l", loglevel, "-s", str(home / "celerybeat-schedule")])
 
 
 @app.command()

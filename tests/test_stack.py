@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
@@ -16,12 +17,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES = COMPOSE["services"]
-# The adreg commands this suite runs outside Docker (below and in the Celery tests).
-EXERCISED = {"adreg init", "adreg worker --queues cpu", "adreg worker --queues gpu", "adreg beat"}
+# The adreg commands this suite runs outside Docker (below, with the services' environments).
+EXERCISED = {"adreg init", "adreg serve --host 0.0.0.0 --port 8080", "adreg worker --queues cpu",
+             "adreg worker --queues gpu", "adreg beat"}
 
 
 def test_services_and_commands():
-    assert set(SERVICES) == {"postgres", "redis", "migrate", "worker-cpu", "worker-gpu", "beat"}
+    assert set(SERVICES) == {"postgres", "redis", "migrate", "api", "worker-cpu", "worker-gpu", "beat"}
     for name, service in SERVICES.items():
         command = service.get("command")
         if name in ("postgres", "redis"):
@@ -33,6 +35,19 @@ def test_services_and_commands():
     assert gpu["driver"] == "nvidia" and "gpu" in gpu["capabilities"]
 
 
+def test_only_the_api_is_published_and_workers_hold_no_catalog_credentials():
+    published = {name for name, service in SERVICES.items() if service.get("ports")}
+    assert published == {"api"} and SERVICES["api"]["ports"] == ["8080:8080"]
+    assert "/readyz" in " ".join(SERVICES["api"]["healthcheck"]["test"])
+    for name in ("worker-cpu", "worker-gpu"):
+        env = SERVICES[name]["environment"]
+        assert env["ADREG_URL"] == "http://api:8080" and str(env["ADREG_TOKEN"]).startswith("${")
+        assert "ADREG_DATABASE_URL" not in env, f"{name} must reach the catalog only through the API"
+        assert not any(v.startswith("artifacts:") for v in SERVICES[name]["volumes"]), name
+        assert SERVICES[name]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert "ADREG_DATABASE_URL" not in SERVICES["beat"]["environment"]
+
+
 def test_dependencies_are_coherent():
     for name, service in SERVICES.items():
         for dep, rule in (service.get("depends_on") or {}).items():
@@ -41,11 +56,10 @@ def test_dependencies_are_coherent():
                 assert "healthcheck" in SERVICES[dep], f"{name} waits for {dep} to be healthy, it has no healthcheck"
             if rule["condition"] == "service_completed_successfully":
                 assert SERVICES[dep].get("restart") == "no", f"{dep} must run once"
-    for name in ("worker-cpu", "worker-gpu", "beat"):
-        assert SERVICES[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
-    for volume in ("pgdata", "redisdata", "artifacts"):
+    assert SERVICES["api"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    for volume in ("pgdata", "redisdata", "artifacts", "cache-cpu", "cache-gpu"):
         assert volume in COMPOSE["volumes"]
-    assert "artifacts:/data" in SERVICES["worker-cpu"]["volumes"] and "artifacts:/data" in SERVICES["beat"]["volumes"]
+    assert "artifacts:/data" in SERVICES["api"]["volumes"] and "artifacts:/data" in SERVICES["migrate"]["volumes"]
 
 
 def test_no_secret_inline():
@@ -54,7 +68,7 @@ def test_no_secret_inline():
         for key, value in (service.get("environment") or {}).items():
             if secretish.search(key):
                 assert str(value).startswith("${"), f"{name}: {key} is inline"
-            assert "hf_" not in str(value), f"{name}: {key} looks like a token"
+            assert "hf_" not in str(value) and "adreg_" not in str(value), f"{name}: {key} looks like a token"
         url = (service.get("environment") or {}).get("ADREG_DATABASE_URL", "")
         assert not url or "${POSTGRES_PASSWORD" in url
     assert (ROOT / ".env.example").exists()
@@ -76,48 +90,84 @@ def test_docker_compose_config(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
-def _compose_env(job_env: dict[str, str]) -> dict[str, str]:
-    return {**job_env, "ADREG_TICK_SECONDS": "1"}
+def _service_env(name: str, substitutions: dict[str, str]) -> dict[str, str]:
+    """A service's compose environment with the Docker host names replaced by this machine's services."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADREG_")}
+    for key, value in (SERVICES[name].get("environment") or {}).items():
+        env[key] = substitutions.get(key, str(value))
+    return {**env, "TOKENIZERS_PARALLELISM": "false", "ADREG_TICK_SECONDS": "1"}
 
 
-def test_compose_commands_run_outside_docker(job_env, tmp_path, tiny):
-    """migrate, worker-gpu, worker-cpu and beat, with the compose commands, against the real services."""
-    env = _compose_env(job_env)
-    command = SERVICES["migrate"]["command"]
-    done = subprocess.run([sys.executable, "-m", "registry.cli", *command[1:]], env=env, capture_output=True,
-                          text=True)
-    assert done.returncode == 0, done.stderr
+def _wait_for(proc: subprocess.Popen, log: Path, marker: str, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while marker not in log.read_text() and time.monotonic() < deadline:
+        assert proc.poll() is None, f"{what} exited: {log.read_text()}"
+        time.sleep(0.1)
+    assert marker in log.read_text(), f"{what} never got ready: {log.read_text()[-2000:]}"
 
-    from registry import Registry
 
-    reg = Registry(env["ADREG_DATABASE_URL"], home=env["ADREG_HOME"])
-    reg.register(tiny["tone"], name="tone")
-    reg.tick()  # drain the registration's events
-    reg.add_schedule({"name": "follow", "steps": [{"name": "seen", "promote": {"target": "tone@production",
-                                                                            "alias": "seen"}}]},
-                     on_alias="tone@production")
+def test_compose_commands_run_outside_docker(pg_schema_url, broker_url, tmp_path, tiny):
+    """migrate, api, the workers (through the API only) and beat, with the compose commands and environments."""
+    import httpx
+    from server_process import free_port
+
+    from registry.remote import RemoteRegistry
+
+    port = free_port()
+    catalog = {"ADREG_DATABASE_URL": pg_schema_url, "ADREG_BROKER_URL": broker_url,
+               "ADREG_HOME": str(tmp_path / "data"), "HF_HOME": str(tmp_path / "hf")}
+    migrate = subprocess.run([sys.executable, "-m", "registry.cli", *SERVICES["migrate"]["command"][1:]],
+                             env=_service_env("migrate", catalog), capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr
+    init = subprocess.run([sys.executable, "-m", "registry.cli", "init", "--admin", "ops", "--json"],
+                          env=_service_env("migrate", catalog), capture_output=True, text=True, check=True)
+    token = json.loads(init.stdout)["token"]
     procs = []
     try:
-        for name in ("worker-gpu", "worker-cpu", "beat"):
-            log = (tmp_path / f"{name}.log").open("w")
-            argv = SERVICES[name]["command"]
-            procs.append((name, subprocess.Popen([sys.executable, "-m", "registry.cli", *argv[1:]], env=env,
-                                                 stdout=log, stderr=subprocess.STDOUT), tmp_path / f"{name}.log"))
-        for name, proc, log_path in procs:
-            marker = "Starting" if name == "beat" else " ready."
-            deadline = time.monotonic() + 90
-            while marker not in log_path.read_text() and time.monotonic() < deadline:
-                assert proc.poll() is None, f"{name} exited: {log_path.read_text()}"
-                time.sleep(0.1)
-            assert marker in log_path.read_text(), f"{name}: {shlex.join(SERVICES[name]['command'])} never got ready"
-        reg.set_alias("tone:1", "production")  # beat -> adreg.tick on the cpu worker -> a run
+        def start(name: str, env: dict[str, str], argv: list[str]) -> tuple[subprocess.Popen, Path]:
+            log = tmp_path / f"{name}.log"
+            proc = subprocess.Popen([sys.executable, "-m", "registry.cli", *argv[1:]], env=env,
+                                    stdout=log.open("w"), stderr=subprocess.STDOUT)
+            procs.append(proc)
+            return proc, log
+
+        api_argv = [*SERVICES["api"]["command"][:-1], str(port)]  # the compose command, on a free port
+        api, api_log = start("api", _service_env("api", catalog), api_argv)
         deadline = time.monotonic() + 60
-        while not [r for r in reg.runs() if r.status != "running"] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        runs = reg.runs()
-        assert len(runs) == 1 and runs[0].trigger == "alias_moved" and runs[0].status == "succeeded"
+        while time.monotonic() < deadline:
+            assert api.poll() is None, api_log.read_text()
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        remote = {"ADREG_URL": f"http://127.0.0.1:{port}", "ADREG_TOKEN": token, "ADREG_BROKER_URL": broker_url}
+        for name in ("worker-gpu", "worker-cpu"):
+            proc, log = start(name, _service_env(name, {**remote, "ADREG_HOME": str(tmp_path / name)}),
+                              SERVICES[name]["command"])
+            _wait_for(proc, log, " ready.", name)
+        beat, beat_log = start("beat", _service_env("beat", {"ADREG_BROKER_URL": broker_url,
+                                                            "ADREG_HOME": str(tmp_path / "beat")}),
+                               SERVICES["beat"]["command"])
+        _wait_for(beat, beat_log, "Starting", "beat")
+
+        with RemoteRegistry(f"http://127.0.0.1:{port}", token=token) as reg:
+            reg.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+            reg.register(tiny["tone2"], name="style")
+            reg.tick()  # drain the registrations' events
+            reg.add_schedule({"name": "follow", "steps": [{"name": "seen", "promote": {
+                "target": "tone@production", "alias": "seen"}}]}, on_alias="tone@production")
+            job = reg.merge(["tone:1", "style:1"], weights=[0.5, 0.5], method="linear", name="mixed",
+                            validate=True).wait(120)  # the merge on worker-cpu, its validation on worker-gpu
+            checks = [j.wait(120) for j in reg.jobs(parent_job_id=job.id)]
+            assert [c.status for c in checks] == ["succeeded"]
+            reg.set_alias("tone:1", "production")  # beat -> adreg.tick on the cpu worker -> the API -> a run
+            deadline = time.monotonic() + 60
+            while not [r for r in reg.runs() if r.status != "running"] and time.monotonic() < deadline:
+                time.sleep(0.2)
+            runs = reg.runs()
+            assert len(runs) == 1 and runs[0].trigger == "alias_moved" and runs[0].status == "succeeded"
     finally:
-        for _, proc, _ in procs:
+        for proc in procs:
             proc.terminate()
             proc.wait(30)
-        reg.close()

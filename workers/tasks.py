@@ -88,6 +88,11 @@ def tick() -> list[int]:
     """The schedule tick (sent by beat): due fires and alias events become runs, each exactly once."""
     from registry.schedules import tick as run_tick
 
+    if remote_mode():  # the server owns the catalog: it runs the tick
+        client, _work, _cache = remote()
+        response = client.post("/v1/tick", json={})
+        response.raise_for_status()
+        return list(response.json())
     return run_tick(service())
 
 
