@@ -157,9 +157,9 @@ class RemoteRegistry(Registry):
             folder = ref.path
         manifest = inspect_adapter(folder, root=root)
         config = json.loads((folder / CONFIG_FILE).read_text())
-        if base_path is None and not ref.hub_repo:  # a local base is named by the path the server must see
+        if not ref.hub_repo:  # resolved here, where relative paths mean something: the server sees absolute ones
             identity = resolve_base(base or manifest.base_model_name_or_path, adapter_folder=folder,
-                                    base_path=None, explicit=base is not None)
+                                    base_path=base_path, explicit=base is not None)
             base = identity.name
             base_path = str(identity.local_path) if identity.local_path else None
         self.upload(weights_path(folder, root=root), manifest.weights_sha256)
