@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry import endpoints, jobs
 from registry import types as t
@@ -28,7 +28,21 @@ from registry.login import saved_login
 from registry.problems import from_problem
 from registry.sdk import Registry
 
+if TYPE_CHECKING:
+    from registry import catalog
+    from registry.runs import RunInfo
+
 CHUNK = 1 << 20
+
+
+def _signature_of(embedded: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a method taking ``**options`` the embedded method's signature (``call`` binds the same parameters)."""
+
+    def deco(method: Callable[..., Any]) -> Callable[..., Any]:
+        method.__signature__ = inspect.signature(embedded)  # type: ignore[attr-defined]
+        return method
+
+    return deco
 
 
 class RemoteRegistry(Registry):
@@ -93,12 +107,17 @@ class RemoteRegistry(Registry):
         from pydantic_core import to_jsonable_python
 
         endpoint = endpoints.BY_NAME[operation]
+        for key in endpoints.INTERNAL & set(kwargs):  # the embedded signature has them; the server sets them
+            if kwargs.pop(key) is not None:
+                raise RegistryError(f"{key}= is not available over HTTP: the server sets it")
         signature = inspect.Signature(endpoint.parameters)
         bound = signature.bind(*args, **kwargs)
         values = to_jsonable_python(bound.arguments)
         path = endpoint.path
         for field in endpoint.path_fields:
-            path = path.replace("{" + field + "}", _segment(values.pop(field)))
+            value = values.pop(field)
+            _check_routable(field, value)
+            path = path.replace("{" + field + "}", _segment(value))
         if endpoint.method in ("GET", "DELETE"):
             data = self.request(endpoint.method, path, params={k: v for k, v in values.items() if v is not None})
         else:
@@ -135,7 +154,8 @@ class RemoteRegistry(Registry):
 
     def register(self, source: str | Path, *, name: str, tags: dict[str, str] | None = None,
                  base: str | None = None, base_path: str | Path | None = None, revision: str | None = None,
-                 description: str | None = None, parents: list | None = None) -> t.AdapterVersion:
+                 description: str | None = None,
+                 parents: list[catalog.ParentSpec] | None = None) -> t.AdapterVersion:
         """Register a local adapter folder (or ``hf://`` repo) on the server: every local check first, then the
         weights are uploaded (unless the server has their sha256), then the server checks and registers them."""
         from registry.base_identity import resolve_base
@@ -144,6 +164,7 @@ class RemoteRegistry(Registry):
 
         if parents:
             raise RegistryError("parents= is not available over HTTP: lineage comes from the server's own jobs")
+        _check_register_arguments(name, tags, description, revision)
         ref = parse_ref(str(source)) if isinstance(source, str) else Ref(path=Path(source))
         source_uri, root = None, None
         if ref.hub_repo:
@@ -197,30 +218,43 @@ class RemoteRegistry(Registry):
                 if filename.endswith(".safetensors") and digest.hexdigest() != version.weights_sha256:
                     raise RegistryError(f"the weights of {version.ref} arrived with sha256 {digest.hexdigest()[:12]}, "
                                         f"not {version.weights_sha256[:12]}; nothing was written")
+            if target.exists():  # an empty folder (checked above) stays until the download is complete
+                target.rmdir()
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
+    @_signature_of(Registry.train)
     def train(self, source: str | None = None, *, data: str | Path, **options: Any) -> jobs.Job:
-        """As embedded; a local data file is uploaded first (unless the server has it) and named by its sha256."""
+        """As embedded; a local data file is uploaded first (unless the server has it) and named by its sha256.
+        The server's errors about the file name the caller's file, not the server's copy."""
         from registry.inspect import sha256_file
+        from registry.trainset import FORMATS, InvalidDataset
 
-        path = Path(data)
-        if not path.is_file():
-            raise RegistryError(f"data file {path} does not exist")
+        path = Path(data).expanduser()
+        if not path.is_file():  # what the embedded check says, before anything is uploaded
+            raise InvalidDataset(f"data file {path} does not exist")
+        suffix = path.suffix.lower()
+        if suffix not in FORMATS:
+            raise InvalidDataset(f"{path.name}: unsupported extension; use one of {', '.join(sorted(FORMATS))}")
         sha = sha256_file(path)
-        self.upload(path, sha, kind="data", suffix=path.suffix.lower())
-        return self.call("train", source, data=f"{endpoints.UPLOAD_SCHEME}{sha}{path.suffix.lower()}", **options)
+        self.upload(path, sha, kind="data", suffix=suffix)
+        try:
+            return self.call("train", source, data=f"{endpoints.UPLOAD_SCHEME}{sha}{suffix}", **options)
+        except RegistryError as exc:
+            _name_local_file(exc, f"{sha}{suffix}", path)
+            raise
 
-    def run_recipe(self, recipe: str | Path | dict, *, idempotency_key: str | None = None) -> Any:
+    def run_recipe(self, recipe: str | Path | dict, *, idempotency_key: str | None = None) -> RunInfo:
         return self.call("run_recipe", _recipe_dict(recipe), idempotency_key=idempotency_key)
 
+    @_signature_of(Registry.add_schedule)
     def add_schedule(self, recipe: str | Path | dict, **options: Any) -> dict:
         return self.call("add_schedule", _recipe_dict(recipe), **options)
 
     def tick(self, now: datetime | None = None) -> list[int]:
-        return self.call("tick")
+        return self.call("tick", now=now)
 
 
 def _recipe_dict(recipe: str | Path | dict) -> dict:
@@ -228,6 +262,54 @@ def _recipe_dict(recipe: str | Path | dict) -> dict:
 
     return load_recipe(recipe if isinstance(recipe, dict) else Path(recipe)).model_dump(by_alias=True,
                                                                                          exclude_none=True)
+
+
+def _check_register_arguments(name: str, tags: dict[str, str] | None, description: str | None,
+                              revision: str | None) -> None:
+    """The embedded registration's first checks, in its order, so a bad name or tag is refused as embedded (and
+    before anything is read or uploaded)."""
+    from registry.manifest import check_text
+    from registry.refs import check_slug, check_tag
+
+    check_slug(name)
+    for key, value in (tags or {}).items():
+        check_tag(key, value)
+    check_text(description, "description", multiline=True)
+    check_text(revision, "revision")
+
+
+def _name_local_file(exc: RegistryError, stored: str, path: Path) -> None:
+    """Write the caller's ``path`` (or its name) where the server's error names its stored copy ``stored``."""
+    import re
+
+    pattern = re.compile(r"(\S*/)?" + re.escape(stored))
+
+    def swap(text: Any) -> Any:
+        return pattern.sub(lambda m: str(path) if m.group(1) else path.name, text) if isinstance(text, str) else text
+
+    exc.args = tuple(swap(a) for a in exc.args)
+    if exc.hint:
+        exc.hint = swap(exc.hint)
+    if isinstance(getattr(exc, "problems", None), list):
+        exc.problems = [swap(p) for p in exc.problems]  # type: ignore[attr-defined]
+
+
+def _check_routable(field: str, value: Any) -> None:
+    """A value that cannot travel as one URL path segment (empty, ``.``, ``..``, or holding ``/``) is refused here
+    with the error the server's operation would raise for it (a ref: as parsed; an adapter name: InvalidName)."""
+    text = str(value)
+    if text.strip() and "/" not in text and text not in (".", ".."):
+        return
+    if field == "ref":
+        from registry.errors import AdapterNotFound
+        from registry.refs import parse_ref
+
+        ref = parse_ref(text)  # InvalidReference / InvalidName, as on the server
+        raise AdapterNotFound(f"{ref} is not a catalog reference (name, name:N or name@alias)")
+    from registry.refs import check_slug
+
+    check_slug(text, field)
+    raise RegistryError(f"{text[:80]!r} is not a valid {field}")
 
 
 def _segment(value: Any) -> str:
@@ -240,8 +322,6 @@ def _new_folder(folder: str | Path) -> Path:
     target = Path(folder).expanduser().resolve()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise RegistryError(f"{target} exists and is not an empty folder", hint="give a new folder to download into")
-    if target.exists():
-        target.rmdir()
     target.parent.mkdir(parents=True, exist_ok=True)
     return target
 

@@ -64,7 +64,9 @@ def create_token(svc: Service, user: str, *, scope: str = "write", expires: str 
 
 
 def tokens(svc: Service, user: str | None = None) -> list[dict[str, Any]]:
-    """Tokens (never their secrets): ``user``'s, or every user's for an admin."""
+    """Tokens (never their secrets): ``user``'s; without ``user``, every user's for an admin, else one's own."""
+    if user is None and svc.principal is not None and not svc.principal.can("admin"):
+        user = svc.principal.name
     with svc.transaction() as session:
         return auth.list_tokens(session, user, by=svc.principal)
 
