@@ -26,6 +26,9 @@ def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ADREG_DATABASE_URL", raising=False)
     monkeypatch.delenv("ADREG_ARTIFACT_DIR", raising=False)
     monkeypatch.delenv("ADREG_BROKER_URL", raising=False)
+    monkeypatch.delenv("ADREG_URL", raising=False)  # nor a server from the environment or `adreg login`
+    monkeypatch.delenv("ADREG_TOKEN", raising=False)
+    monkeypatch.setenv("ADREG_CONFIG_DIR", str(tmp_path / "adreg-config"))
 
 
 @pytest.fixture(scope="module")
