@@ -32,7 +32,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from registry.errors import (
     AuthRecordNotFound,
@@ -300,7 +300,8 @@ def authenticate(session: Session, presented: str) -> Principal:
         raise Unauthenticated(_INVALID, hint=_INVALID_HINT)
     token_id, secret = int(match.group(1)), match.group(2)
     # Unknown id and wrong secret take the same path: one lookup, one constant-time comparison, one error.
-    token = session.get(ApiToken, token_id) if 0 < token_id <= MAX_TOKEN_ID else None
+    token = (session.get(ApiToken, token_id, options=[joinedload(ApiToken.user)])  # one round trip for both
+             if 0 < token_id <= MAX_TOKEN_ID else None)
     expected = token.token_hash if token is not None else _NO_TOKEN_HASH
     if not hmac.compare_digest(expected, _hash(secret)) or token is None:
         raise Unauthenticated(_INVALID, hint=_INVALID_HINT)

@@ -32,22 +32,25 @@ def install(app: typer.Typer, registry: Callable[[], Any], state: dict[str, Any]
     def serve(
         host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
         port: int = typer.Option(8080, "--port", min=1, max=65535),
+        workers: int = typer.Option(1, "--workers", min=1, max=64, help="Server processes (each a thread pool)."),
         log_level: str = typer.Option("info", "--log-level"),
     ) -> None:
         """Serve the catalog over HTTP (the API, OpenAPI at /openapi.json, /healthz and /readyz)."""
         import uvicorn
 
-        from registry.api.app import create_app
         from registry.config import Settings
         from registry.errors import RegistryError
         from registry.service import Service
-        from workers.runners import run_job
 
         if os.environ.get("ADREG_URL") or state.get("url"):
             from registry.cli_output import fail
 
             fail(RegistryError("adreg serve serves a catalog of its own: unset ADREG_URL / --url"))
-        svc = Service(Settings.from_env(state.get("db"), state.get("home")), local_runner=run_job)
+        if state.get("db"):  # the server processes read the catalog's location from the environment
+            os.environ["ADREG_DATABASE_URL"] = str(state["db"])
+        if state.get("home"):
+            os.environ["ADREG_HOME"] = str(state["home"])
+        svc = Service(Settings.from_env())
         if svc.settings.broker_url:  # workers on other hosts have no catalog: the server sweeps for lost jobs
             import threading
 
@@ -57,8 +60,8 @@ def install(app: typer.Typer, registry: Callable[[], Any], state: dict[str, Any]
                              name="adreg-recovery").start()
         stderr.print(f"serving {escape(svc.engine.url.render_as_string(hide_password=True))} on http://{host}:{port}",
                      highlight=False)
-        uvicorn.run(create_app(svc), host=host, port=port, log_level=log_level, timeout_keep_alive=15,
-                    server_header=False)
+        uvicorn.run("registry.cli_access:app_from_environment", factory=True, host=host, port=port, workers=workers,
+                    log_level=log_level, timeout_keep_alive=15, server_header=False)
 
     @app.command()
     @emits(lambda d: stdout.print(f"logged in to {d['url']} as {d['name']} (scope {d['scope']})", markup=False))
@@ -196,3 +199,13 @@ def _render_new_token(data: dict[str, Any]) -> None:
     stderr.print(f"token {data['id']} for {escape(data['user'])} (scope {data['scope']}"
                  + (f", expires {data['expires_at']}" if data.get("expires_at") else "")
                  + "): shown once, store it now", highlight=False)
+
+
+def app_from_environment() -> Any:
+    """The API app over the catalog the environment names (what each ``adreg serve`` process builds)."""
+    from registry.api.app import create_app
+    from registry.config import Settings
+    from registry.service import Service
+    from workers.runners import run_job
+
+    return create_app(Service(Settings.from_env(), local_runner=run_job))
