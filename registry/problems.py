@@ -10,7 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from registry import errors
+from registry.hub_client import HubError
 from registry.jobs import JobFailed, JobTimeout
+from registry.recipes import InvalidRecipe
+from registry.schedules import InvalidCron
+from registry.store import StorageError, StorageFull
+from registry.trainset import InvalidDataset
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:adreg:error:"
@@ -36,8 +41,11 @@ STATUS: dict[type[errors.RegistryError], int] = {
 
 _KNOWN: dict[str, type[errors.RegistryError]] = {
     cls.__name__: cls
-    for cls in [*STATUS, errors.BrokerUnavailable, JobFailed, JobTimeout]
+    for cls in [*STATUS, errors.BrokerUnavailable, JobFailed, JobTimeout, InvalidDataset, InvalidRecipe, InvalidCron,
+                HubError, StorageError, StorageFull]
 }
+STATUS.update({InvalidDataset: 422, InvalidRecipe: 422, InvalidCron: 400, HubError: 502, StorageError: 507,
+               StorageFull: 507})
 
 
 def status_of(exc: errors.RegistryError) -> int:

@@ -153,9 +153,6 @@ def same(request: pytest.FixtureRequest, backend: Registry, actor: str, tmp_path
 VOLATILE = {"id", "created_at", "updated_at", "at", "started_at", "finished_at", "published_at", "path",
             "storage_path", "out", "version_id", "job", "job_id", "timings", "seconds", "elapsed", "duration",
             "peak_rss_bytes", "expires_at", "revoked_at", "last_used_at"}
-#: SDK errors the server still sends as their nearest known base class (registry/problems.py's table lacks them):
-#: compared as that class here; test_dataset_errors_keep_their_type_over_http pins the difference.
-UNTYPED_OVER_HTTP = {"InvalidDataset": "RegistryError"}
 #: Keys naming the acting user (the OS user embedded, the token's user over HTTP).
 ACTOR_KEYS = {"created_by", "actor", "submitted_by", "by"}
 
@@ -166,7 +163,7 @@ def normal(value: Any, actor: str, tmp: str | None = None) -> Any:
     test's own ``tmp`` folder written ``<tmp>``."""
     if isinstance(value, BaseException):
         name = type(value).__name__
-        return normal({"error": UNTYPED_OVER_HTTP.get(name, name), "message": str(value),
+        return normal({"error": name, "message": str(value),
                        "hint": getattr(value, "hint", None), "problems": getattr(value, "problems", None)}, actor, tmp)
     value = t.to_jsonable(value)
     if isinstance(value, dict):
@@ -519,14 +516,15 @@ def test_users_tokens_grants(backend: Registry, actor: str, same) -> None:  # ty
          bad_duration.value, grant, bad_permission.value, removed, no_grant.value, revoked, events)
 
 
-@pytest.mark.xfail(strict=True, reason="registry/problems.py's _KNOWN lacks trainset.InvalidDataset (and HubError, "
-                   "InvalidRecipe, StorageError, InvalidCron): the server sends them as RegistryError")
-def test_dataset_errors_keep_their_type_over_http(sdk_server: ServerProcess, tmp_path: Path) -> None:
+def test_dataset_errors_keep_their_type_over_http(sdk_server: ServerProcess, tmp_path: Path, tiny) -> None:
+    """The server's own data checks (an empty file passes the client's) come back as InvalidDataset."""
     from registry.trainset import InvalidDataset
 
     (tmp_path / "empty.jsonl").write_text("")
-    with Registry(sdk_server.url, token=sdk_server.admin_token) as reg, pytest.raises(InvalidDataset):
-        reg.train("anything:1", data=tmp_path / "empty.jsonl", steps=1)
+    with Registry(sdk_server.url, token=sdk_server.admin_token) as reg:
+        reg.register(tiny["tone"], name="typed-data", base_path=tiny["llama"])
+        with pytest.raises(InvalidDataset, match="empty"):
+            reg.train("typed-data:1", data=tmp_path / "empty.jsonl", steps=1)
 
 
 # -- the surface: every public method of the embedded Registry, on RemoteRegistry -----------------------
