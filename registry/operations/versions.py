@@ -171,23 +171,22 @@ def aliases(svc: Service, name: str | None = None) -> list[t.AliasInfo]:
 
 def tag(svc: Service, ref: str, tags: dict[str, str]) -> t.AdapterVersion:
     """Set tags (key -> value) on a version, overwriting existing values of the same keys."""
-    with svc.transaction() as session:
-        row = catalog.resolve(session, parse_ref(ref))
-        before = queries.describe(session, [row], svc.store.root)[0]
-        catalog.set_tags(session, row, tags)
-        after = queries.describe(session, [row], svc.store.root)[0]
-        audit.record(session, svc.actor, "tag.set", adapter_name=after.name, ref=after.ref,
-                     before={"tags": before.tags}, after={"tags": after.tags})
-        return after
+    return _change_tags(svc, ref, "tag.set", lambda session, row: catalog.set_tags(session, row, tags))
 
 
 def untag(svc: Service, ref: str, keys: list[str]) -> t.AdapterVersion:
+    """Remove the tags ``keys`` from a version."""
+    return _change_tags(svc, ref, "tag.remove", lambda session, row: catalog.remove_tags(session, row, keys))
+
+
+def _change_tags(svc: Service, ref: str, action: str, change) -> t.AdapterVersion:  # type: ignore[no-untyped-def]
+    """Apply ``change(session, row)`` to the version ``ref`` and audit the tags before and after."""
     with svc.transaction() as session:
         row = catalog.resolve(session, parse_ref(ref))
         before = queries.describe(session, [row], svc.store.root)[0]
-        catalog.remove_tags(session, row, keys)
+        change(session, row)
         after = queries.describe(session, [row], svc.store.root)[0]
-        audit.record(session, svc.actor, "tag.remove", adapter_name=after.name, ref=after.ref,
+        audit.record(session, svc.actor, action, adapter_name=after.name, ref=after.ref,
                      before={"tags": before.tags}, after={"tags": after.tags})
         return after
 
