@@ -202,12 +202,19 @@ DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".text", ".parquet")
 class IncomingBlob:
     """Weights received in pieces, written to a temporary file beside their blob and hashed on the way.
 
-    :meth:`commit` moves them into place only if they hash to the announced sha256; :meth:`discard` (or leaving a
-    ``with`` block without committing) removes the temporary file, so an interrupted or refused upload leaves
-    nothing behind. More than ``max_bytes`` is refused while it arrives.
+    A thread of its own hashes and writes each piece while the caller receives the next (hashlib and file
+    writes release the GIL), through a bounded queue. :meth:`commit` moves the file into place only if it hashes
+    to the announced sha256; :meth:`discard` (or leaving a ``with`` block without committing) removes the
+    temporary file, so an interrupted or refused upload leaves nothing behind. More than ``max_bytes`` is
+    refused while it arrives.
     """
 
+    QUEUE_PIECES = 64
+
     def __init__(self, blob: Path, sha256: str, max_bytes: int) -> None:
+        import queue
+        import threading
+
         self.blob, self.sha256, self.max_bytes = blob, sha256, max_bytes
         self.size = 0
         self._digest = hashlib.sha256()
@@ -216,18 +223,43 @@ class IncomingBlob:
             fd, name = tempfile.mkstemp(dir=blob.parent, prefix=".tmp-")
         self._tmp: Path | None = Path(name)
         self._out = os.fdopen(fd, "wb")
+        self._pieces: queue.Queue[bytes | None] = queue.Queue(self.QUEUE_PIECES)
+        self._error: BaseException | None = None
+        self._writer = threading.Thread(target=self._drain, daemon=True, name="adreg-upload-writer")
+        self._writer.start()
+
+    def _drain(self) -> None:
+        while (piece := self._pieces.get()) is not None:
+            if self._error is not None:
+                continue  # keep consuming so a producer never blocks on a full queue
+            try:
+                self._digest.update(piece)
+                self._out.write(piece)
+            except OSError as exc:
+                self._error = exc
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.max_bytes:
             raise InvalidAdapter("the upload", [f"the file is larger than the limit ({self.max_bytes:,} bytes, "
                                                 "ADREG_MAX_ADAPTER_BYTES); nothing was stored"])
-        self._digest.update(data)
-        with _storage_errors(self.blob.parent):
-            self._out.write(data)
+        self._raise_write_error()
+        self._pieces.put(data)
+
+    def _finish_writing(self) -> None:
+        if self._writer.is_alive():
+            self._pieces.put(None)
+            self._writer.join()
+
+    def _raise_write_error(self) -> None:
+        if self._error is not None:
+            with _storage_errors(self.blob.parent):
+                raise self._error
 
     def commit(self) -> None:
         """Check the hash, then move the file into the store (a no-op if the same blob arrived meanwhile)."""
+        self._finish_writing()
+        self._raise_write_error()
         actual = self._digest.hexdigest()
         if actual != self.sha256:
             raise InvalidAdapter("the upload", [f"the bytes received hash to {actual[:12]}, not the announced "
@@ -241,6 +273,7 @@ class IncomingBlob:
         self._tmp = None
 
     def discard(self) -> None:
+        self._finish_writing()
         if not self._out.closed:
             self._out.close()
         if self._tmp is not None:
