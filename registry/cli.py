@@ -58,8 +58,10 @@ def _registry():  # type: ignore[no-untyped-def]
     from registry.sdk import Registry
 
     if "registry" not in _state:
-        _state["registry"] = Registry(_state.get("url") or _state.get("db"), home=_state.get("home"),
-                                      on_progress=activity.job)
+        reg = Registry(_state.get("url") or _state.get("db"), home=_state.get("home"), on_progress=activity.job)
+        if hasattr(reg, "on_upload"):  # a server: uploads show their progress on the same status line
+            reg.on_upload = activity.transfer
+        _state["registry"] = reg
     return _state["registry"]
 
 

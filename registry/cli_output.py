@@ -44,6 +44,10 @@ class Activity:
         """A progress listener for :class:`registry.Registry` (``on_progress``)."""
         self.say(f"job {job_id}: {fraction:>4.0%} {message or ''}")
 
+    def transfer(self, done: int, total: int) -> None:
+        """A progress listener for uploads to a server (``RemoteRegistry.on_upload``)."""
+        self.say(f"uploading {human_size(done)} of {human_size(total)} ({done / max(total, 1):.0%})")
+
     def stop(self) -> None:
         if self._status is not None:
             self._status.stop()
