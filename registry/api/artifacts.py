@@ -83,7 +83,9 @@ async def receive_file(request: Request, svc: Service, target: Path, sha256: str
 def add_routes(app: FastAPI, svc: Service, caller: Any) -> None:
     """The upload, registration and download routes."""
 
-    @app.head("/v1/blobs/{sha256}", tags=["artifacts"], responses=PROBLEM_RESPONSES)
+    @app.head("/v1/blobs/{sha256}", tags=["artifacts"], response_class=Response, responses={
+        **PROBLEM_RESPONSES, 200: {"description": "stored (no body: HEAD)"},
+        404: {"description": "no weights with this sha256 are stored (no body: HEAD)"}})
     def has_blob(who: caller, sha256: SHA256) -> Response:
         """200 when the server stores weights with this sha256 (an upload can be skipped), else 404."""
         return Response(status_code=200 if svc.store.has_blob(sha256) else 404)
@@ -135,7 +137,10 @@ def add_routes(app: FastAPI, svc: Service, caller: Any) -> None:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    @app.get("/v1/versions/{ref}/files/{filename}", tags=["artifacts"], responses=PROBLEM_RESPONSES)
+    @app.get("/v1/versions/{ref}/files/{filename}", tags=["artifacts"], response_class=FileResponse, responses={
+        **PROBLEM_RESPONSES, 200: {"description": "the file", "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     def download(who: caller, ref: str, filename: str) -> FileResponse:
         """A stored file of a version: ``adapter_config.json`` or ``adapter_model.safetensors``."""
         if filename not in FILES:

@@ -25,11 +25,30 @@ UPLOAD_PREFIXES = ("/v1/blobs/", "/v1/data/")
 
 
 class BodyTooLarge(Exception):
-    pass
+    """The body went past ``limit`` bytes (raised by the ``receive`` this middleware hands the app)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit)
+        self.limit = limit
+
+    def problem(self) -> tuple[int, dict[str, Any]]:
+        return 413, problem_document(413, "RequestTooLarge", f"the request body is larger than {self.limit:,} bytes")
 
 
 class BodyTooSlow(Exception):
-    pass
+    """Nothing of an incomplete body arrived for ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+    def problem(self) -> tuple[int, dict[str, Any]]:
+        detail = f"the request body stalled for more than {self.seconds:g} s"
+        return 408, problem_document(408, "RequestTimeout", detail)
+
+
+def problem_document(status: int, name: str, detail: str) -> dict[str, Any]:
+    return {"type": f"urn:adreg:error:{name}", "title": name, "status": status, "detail": detail, "error": name}
 
 
 class RequestLimits:
@@ -49,22 +68,26 @@ class RequestLimits:
         limit = self.upload_limit + 1024 if is_upload else JSON_BODY_LIMIT
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
-            await _problem(send, 413, "RequestTooLarge", f"the request body is larger than {limit:,} bytes")
+            await _problem(send, *BodyTooLarge(limit).problem())
             return
         received = 0
         started = False
+        complete = False  # the whole body arrived: later receives wait for the disconnect, as long as they like
 
         async def bounded_receive() -> Message:
-            nonlocal received
+            nonlocal received, complete
+            if complete:  # e.g. a download's listener for the client leaving: no body is stalling
+                return await receive()
             try:
                 with anyio.fail_after(self.idle_seconds):
                     message = await receive()
             except TimeoutError:
-                raise BodyTooSlow() from None
+                raise BodyTooSlow(self.idle_seconds) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(limit)
+                complete = not message.get("more_body", False)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -77,16 +100,11 @@ class RequestLimits:
         except (BodyTooLarge, BodyTooSlow) as exc:
             if started:
                 raise
-            if isinstance(exc, BodyTooLarge):
-                await _problem(send, 413, "RequestTooLarge", f"the request body is larger than {limit:,} bytes")
-            else:
-                await _problem(send, 408, "RequestTimeout",
-                               f"the request body stalled for more than {self.idle_seconds:g} s")
+            await _problem(send, *exc.problem())
 
 
-async def _problem(send: Callable[[Message], Awaitable[None]], status: int, name: str, detail: str) -> None:
-    body = json.dumps({"type": f"urn:adreg:error:{name}", "title": name, "status": status, "detail": detail,
-                       "error": name}).encode()
+async def _problem(send: Callable[[Message], Awaitable[None]], status: int, document: dict[str, Any]) -> None:
+    body = json.dumps(document).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
                             (b"connection", b"close")]})
