@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from registry import auth, endpoints
-from registry.api import artifacts
+from registry.api import artifacts, worker_routes
 from registry.api.common import PROBLEM_RESPONSES, idle_seconds, problem_response
 from registry.api.limits import BodyTooLarge, BodyTooSlow, RequestLimits
 from registry.errors import RegistryError, Unauthenticated
@@ -140,6 +140,7 @@ def create_app(svc: Service) -> FastAPI:
     for endpoint in endpoints.ENDPOINTS:
         _add_route(app, svc, endpoint, Caller)
     artifacts.add_routes(app, svc, Caller)
+    worker_routes.add_routes(app, svc, Caller)
     return RequestLimits(app, upload_limit=svc.settings.max_adapter_bytes, idle_seconds=idle_seconds())  # type: ignore[return-value]
 
 
