@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -41,6 +42,16 @@ def utcnow() -> datetime:
 def as_utc(moment: datetime) -> datetime:
     """``moment`` as an aware UTC datetime: SQLite hands timezone-aware columns back naive (they hold UTC)."""
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp read back as aware UTC on every database (SQLite hands it back naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else as_utc(value)
 
 
 class Base(DeclarativeBase):
@@ -67,7 +78,7 @@ class BaseModelRecord(Base):
     # module path -> {"kind": "linear"|"embedding"|"conv", "in": int, "out": int}
     module_shapes: Mapped[dict[str, Any]] = mapped_column(default=dict)
     trust_remote_code: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Adapter(Base):
@@ -80,7 +91,7 @@ class Adapter(Base):
     # Last version number handed out; bumped with one UPDATE so concurrent registrations serialise.
     latest_version: Mapped[int] = mapped_column(Integer, default=0)
     description: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     versions: Mapped[list[AdapterVersion]] = relationship(back_populates="adapter")
 
@@ -133,7 +144,7 @@ class AdapterVersion(Base):
     storage_path: Mapped[str] = mapped_column(Text)  # relative to the artifact store's root
     source_uri: Mapped[str | None] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     # Who registered it (a user name, or the OS user of an embedded catalog); NULL before revision 0007.
     created_by: Mapped[str | None] = mapped_column(String(255))
 
@@ -177,7 +188,7 @@ class Alias(Base):
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
     version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), index=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
 
 
 class LineageEdge(Base):
@@ -210,7 +221,7 @@ class Compatibility(Base):
     base_model_id: Mapped[int] = mapped_column(ForeignKey("base_models.id", ondelete="CASCADE"), index=True)
     level: Mapped[str] = mapped_column(String(16))
     evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    checked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Job(Base):
@@ -234,11 +245,11 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     error_traceback: Mapped[str | None] = mapped_column(Text)
     worker_host: Mapped[str | None] = mapped_column(String(255))
-    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     result_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("adapter_versions.id", ondelete="SET NULL"), index=True
     )
@@ -261,7 +272,7 @@ class Publication(Base):
     url: Mapped[str] = mapped_column(Text)
     pr_url: Mapped[str | None] = mapped_column(Text)
     weights_sha256: Mapped[str] = mapped_column(String(64))
-    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Run(Base):
@@ -275,7 +286,7 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), default="running", index=True)
     trigger: Mapped[str] = mapped_column(String(32), default="manual")
     schedule_id: Mapped[int | None] = mapped_column(ForeignKey("schedules.id", ondelete="SET NULL"), index=True)
-    fire_time: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    fire_time: Mapped[datetime | None] = mapped_column(UTCDateTime())
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     inputs_key: Mapped[str] = mapped_column(String(64), index=True)
@@ -283,8 +294,8 @@ class Run(Base):
     step_jobs: Mapped[dict[str, Any]] = mapped_column(default=dict)  # step name -> job id
     current_step: Mapped[int] = mapped_column(Integer, default=0)
     message: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Schedule(Base):
@@ -300,9 +311,9 @@ class Schedule(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     catch_up: Mapped[str] = mapped_column(String(16), default="latest")
     on_alias: Mapped[str | None] = mapped_column(String(140), index=True)  # "adapter@alias"
-    last_fire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    next_fire_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Event(Base):
@@ -314,8 +325,8 @@ class Event(Base):
     kind: Mapped[str] = mapped_column(String(32))
     subject: Mapped[str] = mapped_column(String(140), index=True)  # "adapter@alias"
     version_id: Mapped[int | None] = mapped_column(ForeignKey("adapter_versions.id", ondelete="SET NULL"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class User(Base):
@@ -327,7 +338,7 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(64), unique=True)
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     groups: Mapped[list[Any]] = mapped_column(default=list)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
@@ -342,10 +353,10 @@ class ApiToken(Base):
     label: Mapped[str | None] = mapped_column(String(128))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # hex sha256 of the secret
     scope: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
     user: Mapped[User] = relationship()
 
@@ -363,7 +374,7 @@ class Grant(Base):
     subject: Mapped[str] = mapped_column(String(80))
     pattern: Mapped[str] = mapped_column(String(64))  # an fnmatch glob over adapter names: ``cx-*``
     permission: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class AuditEvent(Base):
@@ -374,7 +385,7 @@ class AuditEvent(Base):
     __table_args__ = (Index("ix_audit_events_adapter_name_at", "adapter_name", "at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(255))
     action: Mapped[str] = mapped_column(String(64))  # ``version.register``, ``alias.set``, ``token.create``...
     adapter_name: Mapped[str | None] = mapped_column(String(64))

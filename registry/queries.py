@@ -58,6 +58,17 @@ class SearchFilters:
     offset: int = 0
 
 
+MAX_PAGE = 1000
+
+
+def check_page(limit: int, offset: int = 0) -> None:
+    """A page size of 1 to :data:`MAX_PAGE` and a non-negative offset (a negative LIMIT means "all" on SQLite)."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise RegistryError(f"limit must be between 1 and {MAX_PAGE}, not {limit}")
+    if not 0 <= offset <= 2**31 - 1:
+        raise RegistryError(f"offset must be between 0 and {2**31 - 1}, not {offset}")
+
+
 def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
     v = m.AdapterVersion
     conds: list[ColumnElement[bool]] = []
@@ -95,6 +106,7 @@ def search(session: Session, f: SearchFilters) -> tuple[list[m.AdapterVersion], 
     """
     if f.sort not in SORT_KEYS:
         raise RegistryError(f"sort must be one of {', '.join(SORT_KEYS)}")
+    check_page(f.limit, f.offset)
     for what in ("base_model", "task_type", "peft_type", "target_module", "name_like"):
         value = getattr(f, what)
         if value is not None and (len(value) > MAX_FILTER_CHARS or any(ord(c) < 32 for c in value)):

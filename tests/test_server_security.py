@@ -551,16 +551,6 @@ include-method = "POST"
 # pydantic's lax mode takes JSON false for the integer offset (0); queries.SearchFilters is not strict
 checks.negative_data_rejection.enabled = false
 
-[[operations]]
-include-path-regex = "^/v1/worker/"
-# the same lax ints (attempt: false) in registry/api/worker_routes.py's request models
-checks.negative_data_rejection.enabled = false
-
-[[operations]]
-include-path = "/v1/blobs/{{sha256}}"
-include-method = "GET"
-# registry/api/worker_routes.py sends application/octet-stream but documents application/json (see the report)
-checks.content_type_conformance.enabled = false
 """
 
 
@@ -595,18 +585,10 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_schema(datab
         fuzz_token = admin.create_token("admin", scope="admin", label="schemathesis")["token"]
     workdir = tmp_path / "schemathesis"
     workdir.mkdir()
-    # SQLite hands back naive timestamps, which are no RFC 3339 date-time (test_timestamps_carry_... below): on it,
-    # bodies are checked against their schemas without the string formats.
-    formats = "[checks.response_schema_conformance]\nvalidate-formats = false\n" if database == "sqlite" else ""
-    (workdir / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG.format(sha=version.weights_sha256,
-                                                                          formats=formats))
+    (workdir / "schemathesis.toml").write_text(SCHEMATHESIS_CONFIG.format(sha=version.weights_sha256, formats=""))
     # Left out: revoking tokens (the fuzzer would revoke its own, ids being small, and read 401 ever after; the
-    # route is walked by the tests above); the worker's complete route, which answers 500 to a malformed output
-    # (test_a_worker_completion_with_a_malformed_output_is_refused below); on SQLite, every worker route, which
-    # answer 500 to a job id past 64 bits (test_worker_routes_refuse_out_of_range_job_ids below).
-    left_out = [r"^/v1/tokens/\{token_id\}$", r"^/v1/worker/jobs/\{job_id\}/complete$"]
-    if database == "sqlite":
-        left_out.append(r"^/v1/worker/")
+    # route is walked by the tests above).
+    left_out = [r"^/v1/tokens/\{token_id\}$"]
     done = run_schemathesis(server, fuzz_token, workdir, "--max-examples", "8", "--exclude-path-regex",
                             "|".join(left_out), budget=170)
     (tmp_path / "schemathesis.out").write_text(done.stdout + done.stderr)
@@ -626,10 +608,6 @@ def require_worker_routes(server: Any) -> None:
         pytest.skip("this server has no worker routes")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "registry/api/worker_routes.py: CompleteRequest.outputs is list[dict[str, Any]], and "
-    "workers.remote_protocol.complete_job indexes item['weights_sha256'] (and config, name, parents' fields) "
-    "unchecked: an output without them is a KeyError, answered 500. Found by Schemathesis; give outputs a model."))
 def test_a_worker_completion_with_a_malformed_output_is_refused(server, tiny):
     require_worker_routes(server)
     with RemoteRegistry(server.url, token=server.admin_token) as admin:
@@ -641,10 +619,6 @@ def test_a_worker_completion_with_a_malformed_output_is_refused(server, tiny):
     is_problem(response, (400, 409, 422))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "registry/api/worker_routes.py: job_id (path) and attempt (body) are unbounded ints; past 64 bits SQLite raises "
-    "OverflowError, answered 500 (PostgreSQL's DataError is answered 400 by app.py). Bound them as app.py bounds the "
-    "table's ids: Path(ge=1, le=2**31 - 1), Field(ge=0, le=2**31 - 1)."))
 def test_worker_routes_refuse_out_of_range_job_ids(server):
     require_worker_routes(server)
     huge = 2**70
@@ -654,11 +628,6 @@ def test_worker_routes_refuse_out_of_range_job_ids(server):
             is_problem(http.request(method, f"/v1/worker/jobs/{huge}/{path}", json=body), (400, 404, 422))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "On SQLite the catalog's DateTime columns come back naive, and registry/types.py's AdapterVersion.created_at, "
-    "AliasInfo.updated_at and Job's created/started/finished times are serialised without an offset: not the "
-    "RFC 3339 date-time the OpenAPI document promises (PostgreSQL gives +00:00). Found by Schemathesis; fix where "
-    "the views are built (queries.describe, queries.aliases, jobs.job_from_row: models.as_utc)."))
 def test_timestamps_carry_their_offset_on_sqlite(server, tiny):
     with RemoteRegistry(server.url, token=server.admin_token) as admin:
         admin.register(tiny["tone"], name="tone")

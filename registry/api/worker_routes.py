@@ -18,6 +18,9 @@ from registry.errors import AdapterNotFound
 from registry.service import Service
 
 SHA256 = Annotated[str, PathParam(pattern=r"^[0-9a-f]{64}$")]
+MAX_ID = 2**31 - 1  # ids and attempts are INTEGER columns
+JobId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+Attempt = Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
 
 
 class ClaimRequest(BaseModel):
@@ -27,28 +30,52 @@ class ClaimRequest(BaseModel):
 
 class BeatRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    attempt: int
-    progress: float | None = None
+    attempt: Attempt
+    progress: float | None = Field(default=None, ge=0.0, le=1.0)
     message: str | None = Field(default=None, max_length=500)
 
 
 class FailRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    attempt: int
+    attempt: Attempt
     status: str = Field(pattern="^(failed|cancelled)$")
     error_type: str | None = Field(default=None, max_length=100)
     error_message: str | None = Field(default=None, max_length=10_000)
     report: dict[str, Any] = Field(default_factory=dict)
 
 
+class ParentEdge(BaseModel):
+    """One lineage edge of an output (``catalog.ParentSpec``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    parent_id: Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+    relation: str = Field(pattern="^(merge|finetune)$")
+    weight: float | None = None
+    position: Annotated[int, Field(strict=True, ge=0, le=10_000)] = 0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobOutput(BaseModel):
+    """A new version a remote job made: its uploaded weights, its config and how to register it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=128)
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    config: dict[str, Any]
+    base_model_id: Annotated[int, Field(strict=True, ge=1, le=MAX_ID)] | None = None
+    description: str | None = Field(default=None, max_length=10_000)
+    parents: list[ParentEdge] = Field(default_factory=list, max_length=64)
+
+
 class CompleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    attempt: int
+    attempt: Attempt
     report: dict[str, Any] = Field(default_factory=dict)
     message: str = Field(default="done", max_length=200)
-    outputs: list[dict[str, Any]] = Field(default_factory=list, max_length=64)
-    validated: list[int] | None = Field(default=None, min_length=2, max_length=2)
-    result_version_id: int | None = None
+    outputs: list[JobOutput] = Field(default_factory=list, max_length=64)
+    validated: list[Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]] | None = Field(
+        default=None, min_length=2, max_length=2)
+    result_version_id: Annotated[int, Field(strict=True, ge=1, le=MAX_ID)] | None = None
 
 
 def _worker(who: auth.Principal) -> None:
@@ -59,7 +86,9 @@ def add_routes(app: FastAPI, svc: Service, caller: Any) -> None:
     """The worker routes, and ``GET /v1/blobs/{sha256}`` (weights by content, for any reader)."""
     from workers import remote_protocol as protocol
 
-    @app.get("/v1/blobs/{sha256}", tags=["artifacts"], responses=PROBLEM_RESPONSES)
+    @app.get("/v1/blobs/{sha256}", tags=["artifacts"], response_class=FileResponse,
+             responses={200: {"content": {"application/octet-stream": {"schema": {
+                 "type": "string", "format": "binary"}}}, "description": "the weights file"}, **PROBLEM_RESPONSES})
     def blob(who: caller, sha256: SHA256) -> FileResponse:
         """Stored weights by their sha256."""
         if not svc.store.has_blob(sha256):
@@ -67,31 +96,33 @@ def add_routes(app: FastAPI, svc: Service, caller: Any) -> None:
         return FileResponse(svc.store.blob_path(sha256), media_type="application/octet-stream")
 
     @app.post("/v1/worker/jobs/{job_id}/claim", tags=["worker"], responses=PROBLEM_RESPONSES)
-    def claim(who: caller, job_id: int, body: ClaimRequest) -> dict[str, Any]:
+    def claim(who: caller, job_id: JobId, body: ClaimRequest) -> dict[str, Any]:
         """Take a job for a remote worker: its attempt, spec and inputs (``attempt: null`` when not claimable)."""
         _worker(who)
         return protocol.claim_job(svc.acting_as(who), job_id, body.worker)
 
     @app.post("/v1/worker/jobs/{job_id}/heartbeat", tags=["worker"], responses=PROBLEM_RESPONSES)
-    def heartbeat(who: caller, job_id: int, body: BeatRequest) -> dict[str, Any]:
+    def heartbeat(who: caller, job_id: JobId, body: BeatRequest) -> dict[str, Any]:
         """Extend the attempt's lease and record progress; ``cancel: true`` asks the worker to stop."""
         _worker(who)
         return protocol.heartbeat(svc, job_id, body.attempt, body.progress, body.message)
 
     @app.post("/v1/worker/jobs/{job_id}/fail", tags=["worker"], responses=PROBLEM_RESPONSES)
-    def fail(who: caller, job_id: int, body: FailRequest) -> dict[str, Any]:
+    def fail(who: caller, job_id: JobId, body: FailRequest) -> dict[str, Any]:
         _worker(who)
         return protocol.fail_job(svc, job_id, body.attempt, body.status, body.error_type, body.error_message,
                                  body.report)
 
     @app.post("/v1/worker/jobs/{job_id}/complete", tags=["worker"], responses=PROBLEM_RESPONSES)
-    def complete(who: caller, job_id: int, body: CompleteRequest) -> dict[str, Any]:
+    def complete(who: caller, job_id: JobId, body: CompleteRequest) -> dict[str, Any]:
         """Register the outputs (uploaded first by sha256) and mark the job succeeded, in one transaction."""
         _worker(who)
         return protocol.complete_job(svc.acting_as(who), job_id, body.attempt, body.model_dump())
 
-    @app.get("/v1/worker/jobs/{job_id}/data", tags=["worker"], responses=PROBLEM_RESPONSES)
-    def data(who: caller, job_id: int) -> FileResponse:
+    @app.get("/v1/worker/jobs/{job_id}/data", tags=["worker"], response_class=FileResponse,
+             responses={200: {"content": {"application/octet-stream": {"schema": {
+                 "type": "string", "format": "binary"}}}, "description": "the data file"}, **PROBLEM_RESPONSES})
+    def data(who: caller, job_id: JobId) -> FileResponse:
         """The training data of a train job."""
         _worker(who)
         return FileResponse(protocol.data_path(svc, job_id), media_type="application/octet-stream")

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from registry import models as m
 from registry.errors import RegistryError
+from registry.queries import check_page
 from registry.recipes import load_recipe
 from registry.runs import RunInfo, advance_run, create_run, run_info
 from registry.schedules import add_schedule as insert_schedule
@@ -42,6 +43,8 @@ def run(svc: Service, run_id: int) -> RunInfo:
 
 
 def runs(svc: Service, *, limit: int = 50) -> list[RunInfo]:
+    """Recent runs, newest first."""
+    check_page(limit)
 
     with svc.sessions() as session:
         return [run_info(session, r) for r in session.scalars(select(m.Run).order_by(m.Run.id.desc()).limit(limit))]

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from registry import audit, catalog, jobs
+from registry import audit, catalog, jobs, queries
 from registry import models as m
 from registry.base_identity import card_base_model
 from registry.errors import ConflictError, RegistryError, field_problems
@@ -148,6 +148,7 @@ def list_jobs(svc: Service, *, status: str | None = None, kind: str | None = Non
     if status is not None and status not in jobs.STATUSES:
         raise RegistryError(f"status must be one of {', '.join(jobs.STATUSES)}")
     with svc.sessions() as session:
+        queries.check_page(limit)
         query = select(m.Job).order_by(m.Job.id.desc()).limit(limit)
         if status:
             query = query.where(m.Job.status == status)
