@@ -10,7 +10,6 @@ weights only when the server lacks their sha256, ``download`` verifies the sha25
 from __future__ import annotations
 
 import functools
-import hashlib
 import inspect
 import json
 import os
@@ -23,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from registry import endpoints, jobs
 from registry import types as t
-from registry.errors import RegistryError, ServiceUnavailable, Unauthenticated
+from registry.errors import InvalidAdapter, RegistryError, ServiceUnavailable, Unauthenticated
 from registry.login import saved_login
 from registry.problems import from_problem
 from registry.sdk import Registry
+from registry.store import IncomingBlob
 
 if TYPE_CHECKING:
     from registry import catalog
@@ -200,22 +200,29 @@ class RemoteRegistry(Registry):
         staging = Path(tempfile.mkdtemp(prefix=".tmp-adreg-", dir=target.parent))
         try:
             for filename in ("adapter_config.json", "adapter_model.safetensors"):
-                digest = hashlib.sha256()
+                # hashed and written on a thread of its own while the next piece arrives (IncomingBlob)
+                incoming = IncomingBlob(staging / filename, version.weights_sha256, 1 << 62)
                 try:
                     with self.client.stream("GET", f"/v1/versions/{_segment(version.ref)}/files/{filename}") as answer:
                         if answer.status_code >= 400:
                             answer.read()
                             self.raise_for_problem(answer)
-                        with (staging / filename).open("wb") as out:
-                            for block in answer.iter_bytes(CHUNK):
-                                digest.update(block)
-                                out.write(block)
+                        for block in answer.iter_bytes(CHUNK):
+                            incoming.write(block)
+                    if filename.endswith(".safetensors"):
+                        try:
+                            incoming.commit()  # refuses bytes that do not hash to the recorded sha256
+                        except InvalidAdapter:
+                            raise RegistryError(f"the weights of {version.ref} arrived with another sha256 than "
+                                                f"the recorded {version.weights_sha256[:12]}; nothing was written") \
+                                from None
+                    else:
+                        incoming.keep()
                 except httpx.TransportError as exc:
                     raise ServiceUnavailable(f"the download of {version.ref} from {self.url} broke off: {exc}") \
                         from None
-                if filename.endswith(".safetensors") and digest.hexdigest() != version.weights_sha256:
-                    raise RegistryError(f"the weights of {version.ref} arrived with sha256 {digest.hexdigest()[:12]}, "
-                                        f"not {version.weights_sha256[:12]}; nothing was written")
+                finally:
+                    incoming.discard()
             if target.exists():  # an empty folder (checked above) stays until the download is complete
                 target.rmdir()
             staging.rename(target)

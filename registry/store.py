@@ -272,6 +272,15 @@ class IncomingBlob:
             os.replace(self._tmp, self.blob)  # type: ignore[arg-type]
         self._tmp = None
 
+    def keep(self) -> None:
+        """Move the file into place without checking its hash (a file whose sha256 is not known in advance)."""
+        self._finish_writing()
+        self._raise_write_error()
+        with _storage_errors(self.blob.parent):
+            self._out.close()
+            os.replace(self._tmp, self.blob)  # type: ignore[arg-type]
+        self._tmp = None
+
     def discard(self) -> None:
         self._finish_writing()
         if not self._out.closed:
