@@ -230,6 +230,20 @@ class RemoteRegistry(Registry):
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
+    def version_folder(self, version: t.AdapterVersion) -> Path:
+        """The version's files downloaded (sha256-verified) into a cache under the user's cache folder, once."""
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "adreg" / "versions"
+        folder = root / f"{version.name}-{version.version}-{version.weights_sha256[:16]}"
+        if (folder / "adapter_model.safetensors").is_file():
+            return folder
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            return self.download(version.ref, folder)
+        except RegistryError:
+            if (folder / "adapter_model.safetensors").is_file():  # another process downloaded it meanwhile
+                return folder
+            raise
+
     @_signature_of(Registry.train)
     def train(self, source: str | None = None, *, data: str | Path, **options: Any) -> jobs.Job:
         """As embedded; a local data file is uploaded first (unless the server has it) and named by its sha256.

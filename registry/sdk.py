@@ -354,6 +354,28 @@ class Registry:
         verifying the weights' sha256; nothing is left at ``folder`` if anything fails."""
         return versions.download(self.service, ref, folder)
 
+    def load(self, refs: str | list[str], *, base_model: Any = None, is_trainable: bool = False) -> Any:
+        """Catalog versions as a ``peft.PeftModel``: on ``base_model``, or on the recorded base's weights.
+
+        One reference (``"tone@production"``) gives a model with that adapter; a list loads each (the first with
+        ``PeftModel.from_pretrained``, the rest with ``load_adapter``, never ``add_adapter``) under its adapter
+        name, the first active (``model.set_adapter(name)`` switches). Adapters stay frozen unless
+        ``is_trainable=True``. Check with ``model.get_model_status()``.
+        """
+        from registry.loading import load_versions
+
+        chosen = [self.get(ref) for ref in ([refs] if isinstance(refs, str) else list(refs))]
+        base = None
+        if base_model is None and chosen:
+            first = chosen[0]
+            base = next((b for b in self.base_models()
+                         if b.name == first.base_model and b.revision == first.base_revision), None)
+        return load_versions(chosen, [self.version_folder(v) for v in chosen], base, base_model, is_trainable)
+
+    def version_folder(self, version: t.AdapterVersion) -> Path:
+        """A local PEFT folder holding ``version``'s files (embedded: the store's own)."""
+        return Path(version.path)
+
     # -- access: users, tokens, grants, audit --------------------------------------------------------
 
     def whoami(self) -> dict[str, Any]:

@@ -60,6 +60,7 @@ LOCAL_ONLY = {
 DELEGATING = {
     "search": "builds SearchFilters and calls search_page",
     "publish_target": "a static validation of a Hub target, no catalog involved",
+    "load": "resolves the versions and the base with get / base_models, and their files with version_folder",
 }
 
 
