@@ -309,6 +309,15 @@ def alias_list(name: str | None = typer.Argument(None, help="Only this adapter's
     return _registry().aliases(name)
 
 
+@alias_app.command("history")
+@emits(lambda items: table(None, ["time", "by", "from", "to"],
+                           [[e["at"][:19].replace("T", " "), e["by"], e["from"] or "-", e["to"] or "(removed)"]
+                            for e in items]))
+def alias_history(ref: str = typer.Argument(..., help="name@alias"), json_output: bool = JSON) -> Any:
+    """Every move of an alias: when, by whom, from which version to which."""
+    return _registry().alias_history(ref)
+
+
 @base_app.command("list")
 @emits(_render_bases)
 def base_list(json_output: bool = JSON) -> list[t.BaseModelInfo]:

@@ -147,6 +147,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("versions_of", versions.versions_of, "GET", "/v1/adapters/{name}/versions", anyone),
     Endpoint("publications", versions.publications, "GET", "/v1/versions/{ref}/publications", anyone),
     Endpoint("aliases", versions.aliases, "GET", "/v1/aliases", anyone),
+    Endpoint("alias_history", versions.alias_history, "GET", "/v1/aliases/{ref}/history", anyone),
     Endpoint("set_alias", versions.set_alias, "POST", "/v1/aliases/set", write_on("ref")),
     Endpoint("remove_alias", versions.remove_alias, "POST", "/v1/aliases/remove", write_on("name")),
     Endpoint("tag", versions.tag, "POST", "/v1/tags/set", write_on("ref")),

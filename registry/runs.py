@@ -24,6 +24,7 @@ from registry import models as m
 from registry.errors import IncompatibleAdapters, RegistryError
 from registry.jobs import FINISHED
 from registry.operations import submit as ops
+from registry.operations.versions import move_alias
 from registry.recipes import InvalidRecipe, Recipe, Step
 from registry.refs import parse_ref
 
@@ -276,7 +277,8 @@ def _advance(svc: Service, run_id: int) -> None:
                     target = _ref(run, body.target, outputs)
                     try:
                         with s.begin_nested():  # a refused promote leaves the earlier ones in place
-                            catalog.set_alias(s, catalog.resolve(s, parse_ref(target)), body.alias)
+                            move_alias(s, f"recipe {run.recipe_name} (run {run.id})",
+                                       catalog.resolve(s, parse_ref(target)), body.alias, svc.store.root)
                     except RegistryError as exc:
                         _finish(run, "failed", f"{where} failed: {exc}")
                         return None

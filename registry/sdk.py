@@ -354,6 +354,10 @@ class Registry:
         verifying the weights' sha256; nothing is left at ``folder`` if anything fails."""
         return versions.download(self.service, ref, folder)
 
+    def alias_history(self, ref: str) -> list[dict]:
+        """Every move of ``name@alias``, oldest first: when, by whom, from which version to which."""
+        return versions.alias_history(self.service, ref)
+
     def load(self, refs: str | list[str], *, base_model: Any = None, is_trainable: bool = False) -> Any:
         """Catalog versions as a ``peft.PeftModel``: on ``base_model``, or on the recorded base's weights.
 

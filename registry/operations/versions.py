@@ -140,13 +140,35 @@ def set_alias(svc: Service, ref: str, alias: str) -> t.AdapterVersion:
     """Point ``alias`` (e.g. ``production``) at the version ``ref`` names; moves it if it exists."""
     with svc.transaction() as session:
         row = catalog.resolve(session, parse_ref(ref))
-        view = queries.describe(session, [row], svc.store.root)[0]
-        before = _alias_target(session, view.name, alias)
-        catalog.set_alias(session, row, alias)
-        session.flush()
-        audit.record(session, svc.actor, "alias.set", adapter_name=view.name, ref=f"{view.name}@{alias}",
-                     before={"version": before}, after={"version": view.ref})
+        move_alias(session, svc.actor, row, alias, svc.store.root)
         return queries.describe(session, [row], svc.store.root)[0]
+
+
+def move_alias(session, actor: str, row, alias: str, store_root: Path) -> None:  # type: ignore[no-untyped-def]
+    """Point ``alias`` at ``row`` in ``session`` and audit the move (from, to, who): every alias move goes here,
+    a recipe's promote step included, so ``alias_history`` is complete."""
+    view = queries.describe(session, [row], store_root)[0]
+    before = _alias_target(session, view.name, alias)
+    catalog.set_alias(session, row, alias)
+    session.flush()
+    audit.record(session, actor, "alias.set", adapter_name=view.name, ref=f"{view.name}@{alias}",
+                 before={"version": before}, after={"version": view.ref})
+
+
+def alias_history(svc: Service, ref: str) -> list[dict]:
+    """Every move of ``name@alias``, oldest first: when, who, from which version to which (None: unset)."""
+    from sqlalchemy import select
+
+    parsed = parse_ref(ref)
+    if parsed.alias is None or parsed.name is None:
+        raise InvalidReference(f"{ref!r} is not name@alias")
+    events = m.AuditEvent
+    with svc.sessions() as session:
+        rows = session.scalars(select(events).where(
+            events.ref == f"{parsed.name}@{parsed.alias}", events.action.in_(("alias.set", "alias.remove")),
+        ).order_by(events.at, events.id)).all()
+        return [{"at": m.as_utc(e.at).isoformat(), "by": e.actor, "action": e.action,
+                 "from": (e.before or {}).get("version"), "to": (e.after or {}).get("version")} for e in rows]
 
 
 def remove_alias(svc: Service, name: str, alias: str | None = None) -> None:
