@@ -86,3 +86,15 @@ def from_problem(body: dict[str, Any], status: int) -> errors.RegistryError:
 
 def _nearest_known(exc: errors.RegistryError) -> str:
     return next(cls.__name__ for cls in type(exc).__mro__ if cls.__name__ in _KNOWN)
+
+
+def raise_for_problem(response: Any, where: str = "the server") -> Any:
+    """Return an HTTP ``response`` below 400; otherwise raise the SDK error its problem document names (for any
+    client of the API: the remote ``Registry`` and remote workers)."""
+    if response.status_code < 400:
+        return response
+    try:
+        body = response.json()
+    except ValueError:
+        body = {"detail": f"HTTP {response.status_code} from {where}: {response.text[:200]}"}
+    raise from_problem(body if isinstance(body, dict) else {"detail": str(body)}, response.status_code)

@@ -24,7 +24,7 @@ from registry import endpoints, jobs
 from registry import types as t
 from registry.errors import InvalidAdapter, RegistryError, ServiceUnavailable, Unauthenticated
 from registry.login import saved_login
-from registry.problems import from_problem
+from registry.problems import raise_for_problem
 from registry.sdk import Registry
 from registry.store import IncomingBlob
 
@@ -93,13 +93,7 @@ class RemoteRegistry(Registry):
         return response.json() if response.content else None
 
     def raise_for_problem(self, response: Any) -> None:
-        if response.status_code < 400:
-            return
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"detail": f"HTTP {response.status_code} from {self.url}: {response.text[:200]}"}
-        raise from_problem(body if isinstance(body, dict) else {"detail": str(body)}, response.status_code)
+        raise_for_problem(response, self.url)
 
     def call(self, operation: str, /, *args: Any, **kwargs: Any) -> Any:
         """Call the server's ``operation`` with the service function's own arguments."""

@@ -102,6 +102,20 @@ class ArtifactStore:
         """A writer for weights arriving in pieces (an HTTP upload): see :class:`IncomingBlob`."""
         return IncomingBlob(self._blob(sha256), sha256, max_bytes)
 
+    @contextmanager
+    def staged_adapter(self, sha256: str, config: dict[str, Any], label: str = "staged") -> Iterator[Path]:
+        """A temporary PEFT folder (this config + the stored blob, hard-linked) under ``scratch/``, removed on exit:
+        how uploaded weights go through the same checks as a folder on disk."""
+        scratch = self.root / "scratch"
+        scratch.mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(prefix=f"{label}-", dir=scratch))
+        try:
+            (folder / CONFIG_FILE).write_text(json.dumps(config))
+            (folder / WEIGHTS_FILE).hardlink_to(self._blob(sha256))
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def data_file(self, sha256: str, suffix: str) -> Path:
         """Where an uploaded training-data file with this content and suffix (``.jsonl``, ...) is kept."""
         if not _HEX.match(sha256) or suffix not in DATA_SUFFIXES:

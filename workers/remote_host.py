@@ -9,7 +9,6 @@ sends the outcome; the server registers it (see :mod:`workers.remote_protocol`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -22,10 +21,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from registry.errors import RegistryError
-from registry.inspect import CONFIG_FILE, WEIGHTS_FILE, weights_path
+from registry.errors import InvalidAdapter, RegistryError
+from registry.inspect import CONFIG_FILE, WEIGHTS_FILE, sha256_file, weights_path
 from registry.jobs import AnySpec, DataSpec, parse_spec
-from registry.store import config_sha256
+from registry.problems import raise_for_problem
+from registry.store import IncomingBlob, config_sha256
 from workers.context import JobCancelled, JobContext
 from workers.host import InputChanged, JobInputs, Outcome
 
@@ -48,24 +48,18 @@ class ArtifactCache:
         (root / "adapters").mkdir(parents=True, exist_ok=True)
 
     def blob(self, sha256: str, fetch: Any) -> Path:
-        """The cached file with this sha256, downloading it with ``fetch(file_object)`` when missing."""
+        """The cached file with this sha256, downloading it with ``fetch()`` (an iterator of bytes) when missing."""
         path = self.root / "blobs" / sha256[:2] / sha256
         if path.is_file():
             os.utime(path)  # recently used
             return path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        try:
-            digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
-                for block in fetch():
-                    digest.update(block)
-                    out.write(block)
-            if digest.hexdigest() != sha256:
-                raise InputChanged(f"a download arrived with sha256 {digest.hexdigest()[:12]}, not {sha256[:12]}")
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with IncomingBlob(path, sha256, 1 << 62) as incoming:  # a temporary file beside it, hashed, renamed
+            for block in fetch():
+                incoming.write(block)
+            try:
+                incoming.commit()
+            except InvalidAdapter:
+                raise InputChanged(f"a download arrived with another sha256 than {sha256[:12]}") from None
         self.evict(keep=path)
         return path
 
@@ -126,7 +120,7 @@ class RemoteHost:
         outputs = []
         for output in outcome.outputs:
             weights = weights_path(output.folder)
-            sha = _sha256(weights)
+            sha = sha256_file(weights)
             with weights.open("rb") as source:
                 _checked(self.client.put(f"/v1/blobs/{sha}", content=iter(lambda: source.read(CHUNK), b""),
                                          headers={"Content-Type": "application/octet-stream",
@@ -236,21 +230,7 @@ def _send_failure(client: Any, job_id: int, attempt: int, status: str, error_typ
 
 
 def _checked(response: Any) -> Any:
-    if response.status_code >= 400:
-        from registry.problems import from_problem
-
-        try:
-            body = response.json()
-        except ValueError:
-            body = {"detail": f"HTTP {response.status_code}: {response.text[:200]}"}
-        raise from_problem(body if isinstance(body, dict) else {"detail": str(body)}, response.status_code)
-    return response
-
-
-def _sha256(path: Path) -> str:
-    from registry.inspect import sha256_file
-
-    return sha256_file(path)
+    return raise_for_problem(response, "the server")
 
 
 def _quote(ref: str) -> str:

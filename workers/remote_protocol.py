@@ -10,9 +10,8 @@ as a job run beside the catalog. Publish jobs (Hub I/O with the server's token) 
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from typing import Any
 from registry import catalog
 from registry import models as m
 from registry.errors import InvalidAdapter, RegistryError
-from registry.inspect import CONFIG_FILE, WEIGHTS_FILE
 from registry.jobs import parse_spec
 from registry.service import Service
 from workers.context import JobCancelled, lease_seconds
@@ -37,11 +35,6 @@ class Held:
 
     job_id: int
     attempt: int
-
-    def _mine(self):  # type: ignore[no-untyped-def]
-        from workers.context import held
-
-        return held(self.job_id, self.attempt)
 
 
 def claim_job(svc: Service, job_id: int, worker: str) -> dict[str, Any]:
@@ -102,17 +95,13 @@ def complete_job(svc: Service, job_id: int, attempt: int, payload: dict[str, Any
         if row is None:
             raise RegistryError(f"no job {job_id}")
         spec = parse_spec(row.spec)
-    scratch = Path(tempfile.mkdtemp(prefix=f"remote-{job_id}-", dir=_scratch(svc)))
-    try:
+    with ExitStack() as staged:  # the outputs' folders live until the commit is done
         outputs = []
         for i, item in enumerate(payload.get("outputs") or []):
             sha = str(item["weights_sha256"])
             if not svc.store.has_blob(sha):
                 raise InvalidAdapter(f"output {i}", [f"weights {sha[:12]} were not uploaded (PUT /v1/blobs/{sha})"])
-            folder = scratch / f"out-{i}"
-            folder.mkdir()
-            (folder / CONFIG_FILE).write_text(_json(item["config"]))
-            (folder / WEIGHTS_FILE).hardlink_to(svc.store.blob_path(sha))
+            folder = staged.enter_context(svc.store.staged_adapter(sha, item["config"], f"remote-{job_id}"))
             outputs.append(Output(
                 name=str(item["name"]), folder=folder, base_model_id=item.get("base_model_id"),
                 description=item.get("description"),
@@ -130,8 +119,6 @@ def complete_job(svc: Service, job_id: int, attempt: int, payload: dict[str, Any
         except RegistryError as exc:  # an output the catalog refuses fails the job, as it would locally
             fail_job(svc, job_id, attempt, "failed", type(exc).__name__, str(exc), {})
             raise
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     advance_run_of(svc, job_id)
     return {"status": "succeeded", "registered": [ref for _, ref in results]}
 
@@ -143,15 +130,3 @@ def data_path(svc: Service, job_id: int) -> Path:
         if row is None or row.kind != "train":
             raise RegistryError(f"job {job_id} is not a train job")
         return Path(row.spec["data"]["path"])
-
-
-def _json(config: Any) -> str:
-    import json
-
-    return json.dumps(config)
-
-
-def _scratch(svc: Service) -> Path:
-    path = svc.store.root / "scratch"
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -27,7 +27,7 @@ from registry import models as m
 from registry.errors import RegistryError
 from registry.jobs import parse_spec
 from registry.service import Service
-from workers.context import JobCancelled, JobContext, ProgressListener, ended, lease_seconds
+from workers.context import JobCancelled, JobContext, ProgressListener, ended, held, lease_seconds
 from workers.host import LocalHost
 
 log = logging.getLogger("adreg.runner")
@@ -56,7 +56,7 @@ def beat(svc: Service, ctx: JobContext, **values: Any) -> bool:
     """Extend the attempt's lease (and set ``values``, e.g. progress); False once the job is no longer ours."""
     now = m.utcnow()
     with svc.transaction() as s:
-        return bool(s.execute(update(m.Job.__table__).where(ctx._mine()).values(
+        return bool(s.execute(update(m.Job.__table__).where(held(ctx.job_id, ctx.attempt)).values(
             heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds()), **values)).rowcount)
 
 

@@ -8,8 +8,6 @@ registration (every check, then one transaction). A refused or interrupted uploa
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name local objects.
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -123,19 +121,13 @@ def add_routes(app: FastAPI, svc: Service, caller: Any) -> None:
         if not svc.store.has_blob(body.weights_sha256):
             raise InvalidAdapter("the request", [f"no uploaded weights with sha256 {body.weights_sha256[:12]}: "
                                                  f"PUT them to /v1/blobs/{body.weights_sha256} first"])
-        config = json.dumps(body.config)
-        if len(config) > MAX_CONFIG_BYTES:
+        if len(json.dumps(body.config)) > MAX_CONFIG_BYTES:
             raise InvalidAdapter("the request", [f"{CONFIG_FILE} is larger than {MAX_CONFIG_BYTES:,} bytes"])
-        folder = Path(tempfile.mkdtemp(prefix="upload-", dir=_scratch(svc)))
-        try:
-            (folder / CONFIG_FILE).write_text(config)
-            (folder / WEIGHTS_FILE).hardlink_to(svc.store.blob_path(body.weights_sha256))
+        with svc.store.staged_adapter(body.weights_sha256, body.config, "upload") as folder:
             return versions.register(
                 svc.acting_as(who), folder, name=body.name, tags=body.tags, base=body.base,
                 base_path=body.base_path, revision=body.revision, description=body.description,
                 source_uri=body.source_uri or f"upload:{body.weights_sha256}")
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
 
     @app.get("/v1/versions/{ref}/files/{filename}", tags=["artifacts"], response_class=FileResponse, responses={
         **PROBLEM_RESPONSES, 200: {"description": "the file", "content": {
@@ -156,10 +148,3 @@ def _require_octets(request: Request) -> None:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/octet-stream":
         raise InvalidAdapter("the upload", [f"content type must be application/octet-stream, not {kind[:60]!r}"])
-
-
-def _scratch(svc: Service) -> Path:
-    path = svc.store.root / "scratch"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
