@@ -24,6 +24,7 @@ from registry import endpoints, jobs
 from registry import types as t
 from registry.errors import InvalidAdapter, RegistryError, ServiceUnavailable, Unauthenticated
 from registry.login import saved_login
+from registry.operations.versions import download_target
 from registry.problems import raise_for_problem
 from registry.sdk import Registry
 from registry.store import IncomingBlob
@@ -190,7 +191,7 @@ class RemoteRegistry(Registry):
         import httpx
 
         version = self.get(ref)
-        target = _new_folder(folder)
+        target = download_target(folder)
         staging = Path(tempfile.mkdtemp(prefix=".tmp-adreg-", dir=target.parent))
         try:
             for filename in ("adapter_config.json", "adapter_model.safetensors"):
@@ -337,14 +338,6 @@ def _segment(value: Any) -> str:
     from urllib.parse import quote
 
     return quote(str(value), safe=":@")
-
-
-def _new_folder(folder: str | Path) -> Path:
-    target = Path(folder).expanduser().resolve()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise RegistryError(f"{target} exists and is not an empty folder", hint="give a new folder to download into")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return target
 
 
 def _remote_method(name: str) -> Callable[..., Any]:

@@ -234,10 +234,7 @@ def download(svc: Service, ref: str, folder: str | Path) -> Path:
     from registry.inspect import CONFIG_FILE, WEIGHTS_FILE, sha256_file
 
     version = get(svc, ref)
-    target = Path(folder).expanduser().resolve()
-    if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise RegistryError(f"{target} exists and is not an empty folder", hint="give a new folder to download into")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = download_target(folder)
     staging = Path(tempfile.mkdtemp(prefix=".tmp-adreg-", dir=target.parent))
     try:
         stored = Path(version.path)
@@ -252,4 +249,13 @@ def download(svc: Service, ref: str, folder: str | Path) -> Path:
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def download_target(folder: str | Path) -> Path:
+    """The absolute folder a download may write: new, or an empty folder (kept until the download completes)."""
+    target = Path(folder).expanduser().resolve()
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        raise RegistryError(f"{target} exists and is not an empty folder", hint="give a new folder to download into")
+    target.parent.mkdir(parents=True, exist_ok=True)
     return target
