@@ -80,6 +80,7 @@ def _render_version(v: t.AdapterVersion) -> None:
     alpha = f"{v.lora_alpha:g}" + (" rsLoRA" if v.use_rslora else "") + (" DoRA" if v.use_dora else "")
     rows = [
         ["version", v.ref],
+        ["status", v.status + (f" ({v.status_reason})" if v.status_reason else "")],
         ["base", f"{v.base_model}" + (f" @ {v.base_revision}" if v.base_revision else "")],
         ["task", v.task_type],
         ["rank / alpha", f"{rank} / {alpha}"],
@@ -89,6 +90,9 @@ def _render_version(v: t.AdapterVersion) -> None:
         ["tags", ", ".join(f"{k}={val}" for k, val in sorted(v.tags.items())) or "-"],
         ["aliases", ", ".join(v.aliases) or "-"],
         ["description", v.description or "-"],
+        ["adapter", v.adapter_description or "-"],
+        ["metrics", ", ".join(f"{x.name}={x.value:.4g}" + (f" [{x.dataset}]" if x.dataset else "") for x in v.metrics)
+         or "-"],
         ["parents", ", ".join(
             f"{p.ref} ({p.relation}" + (f", w={p.weight:g}" if p.weight is not None else "") + ")" for p in v.parents
         ) or "-"],
@@ -199,21 +203,19 @@ def list_(
     target: str | None = typer.Option(None, "--target", help="Has this target module (e.g. q_proj)."),
     name: str | None = typer.Option(None, "--name", help="Name contains this text."),
     status: str = typer.Option("ready", "--status", help="ready, deprecated, ... or 'any'."),
-    sort: str = typer.Option("created", "--sort", help="created, name, version, rank or size."),
+    query: str | None = typer.Option(None, "--query", "-q", help="Full-text search of names, descriptions, tags."),
+    where: str | None = typer.Option(None, "--where", help='Metric conditions, e.g. "eval_loss<2.5".'),
+    sort: str = typer.Option("created", "--sort", help="created, name, version, rank, size or metric:NAME."),
     ascending: bool = typer.Option(False, "--asc", help="Sort ascending."),
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
     offset: int = typer.Option(0, "--offset", min=0),
     json_output: bool = JSON,
 ) -> t.SearchPage:
     """Search adapter versions."""
-    from registry.errors import RegistryError
-
-    if sort not in ("created", "name", "version", "rank", "size"):
-        raise RegistryError(f"--sort must be one of created, name, version, rank, size (got {sort!r})")
     filters = SearchFilters(
         base_model=base_model, tags=_tags(tag), task_type=task_type, peft_type=peft_type, min_rank=min_rank,
         max_rank=max_rank, target_module=target, name_like=name, status=None if status == "any" else status,
-        sort=sort, descending=not ascending, limit=limit, offset=offset,
+        query=query, where=where, sort=sort, descending=not ascending, limit=limit, offset=offset,
     )
     return _registry().search_page(filters)
 
@@ -970,6 +972,21 @@ def worker(
         "-l", loglevel, "-n", f"adreg-{'-'.join(names)}-{os.getpid()}@%h", "--without-gossip", "--without-mingle",
     ])
 
+
+# -- lifecycle (issue 15) --
+# -- end lifecycle --
+
+# -- text search (issue 15) --
+# -- end text search --
+
+# -- metrics (issue 15) --
+# -- end metrics --
+
+# -- diff (issue 15) --
+# -- end diff --
+
+# -- named bases (issue 15) --
+# -- end named bases --
 
 from registry.cli_access import install  # noqa: E402  (the access commands register on the app above)
 

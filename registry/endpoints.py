@@ -169,6 +169,21 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("remove_schedule", automation.remove_schedule, "DELETE", "/v1/schedules/{name}", admin),
     Endpoint("run_schedule_now", automation.run_schedule_now, "POST", "/v1/schedules/{name}/run", admin),
     Endpoint("tick", automation.tick, "POST", "/v1/tick", admin),
+    # -- lifecycle (issue 15) --
+    # -- end lifecycle --
+
+    # -- text search (issue 15) --
+    # -- end text search --
+
+    # -- metrics (issue 15) --
+    # -- end metrics --
+
+    # -- diff (issue 15) --
+    # -- end diff --
+
+    # -- named bases (issue 15) --
+    # -- end named bases --
+
     Endpoint("whoami", access.whoami, "GET", "/v1/whoami", anyone),
     Endpoint("add_user", access.add_user, "POST", "/v1/users", anyone),
     Endpoint("users", access.users, "GET", "/v1/users", anyone),

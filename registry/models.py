@@ -71,6 +71,8 @@ class BaseModelRecord(Base):
     # ``revision`` with NULL folded to '' so that the unique constraint also holds for "no revision".
     revision_key: Mapped[str] = mapped_column(String(255), default="")
     local_path: Mapped[str | None] = mapped_column(Text)
+    # A short name given with ``adreg base add`` (``llama-tiny``); usable wherever a base model is named.
+    short_name: Mapped[str | None] = mapped_column(String(64), unique=True)
     architecture: Mapped[str | None] = mapped_column(String(255))
     model_type: Mapped[str | None] = mapped_column(String(128), index=True)
     config_hash: Mapped[str | None] = mapped_column(String(64), index=True)
@@ -113,7 +115,14 @@ class AdapterVersion(Base):
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
     base_model_id: Mapped[int | None] = mapped_column(ForeignKey("base_models.id"), index=True)
+    # Lifecycle: ``ready``, ``deprecated`` (still resolvable by exact reference) or ``deleted`` (a tombstone kept
+    # for lineage; hidden from listings and references). ``status_reason/at/by`` say why, when and who.
     status: Mapped[str] = mapped_column(String(32), default="ready", index=True)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    status_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status_by: Mapped[str | None] = mapped_column(String(255))
+    # Set by a hard delete: the version's files may be reclaimed (``adreg gc``) once no other version shares them.
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     peft_type: Mapped[str] = mapped_column(String(32), index=True)
     task_type: Mapped[str | None] = mapped_column(String(64), index=True)
     r: Mapped[int] = mapped_column(Integer, index=True)
@@ -144,12 +153,48 @@ class AdapterVersion(Base):
     storage_path: Mapped[str] = mapped_column(Text)  # relative to the artifact store's root
     source_uri: Mapped[str | None] = mapped_column(Text)
     description: Mapped[str | None] = mapped_column(Text)
+    # What full-text search reads: the adapter's name and description, the version's description and its tags,
+    # rewritten by catalog whenever one of them changes. PostgreSQL indexes it through the generated column
+    # ``search_vector`` (tsvector, GIN; not mapped here), SQLite through the FTS5 table ``version_fts``.
+    search_text: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     # Who registered it (a user name, or the OS user of an embedded catalog); NULL before revision 0007.
     created_by: Mapped[str | None] = mapped_column(String(255))
 
     adapter: Mapped[Adapter] = relationship(back_populates="versions")
     base_model: Mapped[BaseModelRecord | None] = relationship()
+
+
+class FormerName(Base):
+    """A name an adapter had before ``adreg rename``; it keeps resolving to the adapter until it is reused."""
+
+    __tablename__ = "former_names"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"), index=True)
+    renamed_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    renamed_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class Metric(Base):
+    """One named number about a version (``eval_loss``), optionally on a dataset; logging it again replaces it."""
+
+    __tablename__ = "version_metrics"
+    __table_args__ = (
+        UniqueConstraint("version_id", "name", "dataset"),
+        # Sorting and filtering versions by one metric: an index range scan in value order.
+        Index("ix_version_metrics_name_dataset_value", "name", "dataset", "value", "version_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    dataset: Mapped[str] = mapped_column(String(255), default="")  # '' when the metric names no dataset
+    value: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(32), default="user")  # user, train, validate, merge, eval
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"), index=True)
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    recorded_by: Mapped[str | None] = mapped_column(String(255))
 
 
 class TargetModule(Base):
@@ -189,6 +234,8 @@ class Alias(Base):
     name: Mapped[str] = mapped_column(String(64))
     version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, onupdate=utcnow)
+    # Only an admin, or a recipe's promote step whose gates passed, may move or remove a protected alias.
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class LineageEdge(Base):

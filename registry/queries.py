@@ -52,6 +52,8 @@ class SearchFilters:
     target_module: str | None = None
     name_like: str | None = None
     status: str | None = "ready"
+    query: str | None = None  # full-text over names, descriptions and tags, ranked
+    where: str | None = None  # metric conditions: "eval_loss<2.5 and accuracy>=0.9" (registry.where's grammar)
     sort: str = "created"
     descending: bool = True
     limit: int = 50
@@ -95,6 +97,22 @@ def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
         conds.append(m.Adapter.name.like(f"%{escaped}%", escape="\\"))
     if f.status:
         conds.append(v.status == f.status)
+
+    # -- lifecycle (issue 15) --
+    # -- end lifecycle --
+
+    # -- text search (issue 15) --
+    # -- end text search --
+
+    # -- metrics (issue 15) --
+    # -- end metrics --
+
+    # -- diff (issue 15) --
+    # -- end diff --
+
+    # -- named bases (issue 15) --
+    # -- end named bases --
+
     return conds
 
 
@@ -144,9 +162,10 @@ def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path) -
     ids = [r.id for r in rows]
     if not ids:
         return []
-    names = dict(session.execute(
-        select(m.Adapter.id, m.Adapter.name).where(m.Adapter.id.in_({r.adapter_id for r in rows}))
-    ).all())
+    adapters = {a.id: a for a in session.execute(
+        select(m.Adapter.id, m.Adapter.name, m.Adapter.description)
+        .where(m.Adapter.id.in_({r.adapter_id for r in rows}))
+    )}
     bases = {b.id: b for b in session.execute(
         select(m.BaseModelRecord.id, m.BaseModelRecord.name, m.BaseModelRecord.revision)
         .where(m.BaseModelRecord.id.in_({r.base_model_id for r in rows if r.base_model_id}))
@@ -181,10 +200,18 @@ def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path) -
             t.CompatInfo(base_model=bname, revision=brev, level=c.level, evidence=c.evidence or {})
         )
 
+    metrics: dict[int, list[t.MetricInfo]] = defaultdict(list)
+    for x in session.scalars(select(m.Metric).where(m.Metric.version_id.in_(ids))
+                             .order_by(m.Metric.name, m.Metric.dataset)):
+        metrics[x.version_id].append(t.MetricInfo(
+            name=x.name, value=x.value, dataset=x.dataset, source=x.source, job_id=x.job_id,
+            recorded_at=x.recorded_at, recorded_by=x.recorded_by,
+        ))
+
     out = []
     for r in rows:
         base = bases.get(r.base_model_id) if r.base_model_id else None
-        name = names[r.adapter_id]
+        name = adapters[r.adapter_id].name
         out.append(t.AdapterVersion(
             id=r.id, name=name, version=r.version, ref=f"{name}:{r.version}", status=r.status,
             base_model=base.name if base else None, base_revision=base.revision if base else None,
@@ -197,7 +224,8 @@ def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path) -
             path=str(store_root / r.storage_path), source_uri=r.source_uri, description=r.description,
             created_at=r.created_at, created_by=r.created_by,
             tags=dict(tags.get(r.id, {})), aliases=aliases.get(r.id, []), parents=parents.get(r.id, []),
-            compatible=compat.get(r.id, []),
+            compatible=compat.get(r.id, []), status_reason=r.status_reason,
+            adapter_description=adapters[r.adapter_id].description, metrics=metrics.get(r.id, []),
         ))
     return out
 
@@ -248,6 +276,7 @@ def base_models(session: Session) -> list[t.BaseModelInfo]:
             id=b.id, name=b.name, revision=b.revision, local_path=b.local_path, architecture=b.architecture,
             model_type=b.model_type, config_hash=b.config_hash, vocab_size=b.vocab_size,
             module_count=len(b.module_shapes or {}), adapter_versions=int(counts.get(b.id, 0)),
+            short_name=b.short_name,
         )
         for b in session.scalars(select(m.BaseModelRecord).order_by(m.BaseModelRecord.name, m.BaseModelRecord.id))
     ]
@@ -256,12 +285,13 @@ def base_models(session: Session) -> list[t.BaseModelInfo]:
 def aliases(session: Session, name: str | None = None) -> list[t.AliasInfo]:
     """Every alias (of one adapter when ``name`` is given), by adapter and alias name."""
     query = (
-        select(m.Adapter.name, m.Alias.name, m.AdapterVersion.version, m.Alias.updated_at)
+        select(m.Adapter.name, m.Alias.name, m.AdapterVersion.version, m.Alias.updated_at, m.Alias.protected)
         .join(m.Alias, m.Alias.adapter_id == m.Adapter.id)
         .join(m.AdapterVersion, m.AdapterVersion.id == m.Alias.version_id)
         .order_by(m.Adapter.name, m.Alias.name)
     )
     if name is not None:
         query = query.where(m.Adapter.name == name)
-    return [t.AliasInfo(name=adapter, alias=alias, ref=f"{adapter}:{version}", updated_at=updated)
-            for adapter, alias, version, updated in session.execute(query)]
+    return [t.AliasInfo(name=adapter, alias=alias, ref=f"{adapter}:{version}", updated_at=updated,
+                        protected=protected)
+            for adapter, alias, version, updated, protected in session.execute(query)]

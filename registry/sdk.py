@@ -98,16 +98,23 @@ class Registry:
         target_module: str | None = None,
         name_like: str | None = None,
         status: str | None = "ready",
+        query: str | None = None,
+        where: str | None = None,
         sort: str = "created",
         descending: bool = True,
         limit: int = 50,
         offset: int = 0,
     ) -> list[t.AdapterVersion]:
-        """Versions matching every given filter (tags are ANDed), newest first by default."""
+        """Versions matching every given filter (tags are ANDed), newest first by default.
+
+        ``query`` is a full-text search over names, descriptions and tags (best match first unless ``sort`` is
+        given); ``where`` filters on metrics (``"eval_loss<2.5 and accuracy>=0.9"``); ``sort`` may be
+        ``metric:NAME``.
+        """
         filters = queries.SearchFilters(
             base_model=base_model, tags=dict(tags or {}), task_type=task_type, peft_type=peft_type,
             min_rank=min_rank, max_rank=max_rank, target_module=target_module, name_like=name_like,
-            status=status, sort=sort, descending=descending, limit=limit, offset=offset,
+            status=status, query=query, where=where, sort=sort, descending=descending, limit=limit, offset=offset,
         )
         return self.search_page(filters).items
 
@@ -381,6 +388,21 @@ class Registry:
         return Path(version.path)
 
     # -- access: users, tokens, grants, audit --------------------------------------------------------
+
+    # -- lifecycle (issue 15) --
+    # -- end lifecycle --
+
+    # -- text search (issue 15) --
+    # -- end text search --
+
+    # -- metrics (issue 15) --
+    # -- end metrics --
+
+    # -- diff (issue 15) --
+    # -- end diff --
+
+    # -- named bases (issue 15) --
+    # -- end named bases --
 
     def whoami(self) -> dict[str, Any]:
         """Who this registry acts as (embedded: the OS user, with every right)."""

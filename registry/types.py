@@ -50,6 +50,7 @@ class BaseModelInfo(_Serializable):
     vocab_size: int | None
     module_count: int
     adapter_versions: int = 0
+    short_name: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +68,19 @@ class CompatInfo(_Serializable):
     revision: str | None
     level: str
     evidence: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricInfo(_Serializable):
+    """One named number about a version, on ``dataset`` ('' for none), logged by a user or a job."""
+
+    name: str
+    value: float
+    dataset: str = ""
+    source: str = "user"
+    job_id: int | None = None
+    recorded_at: datetime | None = None
+    recorded_by: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +120,9 @@ class AdapterVersion(_Serializable):
     aliases: list[str] = dataclasses.field(default_factory=list)
     parents: list[ParentLink] = dataclasses.field(default_factory=list)
     compatible: list[CompatInfo] = dataclasses.field(default_factory=list)
+    status_reason: str | None = None  # why it was deprecated or deleted
+    adapter_description: str | None = None  # the adapter's own description (``description`` is the version's)
+    metrics: list[MetricInfo] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +133,7 @@ class AliasInfo(_Serializable):
     alias: str
     ref: str
     updated_at: datetime
+    protected: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

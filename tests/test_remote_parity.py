@@ -517,6 +517,21 @@ def test_users_tokens_grants(backend: Registry, actor: str, same) -> None:  # ty
          bad_duration.value, grant, bad_permission.value, removed, no_grant.value, revoked, events)
 
 
+# -- lifecycle (issue 15) --
+# -- end lifecycle --
+
+# -- text search (issue 15) --
+# -- end text search --
+
+# -- metrics (issue 15) --
+# -- end metrics --
+
+# -- diff (issue 15) --
+# -- end diff --
+
+# -- named bases (issue 15) --
+# -- end named bases --
+
 def test_dataset_errors_keep_their_type_over_http(sdk_server: ServerProcess, tmp_path: Path, tiny) -> None:
     """The server's own data checks (an empty file passes the client's) come back as InvalidDataset."""
     from registry.trainset import InvalidDataset
