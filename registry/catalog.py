@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -209,7 +212,37 @@ def register_version(
     if base is not None:
         _record_compatibility(session, row, manifest, base)
     session.flush()
+    refresh_search_text(session, [row.id])
     return row, True
+
+
+def refresh_search_text(session: Session, version_ids: Iterable[int]) -> None:
+    """Rewrite what full-text search reads for these versions: the adapter's name and description, the version's
+    description and its tags. Call it after any of them changes. On SQLite the FTS5 row (rowid = version id) is
+    written too; PostgreSQL derives its ``tsvector`` from ``search_text`` itself (a generated column)."""
+    ids = sorted(set(version_ids))
+    if not ids:
+        return
+    session.flush()
+    v, a = m.AdapterVersion, m.Adapter
+    tags: dict[int, list[str]] = {}
+    for vid, key, value in session.execute(
+        select(m.Tag.version_id, m.Tag.key, m.Tag.value).where(m.Tag.version_id.in_(ids)).order_by(m.Tag.key)
+    ):
+        tags.setdefault(vid, []).append(f"{key} {value}")
+    texts = {
+        vid: " ".join(part for part in (name, adapter_text, version_text, *tags.get(vid, [])) if part)
+        for vid, name, adapter_text, version_text in session.execute(
+            select(v.id, a.name, a.description, v.description).join(a, a.id == v.adapter_id).where(v.id.in_(ids))
+        )
+    }
+    for vid, text in texts.items():
+        session.execute(update(v.__table__).where(v.__table__.c.id == vid).values(search_text=text))
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(sql_text("DELETE FROM version_fts WHERE rowid IN (SELECT value FROM json_each(:ids))"),
+                        {"ids": json.dumps(ids)})
+        session.execute(sql_text("INSERT INTO version_fts(rowid, body) VALUES (:id, :body)"),
+                        [{"id": vid, "body": text} for vid, text in texts.items()])
 
 
 def check_fits(manifest: AdapterManifest, base: m.BaseModelRecord | None) -> None:
@@ -344,6 +377,7 @@ def _sync_tag_doc(session: Session, row: m.AdapterVersion) -> None:
     session.flush()
     row.tag_doc = dict(session.execute(select(m.Tag.key, m.Tag.value).where(m.Tag.version_id == row.id)).all())
     session.flush()
+    refresh_search_text(session, [row.id])
 
 
 def set_tags(session: Session, row: m.AdapterVersion, tags: dict[str, str]) -> None:

@@ -51,6 +51,7 @@ class SearchFilters:
     max_rank: int | None = None
     target_module: str | None = None
     name_like: str | None = None
+    compatible_with: str | None = None  # a base model (name, short name or folder) with compatibility evidence
     status: str | None = "ready"
     query: str | None = None  # full-text over names, descriptions and tags, ranked
     where: str | None = None  # metric conditions: "eval_loss<2.5 and accuracy>=0.9" (registry.where's grammar)
@@ -116,14 +117,25 @@ def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
     return conds
 
 
+def _sort_key(session: Session, f: SearchFilters) -> ColumnElement:  # type: ignore[type-arg]
+    """The expression ``search`` orders by (then by id, newest first)."""
+    # -- text search (issue 15) --
+    # -- end text search --
+
+    # -- metrics (issue 15) --
+    # -- end metrics --
+
+    if f.sort not in SORT_KEYS:
+        raise RegistryError(f"sort must be one of {', '.join(SORT_KEYS)}")
+    return SORT_KEYS[f.sort]
+
+
 def search(session: Session, f: SearchFilters) -> tuple[list[m.AdapterVersion], int]:
     """One page of matching versions and the total count.
 
     The filters run once: the matching (id, sort key) pairs are a CTE that the count and the page both read.
     Then the page's rows are loaded by id, without the JSON that ``describe`` does not show.
     """
-    if f.sort not in SORT_KEYS:
-        raise RegistryError(f"sort must be one of {', '.join(SORT_KEYS)}")
     check_page(f.limit, f.offset)
     for what in ("base_model", "task_type", "peft_type", "target_module", "name_like"):
         value = getattr(f, what)
@@ -132,7 +144,7 @@ def search(session: Session, f: SearchFilters) -> tuple[list[m.AdapterVersion], 
     for key, value in f.tags.items():
         check_tag(key, value)
     v = m.AdapterVersion
-    key = SORT_KEYS[f.sort]
+    key = _sort_key(session, f)
     matching = select(v.id.label("id"), key.label("sort_key")).where(and_(*_where(session, f)))
     if f.name_like or f.sort == "name":
         matching = matching.join(m.Adapter)

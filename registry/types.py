@@ -169,3 +169,16 @@ class SearchPage(_Serializable):
     total: int
     limit: int
     offset: int
+
+
+# -- lifecycle (issue 15) --
+# -- end lifecycle --
+
+# -- metrics (issue 15) --
+# -- end metrics --
+
+# -- diff (issue 15) --
+# -- end diff --
+
+# -- named bases (issue 15) --
+# -- end named bases --
