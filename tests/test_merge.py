@@ -538,4 +538,6 @@ def test_cuda_matches_cpu(bases, tmp_path, method, kw):
     merge_adapters(adapters, WEIGHTS, method, out=tmp_path / "gpu", device="cuda", **kw)
     cpu, gpu = merged_deltas(tmp_path / "cpu"), merged_deltas(tmp_path / "gpu")
     for module, delta in cpu.items():
-        torch.testing.assert_close(gpu[module], delta, rtol=1e-4, atol=1e-6)
+        # cuSOLVER's and LAPACK's float32 SVDs agree to ~1e-4 of the largest entry, not to a fixed 1e-6 (an H200
+        # gave 1.8e-6 on entries of ~1e-2).
+        torch.testing.assert_close(gpu[module], delta, rtol=1e-4, atol=1e-4 * float(delta.abs().max()))

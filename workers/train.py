@@ -412,7 +412,8 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
 
     norms = {}
     for a in names:
-        sq = sum(float((p.detach() - initial[n]).float().pow(2).sum())
+        # ``initial`` was copied before the trainer moved the model to its device (CUDA on a GPU worker).
+        sq = sum(float((p.detach().float() - initial[n].to(p.device).float()).pow(2).sum())
                  for n, p in peft_model.named_parameters() if n in initial and adapter_param_owner(n) == a)
         norms[a] = math.sqrt(sq)
     for metric in ("loss", "accuracy"):
