@@ -983,6 +983,80 @@ def worker(
 # -- end metrics --
 
 # -- diff (issue 15) --
+def _change(c: t.ConfigChange) -> str:
+    def text(v: Any) -> str:
+        return json.dumps(int(v) if isinstance(v, float) and v.is_integer() else v)
+
+    return f"{c.key}: {text(c.old)} -> {text(c.new)}"
+
+
+def _first(names: list[str], count: int = 5) -> str:
+    return ", ".join(names[:count]) + (f" (+{len(names) - count} more)" if len(names) > count else "")
+
+
+def _distance(distance: float | None, abs_distance: float) -> str:
+    return f"{distance:.4g}" if distance is not None else f"{abs_distance:.4g} (abs)"
+
+
+def _render_diff(d: t.VersionDiff, top: int = 20) -> None:
+    out = stdout.print
+    out(f"A = {d.a}, B = {d.b}" + ("  (the same weights file)" if d.same_weights else ""), markup=False)
+    rank_keys = {c.key for c in d.rank_changes}
+    lines = [("base", _change(c)) for c in d.base_changes] + [("rank/alpha", _change(c)) for c in d.rank_changes]
+    lines += [("config", _change(c)) for c in d.config_changes if c.key not in rank_keys]
+    for what, text in lines:
+        out(f"  {what:<10} {text}", markup=False)
+    groups: dict[str, list[str]] = {}
+    for m in d.module_ranks:
+        key = (f"r {m.rank_a}->{m.rank_b}, alpha {m.alpha_a:g}->{m.alpha_b:g}, "
+               f"scaling {m.scaling_a:.4g}->{m.scaling_b:.4g}")
+        groups.setdefault(key, []).append(m.module)
+    for key, names in groups.items():
+        out(f"  per module {key} on {len(names)} module(s): {_first(names, 3)}", markup=False)
+    for sign, names, where in (("+", d.modules_added, "in B only"), ("-", d.modules_removed, "in A only")):
+        if names:
+            out(f"  modules {sign}{len(names)} ({where}): {_first(names)}", markup=False)
+    if d.target_modules_added or d.target_modules_removed:
+        out("  targets   " + " ".join([f"+{x}" for x in d.target_modules_added] +
+                                      [f"-{x}" for x in d.target_modules_removed]), markup=False)
+    if not (lines or d.module_ranks or d.modules_added or d.modules_removed):
+        out("  same config, modules, ranks and alphas", markup=False)
+    overall = _distance(d.overall_distance, d.overall_abs_distance)
+    out(f"overall ||dA - dB|| / ||dB||: {overall} over {len(d.modules)} module(s) in both; "
+        f"computed in {d.seconds:.2f} s", markup=False)
+    if d.modules:
+        title = f"most different modules ({min(top, len(d.modules))} of {len(d.modules)})"
+        table(title, ["module", "kind", "distance", "||dA||", "||dB||", "rank"],
+              [[m.module, m.kind, _distance(m.distance, m.abs_distance), f"{m.norm_a:.4g}", f"{m.norm_b:.4g}",
+                f"{m.rank_a}" if m.rank_a == m.rank_b else f"{m.rank_a}->{m.rank_b}"] for m in d.modules[:top]])
+    if d.tensors:
+        table(f"other tensors ({min(top, len(d.tensors))} of {len(d.tensors)})",
+              ["tensor", "kind", "distance", "||A||", "||B||"],
+              [[x.key, x.kind, _distance(x.distance, x.abs_distance), f"{x.norm_a:.4g}", f"{x.norm_b:.4g}"]
+               for x in d.tensors[:top]])
+    for sign, names, where in (("+", d.tensors_added, "in B only"), ("-", d.tensors_removed, "in A only")):
+        if names:
+            out(f"other tensors {sign}{len(names)} ({where}): {_first(names)}", markup=False)
+    for item in d.not_compared:
+        out(f"not compared: {item.name}: {item.reason}", markup=False)
+    for note in d.notes:
+        out(f"note: {note}", markup=False)
+
+
+@app.command()
+def diff(
+    a: str = typer.Argument(..., help="Version A: name, name:3 or name@alias."),
+    b: str = typer.Argument(..., help="Version B (distances are relative to B's deltas)."),
+    top: int = typer.Option(20, "--top", "-n", min=1, help="Modules shown in the table (--json has all)."),
+    json_output: bool = JSON,
+) -> None:
+    """What differs from A to B: base, config, targets, rank/alpha, and each module's ||dA - dB|| / ||dB||."""
+
+    @emits(lambda d: _render_diff(d, top))
+    def run(json_output: bool) -> t.VersionDiff:
+        return _registry().diff(a, b)
+
+    run(json_output=json_output)
 # -- end diff --
 
 # -- named bases (issue 15) --

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from registry import auth, jobs
 from registry.errors import RegistryError
-from registry.operations import access, automation, submit, versions
+from registry.operations import access, automation, diffs, submit, versions
 from registry.refs import parse_ref
 from registry.service import Service
 from registry.store import DATA_SUFFIXES
@@ -179,6 +179,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # -- end metrics --
 
     # -- diff (issue 15) --
+    # Every authenticated principal reads every version (registry.auth), so reading both is the `anyone` rule.
+    Endpoint("diff", diffs.diff, "GET", "/v1/diff", anyone),
     # -- end diff --
 
     # -- named bases (issue 15) --

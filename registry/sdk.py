@@ -17,7 +17,7 @@ from registry.config import Settings
 from registry.db import make_engine, upgrade
 from registry.errors import RegistryError
 from registry.login import server_url
-from registry.operations import access, automation, submit, versions
+from registry.operations import access, automation, diffs, submit, versions
 from registry.runs import RunInfo
 from registry.service import Service
 
@@ -399,6 +399,17 @@ class Registry:
     # -- end metrics --
 
     # -- diff (issue 15) --
+    def diff(self, a: str, b: str) -> t.VersionDiff:
+        """What differs from version ``a`` to version ``b`` (references: ``name``, ``name:3``, ``name@alias``).
+
+        Base model and revision, every adapter_config.json key that differs, modules and target modules added (in
+        B only) or removed (in A only), global and per-module rank / alpha changes, and for every module both have
+        the distance of the deltas ``||dA - dB||_F / ||dB||_F`` (``dX = s B A`` with each module's scaling),
+        most different first, computed from the LoRA factors without forming ``out x in`` matrices; DoRA
+        magnitudes, lora_B biases and modules_to_save copies are compared value by value. See
+        :class:`~registry.types.VersionDiff`.
+        """
+        return diffs.diff(self.service, a, b)
     # -- end diff --
 
     # -- named bases (issue 15) --

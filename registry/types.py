@@ -178,6 +178,99 @@ class SearchPage(_Serializable):
 # -- end metrics --
 
 # -- diff (issue 15) --
+@dataclasses.dataclass(frozen=True)
+class ConfigChange(_Serializable):
+    """One setting that differs between two versions: A's value (``old``) and B's (``new``); None: absent."""
+
+    key: str
+    old: Any
+    new: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleRankChange(_Serializable):
+    """A module in both versions whose rank, alpha or scaling (rank_pattern, alpha_pattern, rsLoRA) differs."""
+
+    module: str
+    rank_a: int
+    rank_b: int
+    alpha_a: float
+    alpha_b: float
+    scaling_a: float
+    scaling_b: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleDistance(_Serializable):
+    """How far module ``module``'s delta ``dA = s B A`` of version A is from version B's ``dB``.
+
+    ``distance`` is ``||dA - dB||_F / ||dB||_F``, None when ``||dB||_F`` is 0 (then read ``abs_distance``,
+    ``||dA - dB||_F``). ``method`` says how it was computed from the thin factors: ``identical`` (same factors and
+    scaling), ``same_lora_A`` / ``same_lora_B`` (one factor, scaled, is the same: the difference is exact),
+    ``gram`` (Gram matrices) or ``qr`` (nearly equal deltas: QR factors, free of the Gram expansion's cancellation).
+    """
+
+    module: str
+    kind: str  # linear, embedding or conv
+    distance: float | None
+    abs_distance: float
+    norm_a: float
+    norm_b: float
+    rank_a: int
+    rank_b: int
+    method: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorDistance(_Serializable):
+    """A tensor other than the LoRA factors, compared value by value: ``magnitude`` (DoRA), ``bias`` (lora_B's bias,
+    times the module's scaling), ``saved`` (a modules_to_save copy) or ``other`` (e.g. trainable-token deltas)."""
+
+    key: str  # the tensor's name, without PEFT's ``base_model.model.`` prefix
+    kind: str
+    distance: float | None  # ||a - b|| / ||b||; None when ||b|| is 0
+    abs_distance: float
+    norm_a: float
+    norm_b: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NotCompared(_Serializable):
+    """A module or tensor both versions have that could not be compared, and why (e.g. different shapes)."""
+
+    name: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VersionDiff(_Serializable):
+    """What differs from version ``a`` to version ``b`` (``Registry.diff(a, b)``, ``adreg diff A B``).
+
+    *Added* means in B only, *removed* in A only. ``modules`` holds every module both have, most different first
+    (modules whose ``||dB||`` is 0 but ``dA`` is not come first, identical ones last). ``overall_distance`` is
+    ``||dA - dB|| / ||dB||`` over all those modules together (None when every ``dB`` is 0).
+    """
+
+    a: str
+    b: str
+    same_weights: bool  # the same weights file (sha256)
+    base_changes: list[ConfigChange]  # base_model / base_revision: the catalog's resolved base identity
+    config_changes: list[ConfigChange]  # every adapter_config.json key that differs (see docs/catalog.md)
+    rank_changes: list[ConfigChange]  # r, lora_alpha, use_rslora, use_dora
+    module_ranks: list[ModuleRankChange]
+    modules_added: list[str]
+    modules_removed: list[str]
+    target_modules_added: list[str]  # leaf names (q_proj, ...) of the modules each version's weights hold
+    target_modules_removed: list[str]
+    modules: list[ModuleDistance]
+    overall_distance: float | None
+    overall_abs_distance: float
+    tensors: list[TensorDistance]
+    tensors_added: list[str]
+    tensors_removed: list[str]
+    not_compared: list[NotCompared]
+    notes: list[str]
+    seconds: float
 # -- end diff --
 
 # -- named bases (issue 15) --

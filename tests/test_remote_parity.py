@@ -527,6 +527,38 @@ def test_users_tokens_grants(backend: Registry, actor: str, same) -> None:  # ty
 # -- end metrics --
 
 # -- diff (issue 15) --
+def _rounded(value: Any) -> Any:
+    """Floats to 10 significant digits: the server runs with one torch thread, this process with more."""
+    if isinstance(value, float):
+        return float(f"{value:.10g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def test_diff_of_two_versions(backend: Registry, tiny, same) -> None:  # type: ignore[no-untyped-def]
+    backend.register(tiny["tone"], name="df")
+    backend.register(tiny["legal"], name="df")
+    backend.set_alias("df:1", "production")
+    diff = backend.diff("df@production", "df:2")
+    assert type(diff) is t.VersionDiff and type(diff.modules[0]) is t.ModuleDistance
+    assert all(type(c) is t.ConfigChange for c in diff.rank_changes + diff.config_changes)
+    assert (diff.a, diff.b, len(diff.modules), len(diff.modules_added)) == ("df:1", "df:2", 4, 10)
+    assert {(c.key, c.old, c.new) for c in diff.rank_changes} == {("r", 4, 8), ("lora_alpha", 8, 16)}
+    assert all(m.distance is not None and m.distance > 0 for m in diff.modules)
+    itself = backend.diff("df:2", "df")
+    assert itself.same_weights and {m.method for m in itself.modules} == {"identical"}
+    with pytest.raises(AdapterNotFound) as missing:
+        backend.diff("df:1", "df:9")
+    if isinstance(backend, RemoteRegistry):  # a read-only token reads both versions
+        backend.add_user("df-reader")
+        token = backend.create_token("df-reader", scope="read")["token"]
+        with Registry(backend.url, token=token) as reader:
+            assert _rounded(reader.diff("df:1", "df:2").to_dict()) | {"seconds": 0} == _rounded(
+                diff.to_dict()) | {"seconds": 0}
+    same("diff", _rounded(diff.to_dict()), _rounded(itself.to_dict()), missing.value)
 # -- end diff --
 
 # -- named bases (issue 15) --

@@ -21,10 +21,11 @@ from safetensors.torch import save_file
 
 from registry.errors import InvalidAdapter, RegistryError
 from registry.inspect import KEY_PREFIX, inspect_adapter, weights_path
+from registry.lowrank import ExactDelta
 from registry.manifest import AdapterManifest
 from registry.merge_rules import MergePlan, check_merge, saved_module_tensors
 from workers.merge.methods import ModuleInputs, merge_cat, merge_dense_svd, merge_exact_svd, merge_factors
-from workers.merge.report import ExactDelta, MergeReport, ModuleReport, peak_rss_bytes
+from workers.merge.report import MergeReport, ModuleReport, peak_rss_bytes
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # PEFT's key suffixes: linear layers hold modules (``.weight``), embeddings hold bare parameters.

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import resource
 import sys
 from typing import Any
-
-import torch
 
 
 @dataclasses.dataclass
@@ -65,36 +62,3 @@ def peak_rss_bytes() -> int:
     """Peak resident set size of this process (ru_maxrss is KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-class ExactDelta:
-    """The exact weighted sum ``B A`` of one module as thin float64 factors, and distances to it.
-
-    Nothing here forms an ``out x in`` matrix: norms come from Gram matrices, ``||X Y||_F^2 =
-    sum((X^T X) * (Y Y^T))``, at O((out + in) r^2).
-    """
-
-    def __init__(self, b: torch.Tensor, a: torch.Tensor) -> None:
-        self.b, self.a = b.double(), a.double()
-
-    @functools.cached_property
-    def gram_b(self) -> torch.Tensor:
-        return self.b.T @ self.b
-
-    @functools.cached_property
-    def gram_a(self) -> torch.Tensor:
-        return self.a @ self.a.T
-
-    @functools.cached_property
-    def norm(self) -> float:
-        return math.sqrt(max(float(torch.sum(self.gram_b * self.gram_a)), 0.0))
-
-    def distance(self, b: torch.Tensor, a: torch.Tensor) -> float:
-        """``||b a - B A||_F``. When ``b`` is ``B`` itself (cat), ``||B (a - A)||_F``, with no cancellation."""
-        b, a = b.double(), a.double()
-        if b.shape == self.b.shape and torch.equal(b, self.b):
-            e = a - self.a
-            return math.sqrt(max(float(torch.sum(self.gram_b * (e @ e.T))), 0.0))
-        own = float(torch.sum((b.T @ b) * (a @ a.T)))
-        cross = float(torch.sum((b.T @ self.b) * (a @ self.a.T)))
-        return math.sqrt(max(own + self.norm**2 - 2 * cross, 0.0))
