@@ -69,8 +69,8 @@ def test_deprecate_round_trip_is_audited_and_latest_skips_it(registry, tiny):
     assert actions(registry, "tone") == ["version.register", "version.register", "version.deprecate",
                                          "version.deprecate", "version.undeprecate"]
     event = registry.audit_events(name="tone")[2]  # the first deprecation of tone:2 (newest first: 0 is undeprecate)
-    assert (event["ref"], event["before"], event["after"]) == (
-        "tone:2", {"status": "ready", "reason": None}, {"status": "deprecated", "reason": "worse eval loss than tone:1"})
+    assert (event["ref"], event["before"], event["after"]) == ("tone:2", {"status": "ready", "reason": None}, {
+        "status": "deprecated", "reason": "worse eval loss than tone:1"})
 
 
 def test_lifecycle_verbs_take_one_version_and_a_reason(registry, tiny):
@@ -203,7 +203,8 @@ def test_hard_delete_and_gc_free_files_only_when_nothing_shares_them(registry, t
     assert registry.audit_events(name=None, limit=1)[0]["action"] == "store.gc"
     assert registry.lineage("c:1").nodes[0].status == "deleted"  # the tombstone outlives its files
     restored = registry.register(alpha, name="c")  # the same files again: the store has them back, the version too
-    assert restored.ref == "c:1" and restored.status == "ready" and (Path(restored.path) / "adapter_model.safetensors").exists()
+    assert restored.ref == "c:1" and restored.status == "ready"
+    assert (Path(restored.path) / "adapter_model.safetensors").exists()
 
 
 def test_gc_keeps_the_inputs_of_unfinished_jobs(registry, tiny):

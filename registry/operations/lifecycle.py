@@ -237,7 +237,9 @@ def check_alias_move(session: Session, row: m.AdapterVersion, name: str, alias: 
                      protect: bool | None, admin: bool, gate_passed: bool) -> m.Alias | None:
     """Refuse pointing ``name@alias`` at ``row`` when the version is deprecated or deleted (unless ``force``), when
     the alias is protected and would move (unless ``admin`` or ``gate_passed``), or when ``protect`` would change
-    its protection (admins only). Returns the alias row as it stands (None if new)."""
+    its protection (admins only). Returns the alias row as it stands (None if new). Takes the version's row lock,
+    so that a concurrent deletion (which looks for the aliases pointing at it) runs before or after, not beside."""
+    _locked(session, row)
     current = session.scalars(select(m.Alias).where(m.Alias.adapter_id == row.adapter_id, m.Alias.name == alias)
                               ).one_or_none()
     if row.status in ("deprecated", "deleted") and not force:
