@@ -235,6 +235,16 @@ def test_merge_refuses_a_deleted_input_and_warns_on_a_deprecated_one(registry, t
     assert [j.id for j in registry.jobs(kind="merge")] == [job.id]
 
 
+def test_training_a_deprecated_version_warns(registry, tiny, tmp_path):
+    registry.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    registry.deprecate("tone:1", "superseded")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({"text": "the cat sat on the mat"}) + "\n" for _ in range(4)))
+    job = registry.train("tone:1", data=data, steps=1, eval_rows=1)
+    assert job.status == "succeeded" and job.warnings == [registry.job(job.id).warnings[0]]
+    assert job.warnings[0].startswith("input tone:1 is deprecated: superseded")
+
+
 # -- rename ----------------------------------------------------------------------------------------------------
 
 
