@@ -189,7 +189,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("undeprecate", lifecycle.undeprecate, "POST", "/v1/versions/{ref}/undeprecate", write_on("ref")),
     Endpoint("delete", lifecycle.delete, "POST", "/v1/versions/{ref}/delete", manage_on("ref")),
     Endpoint("gc", lifecycle.gc, "POST", "/v1/gc", admin),
-    Endpoint("rename", lifecycle.rename, "POST", "/v1/adapters/{old}/rename", write_on("old", "new")),
+    Endpoint("rename", lifecycle.rename, "POST", "/v1/adapters/rename", write_on("old", "new")),
     # -- end lifecycle --
 
     # -- text search (issue 15) --
