@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from registry import audit
 from registry import models as m
 from registry.basemodel import BaseModelDescription
 from registry.compat import shape_mismatches, summarise
@@ -146,12 +148,15 @@ def register_version(
         check_tag(key, value)
     check_text(description, "description", multiline=True)
     check_fits(manifest, base)
+    # A name that is no adapter's may be another's former name (``adreg rename``): registering under it reuses it,
+    # so the old name now means the new adapter (a current name is never a former one: this deletes nothing then).
+    session.execute(delete(m.FormerName).where(m.FormerName.name == name))
     adapter = _adapter(session, name, create=True)
     assert adapter is not None
     config_sha = config_sha256(manifest.config)
     existing = _version_by_content(session, adapter.id, manifest.weights_sha256, config_sha)
     if existing is not None:
-        return existing, False
+        return _restored(session, existing, created_by), False
 
     number = session.execute(
         update(m.Adapter.__table__)
@@ -201,7 +206,7 @@ def register_version(
         existing = _version_by_content(session, adapter.id, manifest.weights_sha256, config_sha)
         if existing is None:
             raise
-        return existing, False
+        return _restored(session, existing, created_by), False
     session.add_all(m.TargetModule(version_id=row.id, module=t) for t in manifest.target_modules)
     session.add_all(m.Tag(version_id=row.id, key=k, value=v) for k, v in (tags or {}).items())
     session.add_all(
@@ -214,6 +219,21 @@ def register_version(
     session.flush()
     refresh_search_text(session, [row.id])
     return row, True
+
+
+def _restored(session: Session, row: m.AdapterVersion, actor: str | None) -> m.AdapterVersion:
+    """``row``, brought back to ``ready`` (and audited) when it was deleted: registering the weights and config of a
+    deleted version again restores that version (same number, same lineage) rather than hiding the registration."""
+    if row.status != "deleted":
+        return row
+    name = session.get(m.Adapter, row.adapter_id).name  # type: ignore[union-attr]
+    before = {"status": row.status, "reason": row.status_reason, "by": row.status_by,
+              "purged": row.purged_at is not None}
+    row.status, row.status_reason, row.status_by, row.status_at, row.purged_at = "ready", None, actor, m.utcnow(), None
+    session.flush()
+    audit.record(session, actor or "unknown", "version.restore", adapter_name=name, ref=f"{name}:{row.version}",
+                 before=before, after={"status": "ready"})
+    return row
 
 
 def refresh_search_text(session: Session, version_ids: Iterable[int]) -> None:
@@ -291,9 +311,11 @@ def _record_compatibility(
             ))
 
 
-def resolve(session: Session, ref: Ref) -> m.AdapterVersion:
-    """The version a catalog reference names (``name``: the latest ready version).
+def resolve(session: Session, ref: Ref, *, include_deleted: bool = False) -> m.AdapterVersion:
+    """The version a catalog reference names (``name``: the latest ready version, never a deprecated one).
 
+    A deleted version is refused (:class:`AdapterNotFound` saying when, by whom and why) unless
+    ``include_deleted``; a former name of a renamed adapter (``adreg rename``) names that adapter.
     One query when the version exists; the queries that say what is missing run only when it does not.
     """
     if not ref.is_catalog:
@@ -310,9 +332,14 @@ def resolve(session: Session, ref: Ref) -> m.AdapterVersion:
         query = query.where(v.status == "ready").order_by(v.version.desc()).limit(1)
     row = session.scalars(query).first()
     if row is not None:
+        if row.status == "deleted" and not include_deleted:
+            raise _deleted(session, ref, row)
         return row
     adapter = _adapter(session, ref.name or "", create=False)
     if adapter is None:
+        renamed = find_adapter(session, ref.name or "")
+        if renamed is not None:
+            return resolve(session, dataclasses.replace(ref, name=renamed.name), include_deleted=include_deleted)
         raise AdapterNotFound(f"no adapter named {ref.name!r}", hint="see `adreg list`")
     if ref.version is not None:
         raise AdapterNotFound(
@@ -324,7 +351,40 @@ def resolve(session: Session, ref: Ref) -> m.AdapterVersion:
             f"{ref.name!r} has no alias {ref.alias!r}"
             + (f" (aliases: {', '.join(sorted(known))})" if known else " (it has no aliases)")
         )
+    newest = session.scalars(select(v).where(v.adapter_id == adapter.id, v.status == "deprecated")
+                             .order_by(v.version.desc()).limit(1)).first()
+    if newest is not None:
+        raise AdapterNotFound(
+            f"{ref.name!r} has no ready version: {ref.name}:{newest.version} and its other versions are deprecated "
+            "or deleted", hint=f"name a deprecated version exactly to use it anyway ({ref.name}:{newest.version})")
     raise AdapterNotFound(f"{ref.name!r} has no ready version")
+
+
+def _deleted(session: Session, ref: Ref, row: m.AdapterVersion) -> AdapterNotFound:
+    """The error for a reference to a deleted version: when, by whom, why, and what to do instead."""
+    exact = f"{ref.name}:{row.version}"
+    when = m.as_utc(row.status_at).strftime("%Y-%m-%d %H:%M UTC") if row.status_at else "an unknown date"
+    what = exact if ref.alias is None else f"{ref.name}@{ref.alias} points at {exact}, which"
+    message = (f"{what} was deleted on {when} by {row.status_by or 'an unknown user'}"
+               + (f": {row.status_reason}" if row.status_reason else "")
+               + (" (its files were purged)" if row.purged_at is not None else ""))
+    if ref.alias is not None:
+        hint = (f"point the alias at a live version (`adreg alias set {ref.name}:N {ref.alias}`) or remove it "
+                f"(`adreg alias rm {ref.name}@{ref.alias}`)")
+    else:
+        hint = (f"use another version of {ref.name!r} (`adreg list --name {ref.name}`); deleted versions stay only as "
+                "lineage tombstones (`adreg list --status deleted`)")
+    return AdapterNotFound(message, hint=hint)
+
+
+def find_adapter(session: Session, name: str) -> m.Adapter | None:
+    """The adapter called ``name`` now, or the one that was called ``name`` before ``adreg rename`` (until the
+    name is reused), or None."""
+    adapter = _adapter(session, name, create=False)
+    if adapter is not None:
+        return adapter
+    former = session.get(m.FormerName, name)
+    return session.get(m.Adapter, former.adapter_id) if former is not None else None
 
 
 def exact_ref(session: Session, row: m.AdapterVersion) -> str:

@@ -109,7 +109,8 @@ def _render_versions(items: list[t.AdapterVersion] | t.SearchPage) -> None:
     table(
         None,
         ["version", "base", "r", "alpha", "targets", "size", "tags", "aliases"],
-        [[v.ref, v.base_model, v.r, f"{v.lora_alpha:g}", ",".join(v.target_modules), human_size(v.size_bytes),
+        [[v.ref if v.status == "ready" else f"{v.ref} ({v.status})", v.base_model, v.r, f"{v.lora_alpha:g}",
+          ",".join(v.target_modules), human_size(v.size_bytes),
           ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases)] for v in versions],
     )
     if page is not None:
@@ -202,7 +203,8 @@ def list_(
     max_rank: int | None = typer.Option(None, "--max-rank"),
     target: str | None = typer.Option(None, "--target", help="Has this target module (e.g. q_proj)."),
     name: str | None = typer.Option(None, "--name", help="Name contains this text."),
-    status: str = typer.Option("ready", "--status", help="ready, deprecated, ... or 'any'."),
+    status: str = typer.Option(
+        "live", "--status", help="live (ready and deprecated), ready, deprecated, deleted or any."),
     query: str | None = typer.Option(None, "--query", "-q", help="Full-text search of names, descriptions, tags."),
     where: str | None = typer.Option(None, "--where", help='Metric conditions, e.g. "eval_loss<2.5".'),
     sort: str = typer.Option("created", "--sort", help="created, name, version, rank, size or metric:NAME."),
@@ -226,7 +228,9 @@ def show(
     ref: str = typer.Argument(..., help="name, name:3 or name@alias"), json_output: bool = JSON
 ) -> t.AdapterVersion:
     """Show one version: base, rank, targets, size, sha256, tags, aliases, parents, compatibility."""
-    return _registry().get(ref)
+    version = _registry().get(ref)
+    _note_renamed(ref, version)
+    return version
 
 
 @app.command()
@@ -281,9 +285,15 @@ def lineage(
 
 @alias_app.command("set")
 @emits(lambda v: stdout.print(f"{v.name}@{', '.join(v.aliases)} -> {v.ref}"))
-def alias_set(ref: str = typer.Argument(...), alias: str = typer.Argument(...), json_output: bool = JSON) -> Any:
+def alias_set(
+    ref: str = typer.Argument(...), alias: str = typer.Argument(...),
+    force: bool = typer.Option(False, "--force", help="Point it at a deprecated or deleted version anyway."),
+    protect: bool | None = typer.Option(
+        None, "--protect/--unprotect", help="Protect the alias: only admins (or a gated recipe promote) move it."),
+    json_output: bool = JSON,
+) -> Any:
     """Point ALIAS at the version REF (moving it if it exists)."""
-    return _registry().set_alias(ref, alias)
+    return _registry().set_alias(ref, alias, force=force, protect=protect)
 
 
 @alias_app.command("rm")
@@ -303,18 +313,21 @@ def alias_rm(
 
 @alias_app.command("list")
 @emits(lambda items: table(None, ["alias", "version", "updated"],
-                           [[f"{a.name}@{a.alias}", a.ref, a.updated_at.strftime("%Y-%m-%d %H:%M:%S")]
-                            for a in items]))
+                           [[f"{a.name}@{a.alias}" + (" (protected)" if a.protected else ""), a.ref,
+                             a.updated_at.strftime("%Y-%m-%d %H:%M:%S")] for a in items]))
 def alias_list(name: str | None = typer.Argument(None, help="Only this adapter's aliases."),
                json_output: bool = JSON) -> Any:
     """Aliases and the versions they point at."""
     return _registry().aliases(name)
 
 
+_HISTORY_NOTES = {"alias.protect": "(protected)", "alias.unprotect": "(unprotected)"}
+
+
 @alias_app.command("history")
 @emits(lambda items: table(None, ["time", "by", "from", "to"],
-                           [[e["at"][:19].replace("T", " "), e["by"], e["from"] or "-", e["to"] or "(removed)"]
-                            for e in items]))
+                           [[e["at"][:19].replace("T", " "), e["by"], e["from"] or "-",
+                             _HISTORY_NOTES.get(e["action"], e["to"] or "(removed)")] for e in items]))
 def alias_history(ref: str = typer.Argument(..., help="name@alias"), json_output: bool = JSON) -> Any:
     """Every move of an alias: when, by whom, from which version to which."""
     return _registry().alias_history(ref)
@@ -620,6 +633,7 @@ def merge(
                             tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate,
                             publish_to=_registry().publish_target(publish, base_model_id=base_model_id)
                             if publish else None, idempotency_key=idempotency_key, **params)
+    _warn_job(job)
     return _follow_chain(job, 2 if publish else int(validate), wait, json_output, "merge")
 
 
@@ -694,6 +708,7 @@ def train(
         tags=_tags(tag), validate=validate, task_type=task_type, reuse_name=reuse_name,
         idempotency_key=idempotency_key,
     )
+    _warn_job(job)
     return _follow(job, wait, json_output, "training")
 
 
@@ -913,14 +928,19 @@ def doctor(json_output: bool = JSON) -> None:
 @app.command()
 @emits(lambda d: stdout.print(
     f"{'removed' if d['applied'] else 'would remove'} {len(d['paths'])} path(s), {human_size(d['bytes'])}"
-    + ("" if d["applied"] else " (dry run: add --apply)") + "".join(f"\n  {p}" for p in d["paths"][:20]), markup=False))
+    + ("" if d["applied"] else " (dry run: add --apply)") + "".join(f"\n  {p}" for p in d["paths"][:20])
+    + (f"\nfiles of purged version(s): {', '.join(d['versions'])}" if d.get("versions") else ""), markup=False))
 def gc(
-    apply: bool = typer.Option(False, "--apply", help="Delete (default: only list)."), json_output: bool = JSON
+    apply: bool = typer.Option(False, "--apply", help="Delete (default: only list)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only list (the default; refused with --apply)."),
+    json_output: bool = JSON,
 ) -> Any:
-    """Artifacts and scratch folders that no version or running job references."""
-    from registry.gc import collect
+    """Files no version or unfinished job references (hard-deleted versions' included), scratch folders (admin)."""
+    from registry.errors import RegistryError
 
-    return collect(_registry().service, apply=apply)
+    if apply and dry_run:
+        raise RegistryError("--apply and --dry-run contradict each other: give one")
+    return _registry().gc(dry_run=not apply)
 
 
 @app.command("job")
@@ -974,6 +994,71 @@ def worker(
 
 
 # -- lifecycle (issue 15) --
+def _note_renamed(ref: str, version: t.AdapterVersion) -> None:
+    """Say on stderr when ``ref`` named the adapter by a former name (``adreg rename``)."""
+    from registry.refs import parse_ref
+
+    asked = parse_ref(ref).name
+    if asked is not None and asked != version.name:
+        stderr.print(f"[yellow]note:[/] {escape(asked)} was renamed to {escape(version.name)}; this is "
+                     f"{escape(version.ref)}", highlight=False)
+
+
+def _warn_job(job: Any) -> None:
+    """Print what a submission warned about (a deprecated input) on stderr."""
+    for warning in getattr(job, "warnings", None) or []:
+        stderr.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+
+
+def _render_status(v: t.AdapterVersion) -> None:
+    stdout.print(f"{v.ref}: {v.status}" + (f" ({v.status_reason})" if v.status_reason else ""), markup=False)
+
+
+@app.command()
+@emits(_render_status)
+def deprecate(
+    ref: str = typer.Argument(..., help="name:N or name@alias"),
+    reason: str = typer.Option(..., "--reason", "-r", help="Why (shown wherever the version is)."),
+    json_output: bool = JSON,
+) -> t.AdapterVersion:
+    """Deprecate a version: still usable by exact reference, never a name's latest; jobs using it warn."""
+    return _registry().deprecate(ref, reason)
+
+
+@app.command()
+@emits(_render_status)
+def undeprecate(ref: str = typer.Argument(..., help="name:N or name@alias"), json_output: bool = JSON) -> Any:
+    """Make a deprecated version ready again."""
+    return _registry().undeprecate(ref)
+
+
+@app.command("delete")
+@emits(_render_status)
+def delete_cmd(
+    ref: str = typer.Argument(..., help="name:N or name@alias"),
+    hard: bool = typer.Option(False, "--hard", help="Also purge it: `adreg gc --apply` then frees its files."),
+    force: bool = typer.Option(False, "--force", help="Remove the aliases that point at it."),
+    reason: str | None = typer.Option(None, "--reason", "-r", help="Why (shown to whoever refers to it)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (scripts)."),
+    json_output: bool = JSON,
+) -> Any:
+    """Delete a version: hidden from listings and references, kept in lineage as a tombstone."""
+    from registry.errors import RegistryError
+
+    if not (yes or json_output):
+        if not sys.stdin.isatty():
+            raise RegistryError(f"not deleting {ref} without confirmation", hint="pass --yes (or --json)")
+        if not typer.confirm(f"{'delete and purge' if hard else 'delete'} {ref}?", err=True):
+            raise RegistryError(f"{ref} was not deleted")
+    return _registry().delete(ref, hard=hard, force=force, reason=reason)
+
+
+@app.command()
+@emits(lambda d: stdout.print(f"renamed {d['old']} -> {d['new']} ({d['versions']} version(s)); {d['old']} keeps "
+                              "resolving to it until an adapter is registered under that name", markup=False))
+def rename(old: str = typer.Argument(...), new: str = typer.Argument(...), json_output: bool = JSON) -> Any:
+    """Rename an adapter; the old name keeps resolving to it (saying so) until it is reused."""
+    return _registry().rename(old, new)
 # -- end lifecycle --
 
 # -- text search (issue 15) --

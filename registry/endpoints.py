@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from registry import auth, jobs
 from registry.errors import RegistryError
-from registry.operations import access, automation, diffs, submit, versions
+from registry.operations import access, automation, diffs, lifecycle, submit, versions
 from registry.refs import parse_ref
 from registry.service import Service
 from registry.store import DATA_SUFFIXES
@@ -46,17 +46,31 @@ def name_of(ref: str) -> str:
     return parse_ref(ref).name or ref
 
 
-def write_on(*fields: str) -> Rule:
-    """Write permission on the adapter named by each given argument (a ref, a name, or a list of either)."""
+def names_meant(svc: Service, ref: str) -> list[str]:
+    """The adapter name a reference points into, and (when that is a former name, see ``adreg rename``) the name
+    of the adapter it now means: a permission is checked on both."""
+    name = name_of(ref)
+    current = lifecycle.current_name(svc, name)
+    return [name] if current in (None, name) else [name, current]
 
-    def rule(principal: auth.Principal, args: dict[str, Any], _svc: Service) -> None:
+
+def write_on(*fields: str, permission: str = "write") -> Rule:
+    """Write (or ``permission``) on the adapter named by each given argument (a ref, a name, or a list of either)."""
+
+    def rule(principal: auth.Principal, args: dict[str, Any], svc: Service) -> None:
         for field in fields:
             values = args.get(field)
             for value in values if isinstance(values, list) else [values]:
                 if value:
-                    principal.require("write", name_of(str(value)))
+                    for name in names_meant(svc, str(value)):
+                        principal.require(permission, name)
 
     return rule
+
+
+def manage_on(*fields: str) -> Rule:
+    """Manage permission (an admin, or a ``manage`` grant) on the adapter named by each given argument."""
+    return write_on(*fields, permission="manage")
 
 
 def write_on_job(principal: auth.Principal, args: dict[str, Any], svc: Service) -> None:
@@ -75,7 +89,8 @@ def train_rule(principal: auth.Principal, args: dict[str, Any], svc: Service) ->
             return
     for ref in [args.get("source"), *(args.get("joint_with") or [])]:
         if ref and not args.get("name"):
-            principal.require("write", name_of(ref))
+            for name in names_meant(svc, ref):
+                principal.require("write", name)
 
 
 def uploaded_data(svc: Service, data: str) -> str:
@@ -170,6 +185,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("run_schedule_now", automation.run_schedule_now, "POST", "/v1/schedules/{name}/run", admin),
     Endpoint("tick", automation.tick, "POST", "/v1/tick", admin),
     # -- lifecycle (issue 15) --
+    Endpoint("deprecate", lifecycle.deprecate, "POST", "/v1/versions/{ref}/deprecate", write_on("ref")),
+    Endpoint("undeprecate", lifecycle.undeprecate, "POST", "/v1/versions/{ref}/undeprecate", write_on("ref")),
+    Endpoint("delete", lifecycle.delete, "POST", "/v1/versions/{ref}/delete", manage_on("ref")),
+    Endpoint("gc", lifecycle.gc, "POST", "/v1/gc", admin),
+    Endpoint("rename", lifecycle.rename, "POST", "/v1/adapters/rename", write_on("old", "new")),
     # -- end lifecycle --
 
     # -- text search (issue 15) --

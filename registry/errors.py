@@ -90,6 +90,11 @@ class Forbidden(RegistryError):
     what is missing."""
 
 
+class ProtectedAlias(Forbidden):
+    """A protected alias (``adreg alias set --protect``) may be moved or removed only by an admin, or by a recipe's
+    promote step whose gates passed; the message names the alias and who may move it."""
+
+
 class AuthRecordNotFound(RegistryError):
     """No user, API token or grant matches."""
 

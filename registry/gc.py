@@ -32,12 +32,27 @@ def stale_temporary_files(root: Path) -> list[Path]:
 
 
 def collect(svc: Service, *, apply: bool = False) -> dict[str, Any]:
-    """Unreferenced blobs, adapter folders, scratch of finished jobs and stale temporary files; removed if ``apply``."""
+    """Unreferenced blobs, adapter folders (those of hard-deleted versions included), scratch of finished jobs and
+    stale temporary files; removed if ``apply``."""
     root = svc.store.root
+    v = m.AdapterVersion
     with svc.sessions() as s:
-        used = {p for (p,) in s.execute(select(m.AdapterVersion.storage_path))}
-        shas = {sha for (sha,) in s.execute(select(m.AdapterVersion.weights_sha256))}
-        live = {jid for (jid,) in s.execute(select(m.Job.id).where(m.Job.status.in_(("queued", "running"))))}
+        # A hard-deleted (purged) version refers to nothing: its files go once no other version (live or
+        # soft-deleted) and no unfinished job's input uses them.
+        kept = s.execute(select(v.storage_path, v.weights_sha256).where(v.purged_at.is_(None))).all()
+        used = {p for p, _ in kept}
+        shas = {sha for _, sha in kept}
+        unfinished = s.execute(select(m.Job.id, m.Job.spec).where(m.Job.status.in_(("queued", "running")))).all()
+        live = {jid for jid, _ in unfinished}
+        inputs = {(spec or {}).get("version_id") for _, spec in unfinished} - {None}  # validate, publish
+        for _, spec in unfinished:
+            for source in (spec or {}).get("sources") or []:  # merge, train
+                used.add(source.get("storage_path"))
+                shas.add(source.get("weights_sha256"))
+        if inputs:
+            for path, sha in s.execute(select(v.storage_path, v.weights_sha256).where(v.id.in_(inputs))):
+                used.add(path)
+                shas.add(sha)
     candidates = []
     adapters = root / "adapters"
     if adapters.exists():

@@ -110,6 +110,7 @@ class MergeSpec(BaseModel):
     allow_cross_base: bool = False
     validate_after: bool = False
     publish_to: PublishTarget | None = None  # implies validate_after: publish only a validated merge
+    warnings: list[str] = Field(default_factory=list)  # said at submission (a deprecated input), shown with the job
 
     @field_validator("weights")
     @classmethod
@@ -194,6 +195,7 @@ class TrainSpec(BaseModel):
     gradient_checkpointing: bool = False
     tags: Tags = Field(default_factory=dict)
     validate_after: bool = False
+    warnings: list[str] = Field(default_factory=list)  # said at submission (a deprecated input), shown with the job
 
 
 AnySpec = MergeSpec | ValidateSpec | TrainSpec | PublishSpec
@@ -235,6 +237,7 @@ class Job:
     report: dict[str, Any]
     parent_job_id: int | None
     spec: dict[str, Any] = field(repr=False, default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the submission warned about (a deprecated input)
 
     @property
     def done(self) -> bool:
@@ -297,6 +300,7 @@ def job_from_row(session: Session, row: m.Job) -> Job:
         message=row.progress_message, attempts=row.attempts, error_type=row.error_type, error=row.error_message,
         created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at, result_ref=result_ref,
         report=dict(row.report or {}), parent_job_id=row.parent_job_id, spec=dict(row.spec or {}),
+        warnings=list((row.spec or {}).get("warnings") or []),
     )
 
 

@@ -42,7 +42,7 @@ STATUS: dict[type[errors.RegistryError], int] = {
 _KNOWN: dict[str, type[errors.RegistryError]] = {
     cls.__name__: cls
     for cls in [*STATUS, errors.BrokerUnavailable, JobFailed, JobTimeout, InvalidDataset, InvalidRecipe, InvalidCron,
-                HubError, StorageError, StorageFull]
+                HubError, StorageError, StorageFull, errors.ProtectedAlias]
 }
 STATUS.update({InvalidDataset: 422, InvalidRecipe: 422, InvalidCron: 400, HubError: 502, StorageError: 507,
                StorageFull: 507})

@@ -29,6 +29,8 @@ from registry.catalog import find_base
 from registry.errors import RegistryError
 from registry.refs import check_tag
 
+#: What ``SearchFilters.status`` accepts: ``live`` = ready or deprecated (the default: deleted versions are hidden).
+STATUS_FILTERS = ("live", "ready", "deprecated", "deleted", "any", None)
 MAX_FILTER_CHARS = 256  # a search filter's text (NUL and other control characters refused)
 SORT_KEYS = {
     "created": m.AdapterVersion.created_at,
@@ -52,7 +54,8 @@ class SearchFilters:
     target_module: str | None = None
     name_like: str | None = None
     compatible_with: str | None = None  # a base model (name, short name or folder) with compatibility evidence
-    status: str | None = "ready"
+    # ``live`` (ready and deprecated), ``ready``, ``deprecated``, ``deleted``, or ``any`` / None (every status)
+    status: str | None = "live"
     query: str | None = None  # full-text over names, descriptions and tags, ranked
     where: str | None = None  # metric conditions: "eval_loss<2.5 and accuracy>=0.9" (registry.where's grammar)
     sort: str = "created"
@@ -96,10 +99,14 @@ def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
     if f.name_like:
         escaped = f.name_like.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         conds.append(m.Adapter.name.like(f"%{escaped}%", escape="\\"))
-    if f.status:
-        conds.append(v.status == f.status)
 
     # -- lifecycle (issue 15) --
+    if f.status not in STATUS_FILTERS:
+        raise RegistryError(f"status must be one of {', '.join(map(str, STATUS_FILTERS))}, not {f.status!r}")
+    if f.status == "live":
+        conds.append(v.status.in_(("ready", "deprecated")))
+    elif f.status not in (None, "any"):
+        conds.append(v.status == f.status)
     # -- end lifecycle --
 
     # -- text search (issue 15) --
@@ -256,7 +263,7 @@ def lineage(session: Session, version_id: int) -> t.LineageGraph:
     ids = union(select(up.c.id), select(down.c.id)).subquery()
     rows = session.execute(
         select(m.AdapterVersion.id, m.Adapter.name, m.AdapterVersion.version,
-               m.AdapterVersion.weights_sha256, m.AdapterVersion.created_at)
+               m.AdapterVersion.weights_sha256, m.AdapterVersion.created_at, m.AdapterVersion.status)
         .join(m.Adapter).where(m.AdapterVersion.id.in_(select(ids.c.id)))
         .order_by(m.AdapterVersion.created_at, m.AdapterVersion.id)
     ).all()
@@ -272,8 +279,8 @@ def lineage(session: Session, version_id: int) -> t.LineageGraph:
     ).all()
     return t.LineageGraph(
         root=refs[version_id],
-        nodes=[t.LineageNode(id=r.id, ref=refs[r.id], weights_sha256=r.weights_sha256, created_at=r.created_at)
-               for r in rows],
+        nodes=[t.LineageNode(id=r.id, ref=refs[r.id], weights_sha256=r.weights_sha256, created_at=r.created_at,
+                             status=r.status) for r in rows],
         edges=[t.LineageEdgeInfo(child=refs[x.child_id], parent=refs[x.parent_id], relation=x.relation,
                                  weight=x.weight, position=x.position, params=x.params or {}) for x in edges],
     )

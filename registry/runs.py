@@ -204,6 +204,17 @@ def _check_gates(session: Session, run: m.Run, step: Step, job: m.Job) -> tuple[
     return target, None
 
 
+def gates_checked(steps: list[Step]) -> bool:
+    """Whether any of ``steps`` has a gate (a train step's ``max_eval_loss``, a validate step's ``max_distance_from``
+    or ``require_exact``). A run that reached the step after them passed every gate they have, so its promote
+    step may move a protected alias."""
+    for step in steps:
+        gates = getattr(step.body, "gates", None)
+        if gates is not None and any(value not in (None, False, {}) for value in gates.model_dump().values()):
+            return True
+    return False
+
+
 def _submit_step(svc: Service, run: m.Run, step: Step) -> int:
     """Submit the job of a job step; returns its id."""
     body = step.body
@@ -278,7 +289,8 @@ def _advance(svc: Service, run_id: int) -> None:
                     try:
                         with s.begin_nested():  # a refused promote leaves the earlier ones in place
                             move_alias(s, f"recipe {run.recipe_name} (run {run.id})",
-                                       catalog.resolve(s, parse_ref(target)), body.alias, svc.store.root)
+                                       catalog.resolve(s, parse_ref(target)), body.alias, svc.store.root,
+                                       gate_passed=gates_checked(recipe.steps[:current]))
                     except RegistryError as exc:
                         _finish(run, "failed", f"{where} failed: {exc}")
                         return None

@@ -17,7 +17,7 @@ from registry.config import Settings
 from registry.db import make_engine, upgrade
 from registry.errors import RegistryError
 from registry.login import server_url
-from registry.operations import access, automation, diffs, submit, versions
+from registry.operations import access, automation, diffs, lifecycle, submit, versions
 from registry.runs import RunInfo
 from registry.service import Service
 
@@ -97,7 +97,7 @@ class Registry:
         max_rank: int | None = None,
         target_module: str | None = None,
         name_like: str | None = None,
-        status: str | None = "ready",
+        status: str | None = "live",
         query: str | None = None,
         where: str | None = None,
         sort: str = "created",
@@ -106,6 +106,9 @@ class Registry:
         offset: int = 0,
     ) -> list[t.AdapterVersion]:
         """Versions matching every given filter (tags are ANDed), newest first by default.
+
+        ``status`` is ``live`` (ready and deprecated: the default), ``ready``, ``deprecated``, ``deleted`` or
+        ``any``; deleted versions are listed only when asked for.
 
         ``query`` is a full-text search over names, descriptions and tags (best match first unless ``sort`` is
         given); ``where`` filters on metrics (``"eval_loss<2.5 and accuracy>=0.9"``); ``sort`` may be
@@ -154,13 +157,19 @@ class Registry:
     def base_models(self) -> list[t.BaseModelInfo]:
         return versions.base_models(self.service)
 
-    def versions_of(self, name: str) -> list[t.AdapterVersion]:
-        """Every version of one adapter, oldest first."""
-        return versions.versions_of(self.service, name)
+    def versions_of(self, name: str, *, include_deleted: bool = False) -> list[t.AdapterVersion]:
+        """Every version of one adapter, oldest first; deleted ones (tombstones) only with ``include_deleted``."""
+        return versions.versions_of(self.service, name, include_deleted=include_deleted)
 
-    def set_alias(self, ref: str, alias: str) -> t.AdapterVersion:
-        """Point ``alias`` (e.g. ``production``) at the version ``ref`` names; moves it if it exists."""
-        return versions.set_alias(self.service, ref, alias)
+    def set_alias(self, ref: str, alias: str, *, force: bool = False,
+                  protect: bool | None = None) -> t.AdapterVersion:
+        """Point ``alias`` (e.g. ``production``) at the version ``ref`` names; moves it if it exists.
+
+        A deprecated or deleted version is refused unless ``force``. ``protect=True`` / ``False`` protects or
+        unprotects the alias (admins only); a protected alias is moved or removed only by an admin (or a recipe's
+        promote step whose gates passed), others get :class:`~registry.errors.ProtectedAlias`.
+        """
+        return versions.set_alias(self.service, ref, alias, force=force, protect=protect)
 
     def remove_alias(self, name: str, alias: str | None = None) -> None:
         """Remove an alias: ``remove_alias("tone@production")`` (or ``remove_alias("tone", "production")``)."""
@@ -390,6 +399,34 @@ class Registry:
     # -- access: users, tokens, grants, audit --------------------------------------------------------
 
     # -- lifecycle (issue 15) --
+    def deprecate(self, ref: str, reason: str) -> t.AdapterVersion:
+        """Mark a version (``name:N`` or ``name@alias``) deprecated, saying why. It stays usable by exact reference
+        or alias but is no longer its name's latest; new aliases on it need ``force``; jobs using it warn."""
+        return lifecycle.deprecate(self.service, ref, reason)
+
+    def undeprecate(self, ref: str) -> t.AdapterVersion:
+        """Make a deprecated version ready again."""
+        return lifecycle.undeprecate(self.service, ref)
+
+    def delete(self, ref: str, *, hard: bool = False, force: bool = False,
+               reason: str | None = None) -> t.AdapterVersion:
+        """Delete a version (``name:N`` or ``name@alias``): hidden from listings and references, kept in lineage
+        as a tombstone (returned). ``hard`` purges it: :meth:`gc` then frees its files once nothing else uses them.
+        Aliases pointing at it refuse the deletion unless ``force``, which removes them. Deleting a deleted version
+        again (softly) is a :class:`~registry.errors.ConflictError`; registering its files again restores it."""
+        return lifecycle.delete(self.service, ref, hard=hard, force=force, reason=reason)
+
+    def gc(self, *, dry_run: bool = False) -> dict[str, Any]:
+        """Remove the files nothing refers to (admin): those of hard-deleted versions no other version or unfinished
+        job shares, orphans, finished jobs' scratch. ``dry_run`` only lists them. Returns ``applied``, ``paths``,
+        ``bytes``, ``blobs`` and ``versions`` (the purged versions whose files went)."""
+        return lifecycle.gc(self.service, dry_run=dry_run)
+
+    def rename(self, old: str, new: str) -> dict[str, Any]:
+        """Rename an adapter. ``old`` (and ``old:N``, ``old@alias``) keeps resolving to it, answered under the new
+        name, until an adapter is registered as ``old``. Returns ``old``, ``new``, ``versions`` and
+        ``former_names``."""
+        return lifecycle.rename(self.service, old, new)
     # -- end lifecycle --
 
     # -- text search (issue 15) --

@@ -142,6 +142,7 @@ class LineageNode(_Serializable):
     ref: str
     weights_sha256: str
     created_at: datetime
+    status: str = "ready"  # ready, deprecated or deleted (a tombstone kept for the graph)
 
 
 @dataclasses.dataclass(frozen=True)

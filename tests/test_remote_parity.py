@@ -518,6 +518,40 @@ def test_users_tokens_grants(backend: Registry, actor: str, same) -> None:  # ty
 
 
 # -- lifecycle (issue 15) --
+def test_lifecycle_deprecate_delete_rename_protect(backend: Registry, tiny, same) -> None:  # type: ignore[no-untyped-def]
+    from registry.errors import ProtectedAlias
+
+    backend.register(tiny["tone"], name="lc")
+    backend.register(tiny["tone2"], name="lc")
+    deprecated = backend.deprecate("lc:2", "worse than lc:1")
+    assert (deprecated.status, deprecated.status_reason) == ("deprecated", "worse than lc:1")
+    assert backend.get("lc").ref == "lc:1"
+    listed = backend.search(name_like="lc")
+    assert [(v.ref, v.status) for v in listed] == [("lc:2", "deprecated"), ("lc:1", "ready")]
+    with pytest.raises(ConflictError) as no_force:
+        backend.set_alias("lc:2", "staging")
+    forced = backend.set_alias("lc:2", "staging", force=True)
+    protected = backend.set_alias("lc:1", "production", protect=True)
+    assert [(a.alias, a.protected) for a in backend.aliases("lc")] == [("production", True), ("staging", False)]
+    with pytest.raises(ConflictError) as aliased:
+        backend.delete("lc:2")
+    tomb = backend.delete("lc:2", force=True, reason="superseded")
+    assert (tomb.status, tomb.aliases) == ("deleted", []) and refs(backend.search(name_like="lc")) == ["lc:1"]
+    assert refs(backend.versions_of("lc", include_deleted=True)) == ["lc:1", "lc:2"]
+    with pytest.raises(AdapterNotFound) as deleted:
+        backend.get("lc:2")
+    assert "was deleted" in str(deleted.value) and "superseded" in str(deleted.value)
+    purged = backend.delete("lc:2", hard=True)
+    assert backend.gc(dry_run=True)["applied"] is False
+    renamed = backend.rename("lc", "lc-renamed")
+    assert backend.get("lc@production").ref == "lc-renamed:1"
+    assert [(e["action"], e["to"]) for e in backend.alias_history("lc-renamed@production")] == [
+        ("alias.set", "lc:1"), ("alias.protect", "lc:1")]
+    graph = backend.lineage("lc-renamed:2")
+    assert [(n.ref, n.status) for n in graph.nodes] == [("lc-renamed:2", "deleted")]
+    assert isinstance(ProtectedAlias("x"), RegistryError)
+    same("lifecycle", deprecated, listed, forced, protected, tomb, purged, renamed, graph,
+         backend.get("lc-renamed:1"), [type(e.value).__name__ for e in (no_force, aliased, deleted)])
 # -- end lifecycle --
 
 # -- text search (issue 15) --

@@ -167,7 +167,7 @@ def load_inputs(svc: Service, spec: AnySpec) -> JobInputs:
             inputs.parents = parent_versions(s, row.id)
             for pid, _w in inputs.parents:
                 parent = s.get(m.AdapterVersion, pid)
-                if parent is not None:
+                if parent is not None and parent.purged_at is None:  # a purged parent's files may be gone (gc)
                     inputs.versions[pid] = parent
                     inputs.refs[pid] = catalog.exact_ref(s, parent)
             inputs.edge_params = s.scalars(

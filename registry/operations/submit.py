@@ -16,6 +16,7 @@ from registry import models as m
 from registry.base_identity import card_base_model
 from registry.errors import ConflictError, RegistryError, field_problems
 from registry.inspect import inspect_adapter
+from registry.operations import lifecycle
 from registry.refs import parse_ref
 from registry.service import Service
 
@@ -60,9 +61,10 @@ def merge(
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
               "majority_sign_method": majority_sign_method, "seed": seed}
     with svc.transaction() as session:
-        rows = [catalog.resolve(session, parse_ref(ref)) for ref in sources]
+        rows = [catalog.resolve(session, parse_ref(ref)) for ref in sources]  # a deleted input is refused
         refs = [catalog.exact_ref(session, r) for r in rows]
         manifests = [catalog.manifest_of(session, r) for r in rows]
+        warnings = lifecycle.input_warnings(rows, refs)
     check_merge(manifests, list(weights), method, {k: v for k, v in params.items() if v is not None},
                 allow_cross_base=allow_cross_base, labels=refs)
     if isinstance(publish_to, str):
@@ -76,7 +78,7 @@ def merge(
             weights=list(weights), method=method, params=jobs.MergeParams(**params, dtype=dtype), name=name,
             tags=dict(tags or {}), description=description, allow_cross_base=allow_cross_base,
             validate_after=validate or publish_to is not None,
-            publish_to=publish_to,
+            publish_to=publish_to, warnings=warnings,
         )
     except ValidationError as exc:
         raise _invalid("merge request", exc) from None
@@ -291,6 +293,7 @@ def train(
                                 hint="register an adapter with --base-path DIR pointing at the base folder")
         sources = [jobs.SourceRef(ref=ref, version_id=r.id, weights_sha256=r.weights_sha256,
                                   storage_path=r.storage_path) for ref, r in zip(refs, rows, strict=True)]
+        warnings = lifecycle.input_warnings(rows, refs)
         base_id = base_row.id
         base_info = (base_row.architecture, base_row.model_type, base_row.local_path)
         sources_extra = [dict(r.extra_tensors or {}) for r in rows]
@@ -303,7 +306,7 @@ def train(
             names=names, active=active, data=data_spec, steps=steps, lr=lr, lrs=lrs, batch_size=batch_size,
             grad_accum=grad_accum, max_length=max_length, eval_rows=eval_rows, seed=seed,
             checkpoint_every=checkpoint_every, bf16=bf16, gradient_checkpointing=gradient_checkpointing,
-            tags=dict(tags or {}), validate_after=validate,
+            tags=dict(tags or {}), validate_after=validate, warnings=warnings,
         )
     except ValidationError as exc:
         raise _invalid("training request", exc) from None

@@ -18,6 +18,7 @@ from registry.basemodel import describe_base
 from registry.errors import InvalidReference, RegistryError
 from registry.inspect import inspect_adapter, weights_path
 from registry.manifest import check_text
+from registry.operations import lifecycle
 from registry.refs import Ref, check_slug, check_tag, parse_ref
 from registry.service import Service
 
@@ -111,9 +112,10 @@ def search_page(svc: Service, filters: queries.SearchFilters) -> t.SearchPage:
 
 
 def lineage(svc: Service, ref: str) -> t.LineageGraph:
-    """All ancestors and descendants of a version, as nodes and edges."""
+    """All ancestors and descendants of a version, as nodes and edges (deleted versions too, as tombstones: each
+    node has its ``status``; a deleted version's own lineage may be asked for by its exact reference)."""
     with svc.transaction() as session:
-        row = catalog.resolve(session, parse_ref(ref))
+        row = catalog.resolve(session, parse_ref(ref), include_deleted=True)
         return queries.lineage(session, row.id)
 
 
@@ -122,13 +124,15 @@ def base_models(svc: Service) -> list[t.BaseModelInfo]:
         return queries.base_models(session)
 
 
-def versions_of(svc: Service, name: str) -> list[t.AdapterVersion]:
-    """Every version of one adapter, oldest first."""
+def versions_of(svc: Service, name: str, *, include_deleted: bool = False) -> list[t.AdapterVersion]:
+    """Every version of one adapter, oldest first; deleted ones only with ``include_deleted``."""
     with svc.transaction() as session:
-        rows = session.scalars(
-            select(m.AdapterVersion).join(m.Adapter)
-            .where(m.Adapter.name == check_slug(name)).order_by(m.AdapterVersion.version)
-        ).all()
+        adapter = catalog.find_adapter(session, check_slug(name))
+        query = (select(m.AdapterVersion).where(m.AdapterVersion.adapter_id == (adapter.id if adapter else -1))
+                 .order_by(m.AdapterVersion.version))
+        if not include_deleted:
+            query = query.where(m.AdapterVersion.status != "deleted")
+        rows = session.scalars(query).all()
         return queries.describe(session, list(rows), svc.store.root)
 
 
@@ -136,23 +140,42 @@ def _alias_target(session, name: str, alias: str) -> str | None:  # type: ignore
     return next((a.ref for a in queries.aliases(session, name) if a.alias == alias), None)
 
 
-def set_alias(svc: Service, ref: str, alias: str) -> t.AdapterVersion:
-    """Point ``alias`` (e.g. ``production``) at the version ``ref`` names; moves it if it exists."""
+def set_alias(svc: Service, ref: str, alias: str, *, force: bool = False,
+              protect: bool | None = None) -> t.AdapterVersion:
+    """Point ``alias`` (e.g. ``production``) at the version ``ref`` names; moves it if it exists.
+
+    A deprecated or deleted version is refused unless ``force``. ``protect=True`` / ``False`` protects or
+    unprotects the alias (admins only); a protected alias is moved only by an admin (or a recipe's promote step
+    whose gates passed).
+    """
     with svc.transaction() as session:
-        row = catalog.resolve(session, parse_ref(ref))
-        move_alias(session, svc.actor, row, alias, svc.store.root)
+        row = catalog.resolve(session, parse_ref(ref), include_deleted=force)
+        move_alias(session, svc.actor, row, alias, svc.store.root, force=force, protect=protect,
+                   admin=lifecycle.is_admin(svc))
         return queries.describe(session, [row], svc.store.root)[0]
 
 
-def move_alias(session, actor: str, row, alias: str, store_root: Path) -> None:  # type: ignore[no-untyped-def]
+def move_alias(session, actor: str, row, alias: str, store_root: Path, *,  # type: ignore[no-untyped-def]
+               force: bool = False, protect: bool | None = None, admin: bool = False,
+               gate_passed: bool = False) -> None:
     """Point ``alias`` at ``row`` in ``session`` and audit the move (from, to, who): every alias move goes here,
-    a recipe's promote step included, so ``alias_history`` is complete."""
+    a recipe's promote step included, so ``alias_history`` is complete.
+
+    Refused (see :func:`lifecycle.check_alias_move`): a deprecated or deleted ``row`` unless ``force``; moving a
+    protected alias unless ``admin`` or ``gate_passed`` (a recipe's promote step whose gates passed); changing
+    the protection (``protect`` True or False) unless ``admin``.
+    """
     view = queries.describe(session, [row], store_root)[0]
-    before = _alias_target(session, view.name, alias)
-    catalog.set_alias(session, row, alias)
-    session.flush()
-    audit.record(session, actor, "alias.set", adapter_name=view.name, ref=f"{view.name}@{alias}",
-                 before={"version": before}, after={"version": view.ref})
+    current = lifecycle.check_alias_move(session, row, view.name, alias, force=force, protect=protect, admin=admin,
+                                         gate_passed=gate_passed)
+    if current is None or current.version_id != row.id or protect is None:
+        before = _alias_target(session, view.name, alias)
+        catalog.set_alias(session, row, alias)
+        session.flush()
+        audit.record(session, actor, "alias.set", adapter_name=view.name, ref=f"{view.name}@{alias}",
+                     before={"version": before}, after={"version": view.ref})
+    if protect is not None:
+        lifecycle.set_protected(session, actor, row, view.name, alias, protect)
 
 
 def alias_history(svc: Service, ref: str) -> list[dict]:
@@ -164,8 +187,11 @@ def alias_history(svc: Service, ref: str) -> list[dict]:
         raise InvalidReference(f"{ref!r} is not name@alias")
     events = m.AuditEvent
     with svc.sessions() as session:
+        # under every name the adapter had (``adreg rename``): the events keep the name of their time
+        subjects = [f"{name}@{parsed.alias}" for name in lifecycle.names_of(session, parsed.name)]
         rows = session.scalars(select(events).where(
-            events.ref == f"{parsed.name}@{parsed.alias}", events.action.in_(("alias.set", "alias.remove")),
+            events.ref.in_(subjects),
+            events.action.in_(("alias.set", "alias.remove", "alias.protect", "alias.unprotect")),
         ).order_by(events.at, events.id)).all()
         return [{"at": m.as_utc(e.at).isoformat(), "by": e.actor, "action": e.action,
                  "from": (e.before or {}).get("version"), "to": (e.after or {}).get("version")} for e in rows]
@@ -179,7 +205,10 @@ def remove_alias(svc: Service, name: str, alias: str | None = None) -> None:
             raise InvalidReference(f"{name!r} is not name@alias")
         name, alias = parsed.name or "", parsed.alias
     with svc.transaction() as session:
-        before = _alias_target(session, check_slug(name), alias)
+        adapter = catalog.find_adapter(session, check_slug(name))
+        name = adapter.name if adapter is not None else name  # a former name means the renamed adapter
+        lifecycle.check_alias_removal(session, name, alias, admin=lifecycle.is_admin(svc))
+        before = _alias_target(session, name, alias)
         catalog.remove_alias(session, name, alias)
         audit.record(session, svc.actor, "alias.remove", adapter_name=name, ref=f"{name}@{alias}",
                      before={"version": before}, after=None)
@@ -188,7 +217,10 @@ def remove_alias(svc: Service, name: str, alias: str | None = None) -> None:
 def aliases(svc: Service, name: str | None = None) -> list[t.AliasInfo]:
     """Every alias and the version it points at (only ``name``'s when given)."""
     with svc.transaction() as session:
-        return queries.aliases(session, check_slug(name) if name is not None else None)
+        if name is not None:
+            adapter = catalog.find_adapter(session, check_slug(name))
+            name = adapter.name if adapter is not None else name  # a former name means the renamed adapter
+        return queries.aliases(session, name)
 
 
 def tag(svc: Service, ref: str, tags: dict[str, str]) -> t.AdapterVersion:
