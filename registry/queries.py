@@ -207,11 +207,12 @@ def _metric_page(session: Session, matching: Select, f: SearchFilters) -> tuple[
 
     name, dataset = metric_filter.parse_metric_sort(f.sort) or ("", "")
     v, mt = m.AdapterVersion, _SORT_METRIC  # an alias: where-filter EXISTS on version_metrics stay uncorrelated
+    matching = matching.with_only_columns(v.id)  # the key column is not needed: the index gives the order
     total = int(session.scalar(select(func.count()).select_from(matching.subquery())) or 0)
     if f.offset >= total:
         return [], total
     has_metric = and_(mt.version_id == v.id, mt.name == name, mt.dataset == dataset)
-    with_metric = matching.with_only_columns(v.id).join(mt, has_metric)
+    with_metric = matching.join(mt, has_metric)
     ids = list(session.scalars(with_metric.order_by(mt.value.desc() if f.descending else mt.value.asc(), v.id.desc())
                                .limit(f.limit).offset(f.offset)))
     if len(ids) == f.limit or f.offset + len(ids) >= total:
@@ -219,7 +220,7 @@ def _metric_page(session: Session, matching: Select, f: SearchFilters) -> tuple[
     # The page runs past the versions that have the metric: the rest come from those that lack it.
     having = f.offset + len(ids) if ids or not f.offset else int(
         session.scalar(select(func.count()).select_from(with_metric.subquery())) or 0)
-    lacking = matching.with_only_columns(v.id).where(~exists().where(has_metric))
+    lacking = matching.where(~exists().where(has_metric))
     ids += session.scalars(lacking.order_by(v.id.desc()).limit(f.limit - len(ids)).offset(max(0, f.offset - having)))
     return ids, total
 

@@ -123,6 +123,8 @@ def test_sort_by_metric_missing_last_both_ways_with_pages(scored):
     pages = [refs(scored.search(name_like="m-", sort="metric:eval_loss", descending=False, limit=2, offset=o))
              for o in (0, 2, 4)]
     assert pages == [["m-a:1", "m-b:1"], ["m-c:1", "m-d:1"], []]
+    singles = [refs(scored.search(name_like="m-", sort="metric:accuracy[wiki]", limit=1, offset=o)) for o in range(5)]
+    assert singles == [["m-a:1"], ["m-c:1"], ["m-d:1"], ["m-b:1"], []]  # pages past the last one with the metric
     assert refs(scored.search(name_like="m-", sort="metric:eval_loss", where="eval_loss>1")) == ["m-c:1", "m-b:1"]
 
 
