@@ -235,6 +235,8 @@ def test_cli_metric_and_list_by_metrics(adreg, tiny):
     human = adreg("metric", "c-b", "eval_loss=2.5e0", "--data", "wiki").stdout
     assert "c-b:1" in human and "eval_loss" in human and "wiki" in human and "2.5" in human
     adreg("metric", "c-b:1", "eval_loss=3")
+    shown = adreg("show", "c-b:1").stdout
+    assert "eval_loss=3" in shown and "eval_loss=2.5 [wiki]" in shown
     listed = json.loads(adreg("list", "--where", "eval_loss<3", "--sort", "metric:eval_loss", "--asc",
                               "--json").stdout)
     assert [v["ref"] for v in listed["items"]] == ["c-a:1"] and listed["total"] == 1
