@@ -220,7 +220,7 @@ def list_(
         query=query, where=where, sort=sort, descending=not ascending, limit=limit, offset=offset,
     )
     page = _registry().search_page(filters)
-    _state["listed_metrics"] = listed_metrics(where, sort)  # metrics (issue 15)
+    _state["listed_metrics"] = _listed_metrics(where, sort)  # metrics (issue 15)
     return page
 
 
@@ -1029,7 +1029,7 @@ def metric_cmd(
     return _registry().log_metrics(ref, _metric_pairs(pairs), dataset=data)
 
 
-def listed_metrics(where: str | None, sort: str) -> list[tuple[str, str]]:
+def _listed_metrics(where: str | None, sort: str) -> list[tuple[str, str]]:
     """The (metric, dataset) pairs a listing filters or sorts on, in order, each once: its extra columns."""
     from registry.where import parse, parse_metric_sort
 
