@@ -10,6 +10,9 @@ the SDK, round-robin so that load from elsewhere on the machine falls on every o
    compatibility (``name@alias`` and ``name`` too, for information); no slower way to compare with;
 3. ``Registry.lineage(ref)`` in the middle and at the end of a 200-deep chain of ``finetune`` edges; reference:
    a per-node query loop (one query per node and direction, then the nodes), which the recursive CTEs replace.
+4. (metrics, issue 15) ``Registry.search(sort="metric:eval_loss", descending=False)`` over every version, and
+   ``Registry.search(where="eval_loss<2.5", base_model=...)``; references: the metrics fetched and sorted or
+   filtered in Python. The loader adds ``eval_loss`` to 90% of the versions and ``accuracy[glue/sst2]`` to 30%.
 
 Prints p50/p95 in ms, PASS/FAIL against the p50 target (20 ms), the ratio against each reference and the load
 average (timings on a busy machine are not comparable). The schema is dropped at the end, also on failure.
@@ -68,6 +71,7 @@ TABLES = ["base_models", "adapters", "adapter_versions", "tags", "version_target
           "compatibility"]
 # Columns that a schema may have beyond VERSION_COLUMNS (denormalised for search); filled when present.
 OPTIONAL_COLUMNS = ["module_count", "tag_doc", "config_sha256", "extra_tensors"]
+OPTIONAL_COLUMNS.append("search_text")  # NOT NULL since migration 0008 (the adapter's name and the tags here)
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -148,6 +152,7 @@ def load(engine: Any, versions: int, seed: int = 0) -> dict[str, Any]:
         tag_rows.extend((vid, key, value) for key, value in tags.items())
         derived[vid] = {"module_count": len(tensors), "tag_doc": json.dumps(tags), "config_sha256": _sha("config", vid),
                         "extra_tensors": "{}"}
+        derived[vid]["search_text"] = " ".join([f"adapter-{adapter_id}", *(f"{k} {v}" for k, v in tags.items())])
         target_rows.extend((vid, p) for p in targets)
         compat_rows.append((vid, base, "exact", json.dumps({"declared": True, "shapes_checked": True,
                                                                "modules": len(tensors)}), created))
@@ -201,6 +206,7 @@ def load(engine: Any, versions: int, seed: int = 0) -> dict[str, Any]:
             alias_rows.append((a, "canary", ids[(a, PER_ADAPTER - 1)], t0))
     alias_rows.append((chain_adapter, "production", ids[(chain_adapter, CHAIN)], t0))
 
+    metrics = metric_rows([row[0] for row in version_rows], t0, seed)  # metrics (issue 15)
     generated = time.perf_counter()
     raw = engine.raw_connection()
     try:
@@ -223,12 +229,14 @@ def load(engine: Any, versions: int, seed: int = 0) -> dict[str, Any]:
                                       (row + tuple(derived[row[0]][c] for c in extra) for row in version_rows)),
             "tags": _copy(conn, "tags", ["version_id", "key", "value"], tag_rows),
             "version_targets": _copy(conn, "version_targets", ["version_id", "module"], target_rows),
-            "aliases": _copy(conn, "aliases", ["adapter_id", "name", "version_id", "updated_at"], alias_rows),
+            "aliases": _copy(conn, "aliases", ["adapter_id", "name", "version_id", "updated_at", "protected"],
+                             (row + (False,) for row in alias_rows)),  # protected: NOT NULL since migration 0008
             "lineage_edges": _copy(conn, "lineage_edges", ["child_id", "parent_id", "relation", "weight", "position",
                                                            "params"], edges),
             "compatibility": _copy(conn, "compatibility", ["version_id", "base_model_id", "level", "evidence",
                                                            "checked_at"], compat_rows),
         }
+        n["version_metrics"] = _copy(conn, "version_metrics", METRIC_COLUMNS, metrics)  # metrics (issue 15)
         with conn.cursor() as cur:
             for table in ("base_models", "adapters", "adapter_versions", "tags", "aliases", "lineage_edges",
                           "compatibility"):
@@ -258,6 +266,84 @@ def loaded_info(engine: Any) -> dict[str, Any]:
             "WHERE a.name = 'chain' AND v.version = :n"), {"n": number}).scalar_one() for number in (CHAIN // 2, CHAIN)]
     return {"rows": rows, "adapters": adapters, "chain": f"chain:{CHAIN // 2}", "chain_end": f"chain:{CHAIN}",
             "chain_ids": chain_ids}
+
+
+# -- metrics (issue 15) ----------------------------------------------------------------------------------------
+
+METRIC_COLUMNS = ["version_id", "name", "dataset", "value", "source", "job_id", "recorded_at", "recorded_by"]
+TABLES.append("version_metrics")
+
+
+def metric_rows(ids: Sequence[int], t0: datetime, seed: int) -> list[tuple[Any, ...]]:
+    """``eval_loss`` (0.5-4.0) on 90% of the versions, ``accuracy`` on dataset ``glue/sst2`` on 30% (own seed)."""
+    rnd = random.Random(seed + 15)
+    rows: list[tuple[Any, ...]] = []
+    for vid in ids:
+        if rnd.random() < 0.9:
+            rows.append((vid, "eval_loss", "", round(rnd.uniform(0.5, 4.0), 4), "train", None, t0, "bench"))
+        if rnd.random() < 0.3:
+            rows.append((vid, "accuracy", "glue/sst2", round(rnd.uniform(0.5, 0.99), 4), "user", None, t0, "bench"))
+    return rows
+
+
+def metric_sort_in_python(reg: Any) -> list[Any]:
+    """Reference for ``sort="metric:eval_loss"``: every version's eval_loss fetched, sorted in Python (missing
+    last, ties by id, newest first), the first 50 described."""
+    from registry import models as m
+    from registry import queries
+    from registry.db import transaction
+
+    v, mt = m.AdapterVersion, m.Metric
+    with transaction(reg.service.sessions) as session:
+        found = dict(session.execute(select(mt.version_id, mt.value).where(mt.name == "eval_loss", mt.dataset == "")
+                                     ).all())
+        ids = session.scalars(select(v.id).where(v.status == "ready")).all()
+        order = sorted(ids, key=lambda i: (found.get(i, float("inf")), -i))[:50]
+        rows = {r.id: r for r in session.scalars(select(v).where(v.id.in_(order)))}
+        return queries.describe(session, [rows[i] for i in order], reg.store.root)
+
+
+def metric_where_in_python(reg: Any, base_model: str) -> list[Any]:
+    """Reference for ``where="eval_loss<2.5"`` on one base: the base's versions and every eval_loss fetched,
+    filtered and ordered (newest first) in Python, the first 50 described."""
+    from registry import models as m
+    from registry import queries
+    from registry.db import transaction
+
+    v, mt = m.AdapterVersion, m.Metric
+    with transaction(reg.service.sessions) as session:
+        base = session.scalars(select(m.BaseModelRecord.id).where(m.BaseModelRecord.name == base_model)).first()
+        found = dict(session.execute(select(mt.version_id, mt.value).where(mt.name == "eval_loss", mt.dataset == "")
+                                     ).all())
+        rows = session.execute(select(v.id, v.created_at).where(v.base_model_id == base, v.status == "ready")).all()
+        hits = sorted((r for r in rows if found.get(r.id, float("inf")) < 2.5), key=lambda r: (r.created_at, r.id),
+                      reverse=True)[:50]
+        page = {r.id: r for r in session.scalars(select(v).where(v.id.in_([h.id for h in hits])))}
+        return queries.describe(session, [page[h.id] for h in hits], reg.store.root)
+
+
+def metric_timings(reg: Any, iters: int, few: int) -> list[tuple[str, list[float], list[float] | None, str, bool]]:
+    """Sort by a metric (all versions) and filter on one (a base's versions), each against its Python reference;
+    and the filter's search without the filter, for what the where adds."""
+    rnd = random.Random(15)
+    bases = [(BASES[rnd.randrange(len(BASES))][0],) for _ in range(iters)]
+    first = reg.search(sort="metric:eval_loss", descending=False, limit=50)
+    losses = [next(x.value for x in v.metrics if x.name == "eval_loss") for v in first]
+    assert losses == sorted(losses) and [v.id for v in first] == [v.id for v in metric_sort_in_python(reg)]
+    filtered = reg.search(where="eval_loss<2.5", base_model=bases[0][0], limit=50)
+    assert [v.id for v in filtered] == [v.id for v in metric_where_in_python(reg, bases[0][0])], "where differs"
+    t = run_interleaved({
+        "sort": (lambda: reg.search(sort="metric:eval_loss", descending=False, limit=50), [()] * iters),
+        "sort_ref": (lambda: metric_sort_in_python(reg), [()] * few),
+        "where": (lambda b: reg.search(where="eval_loss<2.5", base_model=b, limit=50), bases),
+        "where_ref": (lambda b: metric_where_in_python(reg, b), bases[:few]),
+        "base": (lambda b: reg.search(base_model=b, limit=50), bases),
+    })
+    return [
+        ("sort metric:eval_loss ascending (page of 50 + total)", t["sort"], t["sort_ref"], "sorted in Python", True),
+        ("where eval_loss<2.5 + base (page of 50 + total)", t["where"], t["where_ref"], "filtered in Python", True),
+        ("  the same search without the where (base only)", t["base"], None, "", False),
+    ]
 
 
 # -- references ------------------------------------------------------------------------------------------------
@@ -390,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "loop_mid": (lambda: lineage_by_loop(reg, info["chain_ids"][0]), [()] * few),
                 "loop_end": (lambda: lineage_by_loop(reg, info["chain_ids"][1]), [()] * few),
             })
+            metric_results = metric_timings(reg, iters, few)  # metrics (issue 15)
             load_after = os.getloadavg()[0]
 
         results = [
@@ -403,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             (f"lineage end of {CHAIN}-chain ({len(graph_end.nodes)} nodes, {len(graph_end.edges)} edges)",
              t["lineage_end"], t["loop_end"], "per-node query loop", True),
         ]
+        results += metric_results  # metrics (issue 15)
         print(f"\n{n['adapter_versions']:,} versions; {iters} calls each, round-robin (references: {few}); "
               f"load average {load_before:.1f} -> {load_after:.1f} on {os.cpu_count()} CPUs; target p50 < "
               f"{TARGET_MS:.0f} ms")

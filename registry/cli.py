@@ -193,7 +193,7 @@ def register(
 
 
 @app.command("list")
-@emits(_render_versions)
+@emits(lambda page: _render_listing(page))  # metrics (issue 15): with the metric columns it filters/sorts on
 def list_(
     base_model: str | None = typer.Option(None, "--base-model", "-b", help="Base model name or local folder."),
     tag: list[str] = typer.Option(None, "--tag", "-t", help="key=value; repeat to AND several."),
@@ -206,8 +206,10 @@ def list_(
     status: str = typer.Option(
         "live", "--status", help="live (ready and deprecated), ready, deprecated, deleted or any."),
     query: str | None = typer.Option(None, "--query", "-q", help="Full-text search of names, descriptions, tags."),
-    where: str | None = typer.Option(None, "--where", help='Metric conditions, e.g. "eval_loss<2.5".'),
-    sort: str = typer.Option("created", "--sort", help="created, name, version, rank, size or metric:NAME."),
+    where: str | None = typer.Option(None, "--where", help='Metric conditions, e.g. "eval_loss<2.5 and '
+                                     'accuracy[glue]>=0.9" (< <= > >= = !=; "and" or ",").'),
+    sort: str = typer.Option("created", "--sort", help="created, name, version, rank, size, metric:NAME or "
+                             "metric:NAME[DATASET] (versions lacking the metric come last)."),
     ascending: bool = typer.Option(False, "--asc", help="Sort ascending."),
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
     offset: int = typer.Option(0, "--offset", min=0),
@@ -219,7 +221,9 @@ def list_(
         max_rank=max_rank, target_module=target, name_like=name, status=None if status == "any" else status,
         query=query, where=where, sort=sort, descending=not ascending, limit=limit, offset=offset,
     )
-    return _registry().search_page(filters)
+    page = _registry().search_page(filters)
+    _state["listed_metrics"] = _listed_metrics(where, sort)  # metrics (issue 15)
+    return page
 
 
 @app.command()
@@ -1065,6 +1069,76 @@ def rename(old: str = typer.Argument(...), new: str = typer.Argument(...), json_
 # -- end text search --
 
 # -- metrics (issue 15) --
+
+
+def _render_metrics(v: t.AdapterVersion) -> None:
+    table(v.ref, ["metric", "dataset", "value", "source", "job", "recorded", "by"],
+          [[x.name, x.dataset or "-", f"{x.value:.6g}", x.source, x.job_id or "-",
+            x.recorded_at.strftime("%Y-%m-%d %H:%M:%S"), x.recorded_by or "-"] for x in v.metrics])
+
+
+def _metric_pairs(pairs: list[str]) -> dict[str, float]:
+    """``["eval_loss=1.9", "accuracy=0.8"]`` as {name: value}; a name given twice or a value that is no finite
+    number is refused (the names themselves are checked by the operation)."""
+    import math
+
+    from registry.errors import RegistryError
+
+    values: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise RegistryError(f"{pair!r} is not name=value", hint="e.g. adreg metric tone:3 eval_loss=1.92")
+        if name in values:
+            raise RegistryError(f"metric {name} is given twice")
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise RegistryError(f"metric {name}: {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise RegistryError(f"metric {name}: the value must be finite, not {text.strip()!r}")
+        values[name] = value
+    return values
+
+
+@app.command("metric")
+@emits(_render_metrics)
+def metric_cmd(
+    ref: str = typer.Argument(..., help="name, name:3 or name@alias"),
+    pairs: list[str] = typer.Argument(..., help="name=value pairs, e.g. eval_loss=1.92 accuracy=0.81"),
+    data: str | None = typer.Option(None, "--data", help="The dataset the values were measured on (e.g. wiki)."),
+    json_output: bool = JSON,
+) -> t.AdapterVersion:
+    """Log metrics of a version (all in one go; the same name and dataset again replaces the value)."""
+    return _registry().log_metrics(ref, _metric_pairs(pairs), dataset=data)
+
+
+def _listed_metrics(where: str | None, sort: str) -> list[tuple[str, str]]:
+    """The (metric, dataset) pairs a listing filters or sorts on, in order, each once: its extra columns."""
+    from registry.where import parse, parse_metric_sort
+
+    chosen = [parse_metric_sort(sort)]
+    if where:
+        chosen += [(c.metric, c.dataset) for c in parse(where)]
+    return list(dict.fromkeys(c for c in chosen if c is not None))
+
+
+def _render_listing(page: t.SearchPage) -> None:
+    """``adreg list``: the usual table, or, when it filters or sorts on metrics, one with those metrics' columns."""
+    from registry.where import render_metric
+
+    shown = _state.get("listed_metrics") or []
+    if not shown:
+        _render_versions(page)
+        return
+    values = [{(x.name, x.dataset): x.value for x in v.metrics} for v in page.items]
+    table(None, ["version", *(escape(render_metric(*c)) for c in shown), "r", "tags", "aliases"],  # titles are markup
+          [[v.ref, *(f"{got[c]:.6g}" if c in got else "-" for c in shown), v.r,
+            ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases)]
+           for v, got in zip(page.items, values, strict=True)])
+    first = f"{page.offset + 1}-{page.offset + len(page.items)}" if page.items else "0"
+    stdout.print(f"[dim]{first} of {page.total}[/]")
 # -- end metrics --
 
 # -- diff (issue 15) --

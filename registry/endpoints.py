@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from registry import auth, jobs
 from registry.errors import RegistryError
-from registry.operations import access, automation, diffs, lifecycle, submit, versions
+from registry.operations import access, automation, diffs, lifecycle, metrics, submit, versions
 from registry.refs import parse_ref
 from registry.service import Service
 from registry.store import DATA_SUFFIXES
@@ -196,6 +196,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # -- end text search --
 
     # -- metrics (issue 15) --
+    Endpoint("log_metric", metrics.log_metric, "POST", "/v1/metrics/log", write_on("ref")),
+    Endpoint("log_metrics", metrics.log_metrics, "POST", "/v1/metrics/log-many", write_on("ref")),
     # -- end metrics --
 
     # -- diff (issue 15) --

@@ -16,6 +16,7 @@ from registry.recipes import InvalidRecipe
 from registry.schedules import InvalidCron
 from registry.store import StorageError, StorageFull
 from registry.trainset import InvalidDataset
+from registry.where import InvalidWhere
 
 MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:adreg:error:"
@@ -46,6 +47,7 @@ _KNOWN: dict[str, type[errors.RegistryError]] = {
 }
 STATUS.update({InvalidDataset: 422, InvalidRecipe: 422, InvalidCron: 400, HubError: 502, StorageError: 507,
                StorageFull: 507})
+_KNOWN[InvalidWhere.__name__] = InvalidWhere  # a where filter's grammar error (400, as RegistryError)
 
 
 def status_of(exc: errors.RegistryError) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -106,7 +107,7 @@ class RemoteRegistry(Registry):
                 raise RegistryError(f"{key}= is not available over HTTP: the server sets it")
         signature = inspect.Signature(endpoint.parameters)
         bound = signature.bind(*args, **kwargs)
-        values = to_jsonable_python(bound.arguments)
+        values = _non_finite_as_text(to_jsonable_python(bound.arguments))
         path = endpoint.path
         for field in endpoint.path_fields:
             value = values.pop(field)
@@ -314,6 +315,18 @@ def _name_local_file(exc: RegistryError, stored: str, path: Path) -> None:
         exc.hint = swap(exc.hint)
     if isinstance(getattr(exc, "problems", None), list):
         exc.problems = [swap(p) for p in exc.problems]  # type: ignore[attr-defined]
+
+
+def _non_finite_as_text(value: Any) -> Any:
+    """JSON has no NaN or infinity: send such floats as text ("inf", "nan"), which the server's float fields read
+    back, so that its own checks refuse them with the embedded message (not a client-side ValueError)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _non_finite_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_non_finite_as_text(v) for v in value]
+    return value
 
 
 def _check_routable(field: str, value: Any) -> None:

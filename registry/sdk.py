@@ -433,6 +433,21 @@ class Registry:
     # -- end text search --
 
     # -- metrics (issue 15) --
+    def log_metric(self, ref: str, name: str, value: float, *, dataset: str | None = None) -> t.AdapterVersion:
+        """Record metric ``name`` (``eval_loss``, ``rouge-l``: lowercase letters, digits, ``_-.``) of version ``ref``
+        as the finite number ``value``, optionally on a ``dataset`` (``wiki``, ``glue/sst2``). Logging the same
+        name and dataset again replaces the value. Returns the version, its ``metrics`` included; audited as
+        ``metric.log``. Search with ``search(where="eval_loss<2.5")`` or ``search(sort="metric:eval_loss")``."""
+        from registry.operations import metrics
+
+        return metrics.log_metric(self.service, ref, name, value, dataset=dataset)
+
+    def log_metrics(self, ref: str, values: dict[str, float], *, dataset: str | None = None) -> t.AdapterVersion:
+        """Record several metrics of version ``ref`` at once (``{"eval_loss": 1.9, "accuracy": 0.81}``), all or
+        none, in one transaction and one audit event; see :meth:`log_metric`."""
+        from registry.operations import metrics
+
+        return metrics.log_metrics(self.service, ref, values, dataset=dataset)
     # -- end metrics --
 
     # -- diff (issue 15) --

@@ -363,7 +363,7 @@ def test_train_continues_an_adapter_on_uploaded_data(backend: Registry, tiny, co
     assert trained.parents[0].params["dataset_sha256"] == data_sha == job.spec["data"]["sha256"]
     assert len(job.report["loss_curve"]) == 2
     # trained weights are not compared: two processes may order float reductions differently
-    snap = {k: v for k, v in trained.to_dict().items() if k not in ("weights_sha256",)}
+    snap = {k: v for k, v in trained.to_dict().items() if k not in ("weights_sha256", "metrics")}  # metrics: losses
     same("train", job_view(job), snap, job.report["registered"], (job.report["train_rows"], job.report["eval_rows"]))
 
 
@@ -558,6 +558,68 @@ def test_lifecycle_deprecate_delete_rename_protect(backend: Registry, tiny, same
 # -- end text search --
 
 # -- metrics (issue 15) --
+VOLATILE.add("recorded_at")  # when a metric was logged (jobs record theirs on the versions they make)
+ACTOR_KEYS.add("recorded_by")
+
+
+def test_metrics_log_filter_sort_and_refusals(backend: Registry, tiny, actor: str, same) -> None:  # type: ignore[no-untyped-def]
+    from registry.where import InvalidWhere
+
+    for name, folder in (("mt-a", "tone"), ("mt-b", "tone2"), ("mt-c", "legal")):
+        backend.register(tiny[folder], name=name)
+    one = backend.log_metric("mt-a:1", "eval_loss", 1.5)
+    assert type(one) is t.AdapterVersion and type(one.metrics[0]) is t.MetricInfo
+    assert [(x.name, x.value, x.dataset, x.source, x.recorded_by) for x in one.metrics] == [
+        ("eval_loss", 1.5, "", "user", actor)]
+    many = backend.log_metrics("mt-b", {"eval_loss": 2.5, "accuracy": 0.75}, dataset="wiki")
+    backend.log_metric("mt-b:1", "eval_loss", 0.5)
+    again = backend.log_metric("mt-a:1", "eval_loss", 3.0)  # replaces
+    assert [(x.name, x.value) for x in again.metrics] == [("eval_loss", 3.0)]
+    up = backend.search(name_like="mt-", sort="metric:eval_loss", descending=False)
+    assert refs(up) == ["mt-b:1", "mt-a:1", "mt-c:1"]
+    assert refs(backend.search(name_like="mt-", sort="metric:eval_loss[wiki]")) == ["mt-b:1", "mt-c:1", "mt-a:1"]
+    filtered = backend.search(name_like="mt-", where="eval_loss>=1 , accuracy[wiki]<1 AND eval_loss[wiki]=2.5")
+    assert refs(filtered) == []
+    assert refs(backend.search(name_like="mt-", where="eval_loss>=1")) == ["mt-a:1"]
+    page = backend.search_page(SearchFilters(name_like="mt-", where="accuracy[wiki] > 0.5", sort="metric:eval_loss"))
+    assert (refs(page.items), page.total) == (["mt-b:1"], 1)
+    caught: list[BaseException] = []
+    for where in ("eval_loss<<1", "a<1 or b<2", "Eval<1"):
+        with pytest.raises(InvalidWhere) as e:
+            backend.search(where=where)
+        caught.append(e.value)
+    with pytest.raises(InvalidWhere) as e:
+        backend.search(sort="metric:a b")
+    caught.append(e.value)
+    for name, value, dataset in (("Bad", 1.0, None), ("ok", float("inf"), None), ("ok", 1.0, "no spaces")):
+        with pytest.raises(RegistryError) as e:
+            backend.log_metric("mt-c:1", name, value, dataset=dataset)
+        caught.append(e.value)
+    with pytest.raises(AdapterNotFound) as e:
+        backend.log_metric("mt-none:1", "x", 1.0)
+    caught.append(e.value)
+    assert backend.get("mt-c:1").metrics == []
+    events = [e for e in backend.audit_events(name="mt-a") if e["action"] == "metric.log"]
+    assert [ev["after"]["metrics"] for ev in events] == [[{"name": "eval_loss", "value": 3.0}],
+                                                        [{"name": "eval_loss", "value": 1.5}]]
+    same("metrics", one, many, again, up, page, caught, events)
+
+
+def test_metric_logging_needs_write_on_the_adapter(sdk_server: ServerProcess, tiny) -> None:  # type: ignore[no-untyped-def]
+    from registry.errors import Forbidden
+
+    with Registry(sdk_server.url, token=sdk_server.admin_token) as admin:
+        admin.register(tiny["tone"], name="mtp-a")
+        admin.add_user("mtp-reader")
+        reader = admin.create_token("mtp-reader", scope="write")["token"]
+    with Registry(sdk_server.url, token=reader) as reg:
+        with pytest.raises(Forbidden, match="mtp-a"):
+            reg.log_metric("mtp-a:1", "eval_loss", 1.0)
+        assert refs(reg.search(name_like="mtp-", where="eval_loss<2")) == []  # reading needs no grant
+        with Registry(sdk_server.url, token=sdk_server.admin_token) as admin:
+            admin.add_grant("mtp-reader", "mtp-*", "write")
+        assert [x.recorded_by for x in reg.log_metric("mtp-a:1", "eval_loss", 1.0).metrics] == ["mtp-reader"]
+        assert refs(reg.search(name_like="mtp-", where="eval_loss<2")) == ["mtp-a:1"]
 # -- end metrics --
 
 # -- diff (issue 15) --

@@ -47,6 +47,10 @@ def test_merge_and_training_on_a_worker_without_the_catalog(deployment, tiny):
         version = client.get(ref)
         assert Path(version.path).is_relative_to(server_store) and Path(version.path).is_dir(), version.path
         assert version.created_by == "admin"
+    # metrics (issue 15): the server's commit recorded each job's metrics from the report the worker sent
+    assert {(x.name, x.source, x.job_id) for x in client.get("tone:2").metrics} == {
+        (name, "train", trained.id) for name in ("eval_loss", "eval_loss_before", "train_loss")}
+    assert {x.name for x in client.get("mixed:1").metrics if x.job_id == merged.id} >= {"merge_max_rel_error"}
     edges = {(e.parent, e.relation, e.weight) for e in client.lineage("mixed:1").edges}
     assert edges == {("tone:1", "merge", 0.7), ("style:1", "merge", 0.3)}
     assert [(e.parent, e.relation) for e in client.lineage("tone:2").edges if e.child == "tone:2"] == [

@@ -26,6 +26,7 @@ from registry.manifest import AdapterManifest
 from registry.operations.submit import submit
 from registry.service import Service
 from workers.context import JobContext, complete
+from workers.job_metrics import record_job_metrics
 
 
 class InputChanged(RegistryError):
@@ -203,6 +204,7 @@ def commit_outcome(svc: Service, ctx: JobContext, spec: AnySpec, outcome: Outcom
                 m.Compatibility.level == "validated"))
             s.add(m.Compatibility(version_id=version_id, base_model_id=base_id, level="validated",
                                   evidence=outcome.report))
+        record_job_metrics(s, ctx.job_id, spec, outcome.report, [vid for vid, _ in results])
         if results:
             outcome.report.setdefault("registered", [ref for _, ref in results])
         result_id = results[0][0] if results else outcome.result_version_id

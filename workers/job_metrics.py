@@ -1,0 +1,85 @@
+"""The metrics a job records on the versions it made or checked, read from its report (names in docs/catalog.md).
+
+:func:`workers.host.commit_outcome` calls :func:`record_job_metrics` in the transaction that marks the job
+succeeded, wherever the job ran (a remote worker's report reaches the server's commit unchanged), so the
+metrics exist exactly when the outcome does. A report value that is missing, not a number or not finite is
+skipped: the report comes from a worker and is checked like any input.
+
+=========================  ========  =============================================================================
+metric                     source    value
+=========================  ========  =============================================================================
+eval_loss                  train     loss on the held-out rows after training
+eval_loss_before           train     the same rows' loss before training (the adapter as it was, or untrained)
+eval_accuracy(_before)     train     classification tasks: accuracy on the held-out rows after (before)
+train_loss                 train     the last logged training loss
+merge_rel_error            merge     ||merged delta - exact weighted delta||_F / ||exact||_F over all modules
+merge_max_rel_error        merge     the largest per-module relative error
+validate_base_distance     validate  max |logit difference| between base + adapter and the bare base on the probes
+validate_parent_distance   validate  a merge's max |logit difference| from its nearest parent
+validate_exact_error       validate  exact merges (cat, full-rank svd): max |logit difference| from the parents'
+                                     weighted sum
+=========================  ========  =============================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from registry.jobs import AnySpec, MergeSpec, TrainSpec, ValidateSpec
+from registry.operations.metrics import record
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _at(report: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(report, dict):
+            return None
+        report = report.get(key)  # type: ignore[assignment]
+    return report
+
+
+def metrics_of(spec: AnySpec, report: dict[str, Any]) -> tuple[str, dict[str, float]]:
+    """The job's metric source and {name: value} from its report (empty for kinds that measure nothing)."""
+    found: dict[str, Any] = {}
+    if isinstance(spec, TrainSpec):
+        source = "train"
+        for metric in ("loss", "accuracy"):
+            found[f"eval_{metric}"] = report.get(f"eval_{metric}_after")
+            found[f"eval_{metric}_before"] = report.get(f"eval_{metric}_before")
+        curve = report.get("loss_curve")
+        if isinstance(curve, list) and curve and isinstance(curve[-1], (list, tuple)) and len(curve[-1]) == 2:
+            found["train_loss"] = curve[-1][1]
+    elif isinstance(spec, MergeSpec):
+        source = "merge"
+        found["merge_rel_error"] = _at(report, "overall", "rel_error")
+        found["merge_max_rel_error"] = _at(report, "overall", "max_rel_error")
+    elif isinstance(spec, ValidateSpec):
+        source = "validate"
+        found["validate_base_distance"] = _at(report, "logits", "max_abs_diff_from_base")
+        parents = report.get("distance_from_parents")
+        if isinstance(parents, dict):
+            distances = [d for d in map(_number, parents.values()) if d is not None]
+            found["validate_parent_distance"] = min(distances) if distances else None
+        found["validate_exact_error"] = _at(report, "exact_check", "max_abs_diff")
+    else:
+        return "", {}
+    return source, {name: number for name, value in found.items() if (number := _number(value)) is not None}
+
+
+def record_job_metrics(session: Session, job_id: int, spec: AnySpec, report: dict[str, Any],
+                       registered: list[int]) -> None:
+    """Record the job's metrics on each version it registered (a validation: on the version it validated)."""
+    source, values = metrics_of(spec, report if isinstance(report, dict) else {})
+    targets = [spec.version_id] if isinstance(spec, ValidateSpec) else registered
+    if not values:
+        return
+    for version_id in targets:
+        record(session, version_id, values, source=source, job_id=job_id, actor=spec.submitted_by)
