@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, delete, select, update
+from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -343,19 +343,17 @@ def _record_compatibility(
     session: Session, row: m.AdapterVersion, manifest: AdapterManifest, declared: m.BaseModelRecord
 ) -> None:
     """``exact`` for the declared base when its shapes were checked (``declared`` when they could not be: the
-    base's config was never read); ``shape`` for every other recorded base whose modules fit."""
+    base's config was never read); ``shape`` for every other recorded base of the same model type whose modules
+    fit (any recorded base, when the declared one's type is unknown: its config was never read)."""
     session.add(m.Compatibility(
         version_id=row.id, base_model_id=declared.id, level="exact" if declared.module_shapes else "declared",
         evidence={"declared": True, "shapes_checked": bool(declared.module_shapes),
                   "modules": len(manifest.modules)},
     ))
-    if not declared.model_type:
-        return
-    others = session.scalars(
-        select(m.BaseModelRecord).where(
-            m.BaseModelRecord.model_type == declared.model_type, m.BaseModelRecord.id != declared.id
-        )
-    ).all()
+    others_query = select(m.BaseModelRecord).where(m.BaseModelRecord.id != declared.id)
+    if declared.model_type:
+        others_query = others_query.where(m.BaseModelRecord.model_type == declared.model_type)
+    others = session.scalars(others_query).all()
     for other in others:
         if other.module_shapes and not shape_mismatches(manifest, other.module_shapes):
             session.add(m.Compatibility(
@@ -386,15 +384,17 @@ def record_base_evidence(session: Session, base: m.BaseModelRecord) -> dict[str,
     for start in range(0, len(candidates), 500):  # the stored tensor shapes, a batch at a time
         batch = candidates[start:start + 500]
         tensors = dict(session.execute(select(v.id, v.module_tensors).where(v.id.in_([r.id for r in batch]))).all())
+        shape_rows = []
         for version_id, declared_id, declared_config in batch:
-            modules = {name: ModuleTensors(**info) for name, info in (tensors.get(version_id) or {}).items()}
+            # stored at registration, validated then: no need to validate each module again
+            modules = {name: ModuleTensors.model_construct(**info)
+                       for name, info in (tensors.get(version_id) or {}).items()}
             fits = not module_mismatches(modules, base.module_shapes)
             if declared_id != base.id:
                 if fits:
-                    session.add(m.Compatibility(
-                        version_id=version_id, base_model_id=base.id, level="shape",
-                        evidence={"same_config": declared_config == base.config_hash, "modules": len(modules)}))
-                    counts["shape"] += 1
+                    shape_rows.append({"version_id": version_id, "base_model_id": base.id, "level": "shape",
+                                       "evidence": {"same_config": declared_config == base.config_hash,
+                                                    "modules": len(modules)}, "checked_at": m.utcnow()})
                 continue
             if not fits:
                 counts["not_fitting"] += 1
@@ -408,6 +408,9 @@ def record_base_evidence(session: Session, base: m.BaseModelRecord) -> dict[str,
                 session.add(m.Compatibility(version_id=version_id, base_model_id=base.id, level="exact",
                                             evidence=evidence))
             counts["exact"] += 1
+        if shape_rows:  # one multi-row INSERT per batch
+            session.execute(insert(m.Compatibility), shape_rows)
+            counts["shape"] += len(shape_rows)
     session.flush()
     return counts
 

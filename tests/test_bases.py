@@ -130,7 +130,9 @@ def test_compatible_with_is_one_filter_and_counts_a_base_added_later(registry, t
     registry.register(tiny["legal"], name="legal")
     registry.register(tiny["gpt2_attn"], name="gpt2-attn")
     hub_only = registry.register(_rebased(tiny["tone2"], tmp_path / "hub", "org/unread"), name="unread")
-    assert [c.level for c in hub_only.compatible] == ["declared"]
+    # Its Hub base was never read (declared), but its modules fit the recorded Llama: shape evidence for that one.
+    assert [(c.base_model, c.level) for c in hub_only.compatible] == [("org/unread", "declared"),
+                                                                     (str(tiny["llama"]), "shape")]
     # Added after the adapters: the twin gets 'shape' evidence for every adapter whose modules fit it, at once.
     twin = registry.add_base("twin", path=tiny["llama_twin"])
     assert twin.adapter_versions == 0
@@ -145,11 +147,14 @@ def test_compatible_with_is_one_filter_and_counts_a_base_added_later(registry, t
     later = registry.register(tiny["tone2"], name="later")
     assert "later:1" in [v.ref for v in registry.search(compatible_with="twin")]
     assert [c.level for c in later.compatible if c.base_model == twin.name] == ["shape"]
+    unread_later = registry.register(_rebased(tiny["tone"], tmp_path / "hub2", "org/unread2"), name="unread2")
+    assert {c.level for c in unread_later.compatible if c.base_model == twin.name} == {"shape"}
     # 'declared' is a claim, not evidence: the unread Hub base has a registered version but no compatible one.
     assert [v.ref for v in registry.search(base_model="org/unread")] == ["unread:1"]
     assert registry.search(compatible_with="org/unread") == []
     # Other filters still AND with it; the GPT-2 adapter fits only the GPT-2 base.
     assert [v.ref for v in registry.search(compatible_with="twin", min_rank=8)] == ["legal:1"]
+    assert registry.base("twin").compatible_total == 5
     assert [v.ref for v in registry.search(compatible_with=str(tiny["gpt2"]))] == ["gpt2-attn:1"]
     with pytest.raises(BaseModelNotFound):
         registry.search(compatible_with="nope")

@@ -150,7 +150,8 @@ def base(svc: Service, name: str, *, limit: int = 100) -> t.BaseModelDetail:
                     .where(c.base_model_id == row.id, c.level.in_(EVIDENCE_LEVELS), v.status != "deleted"))
 
         by_level = dict.fromkeys(EVIDENCE_LEVELS, 0)
-        for level, count in session.execute(evidence(c.level, func.count(distinct(c.version_id))).group_by(c.level)):
+        # (version, base, level) is unique: a level's row count is its version count
+        for level, count in session.execute(evidence(c.level, func.count()).group_by(c.level)):
             by_level[level] = int(count)
         total = int(session.scalar(evidence(func.count(distinct(c.version_id)))) or 0)
         page = session.execute(
