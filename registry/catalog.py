@@ -121,28 +121,28 @@ def named_base_for(
 
     - ``name`` is a short name;
     - ``name`` is a Hub id given without a revision, and exactly one named base is that Hub id (it pins what the
-      id means in this catalog); with a revision, only the record of that revision is that base;
+      id means in this catalog, even where earlier versions were recorded against the unpinned id); with a
+      revision, only the record of that revision is that base;
     - ``local_path`` is a Hugging Face cache snapshot of a named Hub base's repository at its revision;
     - ``local_path`` is a folder with the same config hash and architecture as a named base read from a folder,
       and the same weights (:func:`~registry.base_identity.weights_fingerprint`): a copy of it elsewhere. The
       config alone does not tell a model from its fine-tune, and the recorded base's weights are the ones that
       validation and ``Registry.load`` use.
 
-    An identity already in the catalog keeps its own record (None here), so no version ever changes base.
+    A folder already in the catalog keeps its own record (None here). No version ever changes base.
     """
     b = m.BaseModelRecord
     by_short = session.scalars(select(b).where(b.short_name == name)).first()
     if by_short is not None:
         return by_short
-    known = select(b.id).where(b.name == name, b.revision_key == (revision or ""))
-    if session.scalar(known) is not None:
-        return None
     named = select(b).where(b.short_name.is_not(None))
-    if local_path is None:
-        if revision is not None:
-            return None
+    if local_path is None and revision is None:  # an unpinned Hub id means the one its named base pins
         rows = session.scalars(named.where(b.name == name)).all()
-        return rows[0] if len(rows) == 1 else None
+        if len(rows) == 1:
+            return rows[0]
+    known = select(b.id).where(b.name == name, b.revision_key == (revision or ""))
+    if local_path is None or session.scalar(known) is not None:
+        return None
     snapshot = hub_snapshot(local_path)
     if snapshot is not None:
         row = session.scalars(named.where(b.name == snapshot[0], b.revision == snapshot[1])).first()

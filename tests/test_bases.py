@@ -180,18 +180,23 @@ def test_add_by_hub_pins_the_revision_and_reads_only_the_config(registry, hub, h
     early = registry.register(_rebased(tiny["tone"], tmp_path / "early", "acme/llama-tiny"), name="early",
                               revision=hub_base)
     assert [c.level for c in early.compatible] == ["declared"]
+    unpinned = registry.register(_rebased(tiny["tone2"], tmp_path / "unpinned", "acme/llama-tiny"), name="unpinned")
+    assert unpinned.base_revision is None
     before = len(hub.requests)
     info = registry.add_base("hub-llama", hub="acme/llama-tiny")
     fetched = [r["path"] for r in hub.requests[before:] if "/resolve/" in r["path"]]
     assert fetched and all(p.endswith("/config.json") for p in fetched)  # never the weights
     assert (info.name, info.revision, info.local_path) == ("acme/llama-tiny", hub_base, None)
     assert info.architecture == "LlamaForCausalLM" and info.adapter_versions == 1
+    # The version recorded against the unpinned id keeps its record, with shape evidence for the named base.
+    assert [(c.revision, c.level) for c in registry.get("unpinned:1").compatible] == [(None, "declared"),
+                                                                                     (hub_base, "shape")]
     path_shapes = registry.add_base("local-llama", path=tiny["llama"])
     assert registry.base("hub-llama").module_shapes == registry.base("local-llama").module_shapes
     assert path_shapes.config_hash == info.config_hash
     assert [c.level for c in registry.get("early:1").compatible if c.base_model == info.name] == ["exact"]
     assert registry.add_base("hub-llama", hub="acme/llama-tiny", revision=hub_base) == info  # idempotent
-    # An adapter naming the Hub id without a revision is recorded against the named (pinned) base.
+    # From now on an adapter naming the Hub id without a revision is recorded against the named (pinned) base.
     linked = registry.register(_rebased(tiny["tone2"], tmp_path / "linked", "acme/llama-tiny"), name="linked")
     assert (linked.base_model, linked.base_revision) == ("acme/llama-tiny", hub_base)
     assert [c.level for c in linked.compatible if c.base_model == info.name] == ["exact"]
@@ -200,6 +205,12 @@ def test_add_by_hub_pins_the_revision_and_reads_only_the_config(registry, hub, h
                               revision="0" * 40)
     assert other.base_revision == "0" * 40 and other.compatible[0].level == "declared"
     assert [v.ref for v in registry.search(base_model="hub-llama")] == ["linked:1", "early:1"]
+    # A folder that is the Hub cache's snapshot of that repository at that commit is that base, too.
+    snapshot = tmp_path / "hf-cache" / "models--acme--llama-tiny" / "snapshots" / hub_base
+    assert (snapshot / "config.json").is_file()  # what add_base downloaded, and nothing else
+    assert sorted(p.name for p in snapshot.iterdir()) == ["config.json"]
+    cached = registry.register(_rebased(tiny["tone"], tmp_path / "cached", str(snapshot)), name="cached")
+    assert (cached.base_model, cached.base_revision) == ("acme/llama-tiny", hub_base)
     with pytest.raises(ConflictError, match="at revision 0000.* is not base model 'hub-llama'"):
         registry.register(tiny["tone"], name="x", base="hub-llama", revision="0" * 40)
 
