@@ -15,6 +15,8 @@ adapter config is resolved here, once, before it reaches the catalog:
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,3 +116,60 @@ def card_base_model(base_name: str | None, given: str | None, ref: str) -> str:
     raise RegistryError(
         f"{ref}: its base model is not a Hub id ({base_name or 'none'}), so the model card's base_model would be "
         "wrong", hint="name the base model's Hub id with --base-model-id ORG/NAME (base_model_id= in the SDK)")
+
+
+# -- is a folder the same model as another? (linking registrations to named bases) -----------------------------
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_WHOLE_FILE_BYTES = 1 << 20  # a weights file this small is hashed whole
+_HEAD_BYTES = 64 << 10  # the safetensors header (tensor names, shapes, offsets) and the first data
+_SAMPLES, _SAMPLE_BYTES = 256, 256
+_SNAPSHOT = re.compile(r"[0-9a-f]{40}")
+
+
+def weights_fingerprint(folder: Path) -> str | None:
+    """A cheap fingerprint of a model folder's weights, or None when it has no weights file (``*.safetensors``,
+    ``*.bin``, ``*.pt``, ``*.pth`` at its top level).
+
+    The config hash does not tell a model from its fine-tune or a twin of the same shape (same ``config.json``,
+    other weights), and the recorded base's weights are what validation and ``Registry.load`` use, so a folder is
+    taken for a named base only when its weights agree too. Hashing every byte would read gigabytes at each
+    registration; this reads each file's name and size, its first 64 KiB and 256 samples of 256 bytes spread over
+    it (a file up to 1 MiB whole): about 128 KiB per file, and a change to any sizeable part of the weights (a
+    fine-tune, a merged LoRA on even one layer) shows.
+    """
+    try:
+        files = sorted(entry for entry in os.scandir(folder)
+                       if entry.name.endswith(WEIGHT_SUFFIXES) and entry.is_file())
+    except OSError:
+        return None
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    try:
+        for entry in files:
+            size = entry.stat().st_size
+            digest.update(f"{entry.name}\0{size}\0".encode())
+            with open(entry.path, "rb") as fh:
+                if size <= _WHOLE_FILE_BYTES:
+                    digest.update(fh.read())
+                    continue
+                digest.update(fh.read(_HEAD_BYTES))
+                for i in range(_SAMPLES):
+                    fh.seek(i * (size - _SAMPLE_BYTES) // (_SAMPLES - 1))
+                    digest.update(fh.read(_SAMPLE_BYTES))
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def hub_snapshot(folder: Path) -> tuple[str, str] | None:
+    """``(repo id, commit)`` when ``folder`` is a Hugging Face cache snapshot (``.../models--org--name/snapshots/
+    <commit sha>``), else None. Hub ids never hold ``--``, so the folder name tells the id exactly."""
+    parts = folder.parts
+    if len(parts) < 3 or parts[-2] != "snapshots" or not _SNAPSHOT.fullmatch(parts[-1]):
+        return None
+    if not parts[-3].startswith("models--"):
+        return None
+    repo = parts[-3].removeprefix("models--").replace("--", "/")
+    return (repo, parts[-1]) if _HUB_ID.match(repo) else None

@@ -9,22 +9,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import case, delete, insert, select, update
 from sqlalchemy import text as sql_text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from registry import audit
 from registry import models as m
+from registry.base_identity import hub_snapshot, weights_fingerprint
 from registry.basemodel import BaseModelDescription
-from registry.compat import shape_mismatches, summarise
+from registry.compat import EVIDENCE_LEVELS, module_mismatches, shape_mismatches, summarise
 from registry.errors import (
     AdapterNotFound,
     BaseModelNotFound,
     ConflictError,
     IncompatibleBaseModel,
 )
-from registry.manifest import AdapterManifest, check_text
+from registry.manifest import AdapterManifest, ModuleTensors, check_text
 from registry.refs import Ref, check_slug, check_tag
 from registry.store import config_sha256
 
@@ -92,23 +93,96 @@ def upsert_base(
 
 
 def find_base(session: Session, name_or_path: str) -> m.BaseModelRecord:
-    """A base model by name (``name`` or ``name@revision``) or by the local folder it was read from."""
+    """A base model by short name (``adreg base add``), by name (``name`` or ``name@revision``) or by the local
+    folder it was read from. A short name wins over a folder of the same name in the working directory (write
+    ``./name`` for the folder)."""
+    b = m.BaseModelRecord
     candidates = [name_or_path]
-    if Path(name_or_path).expanduser().exists():
-        candidates.append(str(Path(name_or_path).expanduser().resolve()))
+    try:
+        if Path(name_or_path).expanduser().exists():
+            candidates.append(str(Path(name_or_path).expanduser().resolve()))
+    except (OSError, ValueError, RuntimeError):  # too long for a path, a NUL byte, ~user unknown: not a folder
+        pass
     rows = session.scalars(
-        select(m.BaseModelRecord).where(
-            m.BaseModelRecord.name.in_(candidates) | m.BaseModelRecord.local_path.in_(candidates)
-        ).order_by(m.BaseModelRecord.id)
+        select(b).where((b.short_name == name_or_path) | b.name.in_(candidates) | b.local_path.in_(candidates))
+        .order_by(case((b.short_name == name_or_path, 0), else_=1), b.id)
     ).all()
     if not rows and "@" in name_or_path:
         name, _, rev = name_or_path.rpartition("@")
-        rows = session.scalars(
-            select(m.BaseModelRecord).where(m.BaseModelRecord.name == name, m.BaseModelRecord.revision == rev)
-        ).all()
+        rows = session.scalars(select(b).where(b.name == name, b.revision == rev)).all()
     if not rows:
         raise BaseModelNotFound(f"no base model {name_or_path!r} in the catalog", hint="see `adreg base list`")
     return rows[0]
+
+
+def named_base_for(
+    session: Session, name: str, revision: str | None, description: BaseModelDescription | None = None,
+    local_path: Path | None = None,
+) -> m.BaseModelRecord | None:
+    """The named base (one with a short name) that the base identity ``name@revision`` is, when it is one:
+
+    - ``name`` is a short name;
+    - ``name`` is a Hub id given without a revision, and exactly one named base is that Hub id (it pins what the
+      id means in this catalog, even where earlier versions were recorded against the unpinned id); with a
+      revision, only the record of that revision is that base;
+    - ``local_path`` is a Hugging Face cache snapshot of a named Hub base's repository at its revision;
+    - ``local_path`` is a folder with the same config hash and architecture as a named base read from a folder,
+      and the same weights (:func:`~registry.base_identity.weights_fingerprint`): a copy of it elsewhere. The
+      config alone does not tell a model from its fine-tune, and the recorded base's weights are the ones that
+      validation and ``Registry.load`` use.
+
+    A folder already in the catalog keeps its own record (None here). No version ever changes base.
+    """
+    b = m.BaseModelRecord
+    by_short = session.scalars(select(b).where(b.short_name == name)).first()
+    if by_short is not None:
+        return by_short
+    named = select(b).where(b.short_name.is_not(None))
+    if local_path is None and revision is None:  # an unpinned Hub id means the one its named base pins
+        rows = session.scalars(named.where(b.name == name)).all()
+        if len(rows) == 1:
+            return rows[0]
+    known = select(b.id).where(b.name == name, b.revision_key == (revision or ""))
+    if local_path is None or session.scalar(known) is not None:
+        return None
+    snapshot = hub_snapshot(local_path)
+    if snapshot is not None:
+        row = session.scalars(named.where(b.name == snapshot[0], b.revision == snapshot[1])).first()
+        if row is not None:
+            return row
+    if description is None:
+        return None
+    same_config = session.scalars(named.where(
+        b.config_hash == description.config_hash, b.architecture == description.architecture,
+        b.local_path.is_not(None),
+    ).order_by(b.id)).all()
+    if not same_config:
+        return None
+    mine = weights_fingerprint(local_path)
+    if mine is None:
+        return None
+    return next((row for row in same_config if weights_fingerprint(Path(str(row.local_path))) == mine), None)
+
+
+def identify_base(
+    session: Session, name: str, revision: str | None, description: BaseModelDescription | None = None,
+    local_path: Path | None = None,
+) -> m.BaseModelRecord:
+    """The record a registration's base identity belongs to: the named base it is (:func:`named_base_for`), else
+    the record ``name@revision`` (:func:`upsert_base`). A config or revision that contradicts the named base is a
+    conflict."""
+    named = named_base_for(session, name, revision, description, local_path)
+    if named is None:
+        return upsert_base(session, name, revision, description, local_path)
+    label = f"base model {named.short_name!r} ({named.name}" + (f"@{named.revision}" if named.revision else "") + ")"
+    if revision is not None and named.revision is not None and revision != named.revision:
+        raise ConflictError(f"{name!r} at revision {revision} is not {label}",
+                            hint="leave the revision out, or name the base by its Hub id and revision")
+    if description is not None and named.config_hash and named.config_hash != description.config_hash:
+        raise ConflictError(f"the config read from {local_path} differs from {label}'s (hash "
+                            f"{description.config_hash[:12]} vs {named.config_hash[:12]})",
+                            hint="register against the base's own folder, or name another base")
+    return named
 
 
 def _adapter(session: Session, name: str, *, create: bool) -> m.Adapter | None:
@@ -289,19 +363,17 @@ def _record_compatibility(
     session: Session, row: m.AdapterVersion, manifest: AdapterManifest, declared: m.BaseModelRecord
 ) -> None:
     """``exact`` for the declared base when its shapes were checked (``declared`` when they could not be: the
-    base's config was never read); ``shape`` for every other recorded base whose modules fit."""
+    base's config was never read); ``shape`` for every other recorded base of the same model type whose modules
+    fit (any recorded base, when the declared one's type is unknown: its config was never read)."""
     session.add(m.Compatibility(
         version_id=row.id, base_model_id=declared.id, level="exact" if declared.module_shapes else "declared",
         evidence={"declared": True, "shapes_checked": bool(declared.module_shapes),
                   "modules": len(manifest.modules)},
     ))
-    if not declared.model_type:
-        return
-    others = session.scalars(
-        select(m.BaseModelRecord).where(
-            m.BaseModelRecord.model_type == declared.model_type, m.BaseModelRecord.id != declared.id
-        )
-    ).all()
+    others_query = select(m.BaseModelRecord).where(m.BaseModelRecord.id != declared.id)
+    if declared.model_type:
+        others_query = others_query.where(m.BaseModelRecord.model_type == declared.model_type)
+    others = session.scalars(others_query).all()
     for other in others:
         if other.module_shapes and not shape_mismatches(manifest, other.module_shapes):
             session.add(m.Compatibility(
@@ -309,6 +381,58 @@ def _record_compatibility(
                 evidence={"same_config": other.config_hash == declared.config_hash,
                           "modules": len(manifest.modules)},
             ))
+
+
+def record_base_evidence(session: Session, base: m.BaseModelRecord) -> dict[str, int]:
+    """Compatibility evidence with ``base`` for the versions registered before its shapes were known (a base added
+    with ``adreg base add`` after the adapters): ``shape`` for each version of another base of the same model type,
+    or of a base whose shapes were never read, whose modules fit; and for the versions declared against ``base``
+    itself while its config was unread, ``declared`` becomes ``exact`` where they fit. Registration records the
+    same evidence for versions that come later (:func:`_record_compatibility`). Returns the counts written, and how
+    many versions declared against ``base`` do not fit it (``not_fitting``)."""
+    counts = {"shape": 0, "exact": 0, "not_fitting": 0}
+    if not base.module_shapes:
+        return counts
+    v, b, c = m.AdapterVersion, m.BaseModelRecord, m.Compatibility
+    evidenced = select(c.version_id).where(c.base_model_id == base.id, c.level.in_(EVIDENCE_LEVELS))
+    candidates = session.execute(
+        select(v.id, v.base_model_id, b.config_hash).join(b, b.id == v.base_model_id)
+        .where(b.model_type.is_(None) | (b.model_type == base.model_type) | (b.id == base.id),
+               v.id.not_in(evidenced))
+        .order_by(v.id)
+    ).all()
+    for start in range(0, len(candidates), 500):  # the stored tensor shapes, a batch at a time
+        batch = candidates[start:start + 500]
+        tensors = dict(session.execute(select(v.id, v.module_tensors).where(v.id.in_([r.id for r in batch]))).all())
+        shape_rows = []
+        for version_id, declared_id, declared_config in batch:
+            # stored at registration, validated then: no need to validate each module again
+            modules = {name: ModuleTensors.model_construct(**info)
+                       for name, info in (tensors.get(version_id) or {}).items()}
+            fits = not module_mismatches(modules, base.module_shapes)
+            if declared_id != base.id:
+                if fits:
+                    shape_rows.append({"version_id": version_id, "base_model_id": base.id, "level": "shape",
+                                       "evidence": {"same_config": declared_config == base.config_hash,
+                                                    "modules": len(modules)}, "checked_at": m.utcnow()})
+                continue
+            if not fits:
+                counts["not_fitting"] += 1
+                continue
+            evidence = {"declared": True, "shapes_checked": True, "modules": len(modules)}
+            upgraded = session.execute(update(c.__table__).where(
+                c.__table__.c.version_id == version_id, c.__table__.c.base_model_id == base.id,
+                c.__table__.c.level == "declared",
+            ).values(level="exact", evidence=evidence, checked_at=m.utcnow())).rowcount
+            if not upgraded:
+                session.add(m.Compatibility(version_id=version_id, base_model_id=base.id, level="exact",
+                                            evidence=evidence))
+            counts["exact"] += 1
+        if shape_rows:  # one multi-row INSERT per batch
+            session.execute(insert(m.Compatibility), shape_rows)
+            counts["shape"] += len(shape_rows)
+    session.flush()
+    return counts
 
 
 def resolve(session: Session, ref: Ref, *, include_deleted: bool = False) -> m.AdapterVersion:

@@ -134,9 +134,9 @@ def _render_lineage(g: t.LineageGraph) -> None:
 
 
 def _render_bases(bases: list[t.BaseModelInfo]) -> None:
-    table(None, ["name", "revision", "architecture", "modules", "vocab", "versions", "local path"],
-          [[b.name, b.revision or "-", b.architecture, b.module_count, b.vocab_size, b.adapter_versions,
-            b.local_path or "-"] for b in bases])
+    table(None, ["short name", "name", "revision", "architecture", "modules", "vocab", "versions", "local path"],
+          [[b.short_name or "-", b.name, b.revision or "-", b.architecture, b.module_count, b.vocab_size,
+            b.adapter_versions, b.local_path or "-"] for b in bases])
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -195,7 +195,10 @@ def register(
 @app.command("list")
 @emits(lambda page: _render_listing(page))  # metrics (issue 15): with the metric columns it filters/sorts on
 def list_(
-    base_model: str | None = typer.Option(None, "--base-model", "-b", help="Base model name or local folder."),
+    base_model: str | None = typer.Option(None, "--base-model", "--base", "-b",
+                                          help="Base model: short name, name or local folder."),
+    compatible_with: str | None = typer.Option(
+        None, "--compatible-with", help="Fits this base (short name, name or folder), whatever it was registered on."),
     tag: list[str] = typer.Option(None, "--tag", "-t", help="key=value; repeat to AND several."),
     task_type: str | None = typer.Option(None, "--task-type"),
     peft_type: str | None = typer.Option(None, "--peft-type"),
@@ -220,6 +223,7 @@ def list_(
         base_model=base_model, tags=_tags(tag), task_type=task_type, peft_type=peft_type, min_rank=min_rank,
         max_rank=max_rank, target_module=target, name_like=name, status=None if status == "any" else status,
         query=query, where=where, sort=sort, descending=not ascending, limit=limit, offset=offset,
+        compatible_with=compatible_with,
     )
     page = _registry().search_page(filters)
     _state["listed_metrics"] = _listed_metrics(where, sort)  # metrics (issue 15)
@@ -1219,6 +1223,70 @@ def diff(
 # -- end diff --
 
 # -- named bases (issue 15) --
+_COLLAPSE_OVER = 12  # modules; a longer shapes table shows one row per layer pattern
+
+
+def shape_rows(shapes: dict[str, dict[str, Any]]) -> list[list[str]]:
+    """``[module, kind, in x out, count]`` rows; past :data:`_COLLAPSE_OVER` modules, the layer numbers become ``*``
+    and equal rows are counted (``model.layers.*.self_attn.q_proj  64x64  x2``)."""
+    import re
+
+    collapse = len(shapes) > _COLLAPSE_OVER
+    rows: dict[tuple[str, str, str], int] = {}
+    for path, shape in shapes.items():
+        pattern = re.sub(r"(?<=\.)\d+(?=\.|$)", "*", path) if collapse else path
+        key = (pattern, str(shape.get("kind")), f"{shape.get('in')}x{shape.get('out')}")
+        rows[key] = rows.get(key, 0) + 1
+    return [[pattern, kind, size, f"x{count}" if count > 1 else ""] for (pattern, kind, size), count in rows.items()]
+
+
+def _render_base_detail(d: t.BaseModelDetail) -> None:
+    b = d.info
+    levels = ", ".join(f"{level} {count}" for level, count in d.compatible_by_level.items())
+    table(None, ["field", "value"], [
+        ["short name", b.short_name or "-"],
+        ["name", b.name + (f" @ {b.revision}" if b.revision else "")],
+        ["architecture", f"{b.architecture or '-'} ({b.model_type or '?'})"],
+        ["config hash", (b.config_hash or "-")[:12]],
+        ["vocab", b.vocab_size if b.vocab_size is not None else "-"],
+        ["modules", b.module_count],
+        ["local path", b.local_path or "-"],
+        ["registered", f"{d.versions} version(s)"],
+        ["compatible", f"{d.compatible_total} version(s) ({levels})"],
+    ])
+    if d.module_shapes:
+        table("module shapes", ["module", "kind", "in x out", "count"], shape_rows(d.module_shapes))
+    if d.compatible:
+        table("compatible adapters", ["version", "evidence", "registered on", "status"],
+              [[c.ref, ", ".join(c.levels), c.registered_base or "-", c.status] for c in d.compatible])
+        if d.compatible_total > len(d.compatible):
+            stdout.print(f"[dim]{len(d.compatible)} of {d.compatible_total}: adreg list --compatible-with NAME "
+                         "shows them all[/]")
+
+
+@base_app.command("add")
+@emits(lambda b: _render_bases([b]))
+def base_add(
+    short_name: str = typer.Argument(..., help="The short name (a lowercase slug, e.g. llama-tiny)."),
+    hub: str | None = typer.Option(None, "--hub", help="A Hub model id (org/model); only config.json is fetched."),
+    revision: str | None = typer.Option(None, "--revision", help="With --hub: branch, tag or commit (pinned to sha)."),
+    path: Path | None = typer.Option(None, "--path", help="A local model folder (with config.json)."),
+    json_output: bool = JSON,
+) -> t.BaseModelInfo:
+    """Name a base model: its architecture and module shapes are read once (admins only on a server)."""
+    local = str(path.expanduser().resolve()) if path is not None else None  # a server reads absolute paths only
+    return _registry().add_base(short_name, hub=hub, revision=revision, path=local)
+
+
+@base_app.command("show")
+@emits(_render_base_detail)
+def base_show(
+    name: str = typer.Argument(..., help="Short name, name (Hub id or folder), name@revision."),
+    limit: int = typer.Option(100, "--limit", min=1, max=1000, help="Compatible versions to list."),
+    json_output: bool = JSON,
+) -> t.BaseModelDetail:
+    """A base model: its module shapes, the versions registered on it and every version that fits it."""
+    return _registry().base(name, limit=limit)
 # -- end named bases --
 
 from registry.cli_access import install  # noqa: E402  (the access commands register on the app above)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from registry.manifest import AdapterManifest
+from registry.manifest import AdapterManifest, ModuleTensors
 
 MAX_LISTED = 5
+#: Compatibility levels that are evidence an adapter fits a base (``declared`` is a claim whose shapes were never
+#: checked, so "compatible with" never counts it).
+EVIDENCE_LEVELS = ("exact", "shape", "validated")
 
 
 def shape_mismatches(manifest: AdapterManifest, base_shapes: dict[str, dict[str, Any]]) -> list[str]:
     """Every module of the adapter that the base lacks or whose shape differs, as readable lines."""
+    return module_mismatches(manifest.modules, base_shapes)
+
+
+def module_mismatches(modules: Mapping[str, ModuleTensors], base_shapes: dict[str, dict[str, Any]]) -> list[str]:
+    """:func:`shape_mismatches` for an adapter's modules alone (e.g. as stored in the catalog)."""
     problems: list[str] = []
-    for module, tensors in manifest.modules.items():
+    for module, tensors in modules.items():
         shape = base_shapes.get(module)
         if shape is None:
             problems.append(f"{module}: no such module in the base model")

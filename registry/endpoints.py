@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from registry import auth, jobs
 from registry.errors import RegistryError
-from registry.operations import access, automation, diffs, lifecycle, metrics, submit, versions
+from registry.operations import access, automation, bases, diffs, lifecycle, metrics, submit, versions
 from registry.refs import parse_ref
 from registry.service import Service
 from registry.store import DATA_SUFFIXES
@@ -206,6 +206,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # -- end diff --
 
     # -- named bases (issue 15) --
+    # A short name is global (registrations link to it, every search resolves it): naming a base is an admin's act.
+    Endpoint("add_base", bases.add_base, "POST", "/v1/bases", admin),
+    # ``{name:path}``: a base's name may be a Hub id (org/model) or a folder path, slashes included.
+    Endpoint("base", bases.base, "GET", "/v1/bases/{name:path}", anyone),
     # -- end named bases --
 
     Endpoint("whoami", access.whoami, "GET", "/v1/whoami", anyone),

@@ -25,6 +25,10 @@ class HubError(RegistryError):
     """A Hub request failed; the message says what to do about it (and never contains the token)."""
 
 
+class HubNotFound(HubError):
+    """The Hub has no such repository or revision (or the token cannot see it)."""
+
+
 def endpoint() -> str | None:
     return os.environ.get("HF_ENDPOINT") or None
 
@@ -51,9 +55,9 @@ def hub_call(what: str, fn: Callable[[], T], *, attempts: int = 4, backoff: floa
         try:
             return fn()
         except RevisionNotFoundError:
-            raise HubError(f"{what}: revision not found on the Hub") from None
+            raise HubNotFound(f"{what}: revision not found on the Hub") from None
         except RepositoryNotFoundError:
-            raise HubError(f"{what}: repository not found (or the token cannot see it)") from None
+            raise HubNotFound(f"{what}: repository not found (or the token cannot see it)") from None
         except HfHubHTTPError as exc:
             status = _status(exc)
             if status in (401, 403):
@@ -61,7 +65,7 @@ def hub_call(what: str, fn: Callable[[], T], *, attempts: int = 4, backoff: floa
                                hint="set HF_TOKEN to a token with write permission on this repository, "
                                     "or run `hf auth login`") from None
             if status == 404:
-                raise HubError(f"{what}: repository or revision not found (HTTP 404)") from None
+                raise HubNotFound(f"{what}: repository or revision not found (HTTP 404)") from None
             if status in (409, 412):
                 raise HubError(f"{what}: conflict on the Hub (HTTP {status}): the branch moved or the repo "
                                "is in another state; retry or publish to another branch") from None
@@ -114,6 +118,29 @@ def fetch_adapter(repo_id: str, revision: str | None) -> tuple[Path, str]:
         repo_id, revision=info.sha, allow_patterns=["adapter_config.json", "*.safetensors"], endpoint=endpoint(),
     ))
     return Path(folder), str(info.sha)
+
+
+MAX_BASE_CONFIG_BYTES = 4 << 20  # a model's config.json is a few KB; a label map of many classes stays well below
+
+
+def fetch_base_config(repo_id: str, revision: str | None) -> tuple[Path, str]:
+    """Resolve ``revision`` (default: the main branch) to a commit sha, then download that commit's ``config.json``
+    alone (never weights). Returns the folder holding it (a snapshot folder of the Hub cache) and the sha."""
+    from huggingface_hub import hf_hub_download
+
+    label = f"hf://{repo_id}" + (f"@{revision}" if revision else "")
+    info = hub_call(label, lambda: api().model_info(repo_id, revision=revision, files_metadata=True))
+    config = next((s for s in info.siblings or [] if s.rfilename == "config.json"), None)
+    if config is None:
+        raise RegistryError(f"{label} has no config.json: it is not a transformers model whose shapes can be read")
+    too_big = f"{label}: config.json is larger than {MAX_BASE_CONFIG_BYTES:,} bytes; nothing was read"
+    if config.size is not None and config.size > MAX_BASE_CONFIG_BYTES:
+        raise RegistryError(too_big)
+    path = Path(hub_call(label, lambda: hf_hub_download(repo_id, "config.json", revision=info.sha,
+                                                        endpoint=endpoint())))
+    if path.stat().st_size > MAX_BASE_CONFIG_BYTES:
+        raise RegistryError(too_big)
+    return path.parent, str(info.sha)
 
 
 def resolve_base_revision(name: str, revision: str | None) -> str | None:

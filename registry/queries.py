@@ -127,6 +127,16 @@ def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
     # -- end diff --
 
     # -- named bases (issue 15) --
+    if f.compatible_with:
+        from registry.compat import EVIDENCE_LEVELS  # (here: keeps this feature inside its section)
+
+        # Every version with evidence that it fits the base (exact, shape or validated; a 'declared' claim was never
+        # checked), whichever base it was registered against: one EXISTS on the compatibility index.
+        if len(f.compatible_with) > MAX_FILTER_CHARS or any(ord(c) < 32 for c in f.compatible_with):
+            raise RegistryError(f"the compatible_with filter must be at most {MAX_FILTER_CHARS} printable characters")
+        target = find_base(session, f.compatible_with)
+        conds.append(exists().where(m.Compatibility.version_id == v.id, m.Compatibility.base_model_id == target.id,
+                                    m.Compatibility.level.in_(EVIDENCE_LEVELS)))
     # -- end named bases --
 
     return conds

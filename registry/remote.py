@@ -111,8 +111,9 @@ class RemoteRegistry(Registry):
         path = endpoint.path
         for field in endpoint.path_fields:
             value = values.pop(field)
-            _check_routable(field, value)
-            path = path.replace("{" + field + "}", _segment(value))
+            whole = "{" + field + ":path}" in path  # a field that may hold '/' (sent as %2F, one segment)
+            _check_routable(field, value, slashes=whole)
+            path = path.replace("{" + field + (":path}" if whole else "}"), _segment(value))
         if endpoint.method in ("GET", "DELETE"):
             data = self.request(endpoint.method, path, params={k: v for k, v in values.items() if v is not None})
         else:
@@ -329,11 +330,12 @@ def _non_finite_as_text(value: Any) -> Any:
     return value
 
 
-def _check_routable(field: str, value: Any) -> None:
-    """A value that cannot travel as one URL path segment (empty, ``.``, ``..``, or holding ``/``) is refused here
-    with the error the server's operation would raise for it (a ref: as parsed; an adapter name: InvalidName)."""
+def _check_routable(field: str, value: Any, slashes: bool = False) -> None:
+    """A value that cannot travel as one URL path segment (empty, ``.``, ``..``, or holding ``/`` unless the route
+    takes ``slashes``) is refused here with the error the server's operation would raise for it (a ref: as parsed;
+    an adapter name: InvalidName)."""
     text = str(value)
-    if text.strip() and "/" not in text and text not in (".", ".."):
+    if text.strip() and ("/" not in text or slashes) and text not in (".", ".."):
         return
     if field == "ref":
         from registry.errors import AdapterNotFound

@@ -97,6 +97,7 @@ class Registry:
         max_rank: int | None = None,
         target_module: str | None = None,
         name_like: str | None = None,
+        compatible_with: str | None = None,
         status: str | None = "live",
         query: str | None = None,
         where: str | None = None,
@@ -113,10 +114,13 @@ class Registry:
         ``query`` is a full-text search over names, descriptions and tags (best match first unless ``sort`` is
         given); ``where`` filters on metrics (``"eval_loss<2.5 and accuracy>=0.9"``); ``sort`` may be
         ``metric:NAME``.
+        ``compatible_with`` (a base's short name, name or folder) keeps the versions with evidence that they fit that
+        base (exact, shape or validated), whatever base they were registered against.
         """
         filters = queries.SearchFilters(
             base_model=base_model, tags=dict(tags or {}), task_type=task_type, peft_type=peft_type,
             min_rank=min_rank, max_rank=max_rank, target_module=target_module, name_like=name_like,
+            compatible_with=compatible_with,
             status=status, query=query, where=where, sort=sort, descending=descending, limit=limit, offset=offset,
         )
         return self.search_page(filters).items
@@ -465,6 +469,27 @@ class Registry:
     # -- end diff --
 
     # -- named bases (issue 15) --
+    def add_base(
+        self, short_name: str, *, hub: str | None = None, revision: str | None = None, path: str | Path | None = None,
+    ) -> t.BaseModelInfo:
+        """Name a base model ``short_name``: the Hub model ``hub`` (at ``revision``, pinned to a commit sha; only its
+        config.json is fetched) or the local model folder ``path``, its architecture and module shapes read once.
+
+        The short name then works wherever a base is named (``search(base_model=...)``, ``compatible_with=``,
+        ``register(base=...)``, ``base(...)``), and adapters registered against the same Hub id or a copy of the
+        folder are recorded against the named base. Adding it again for the same base changes nothing; for another
+        base it is refused (:class:`~registry.errors.ConflictError`). Over HTTP: admins only.
+        """
+        from registry.operations import bases  # (here, not at the top: keeps this feature inside its section)
+
+        return bases.add_base(self.service, short_name, hub=hub, revision=revision, path=path)
+
+    def base(self, name: str, *, limit: int = 100) -> t.BaseModelDetail:
+        """A base model (short name, name, ``name@revision`` or folder) with its module shapes, the versions
+        registered against it, how many versions fit it by level of evidence, and the newest ``limit`` of them."""
+        from registry.operations import bases
+
+        return bases.base(self.service, name, limit=limit)
     # -- end named bases --
 
     def whoami(self) -> dict[str, Any]:

@@ -275,4 +275,27 @@ class VersionDiff(_Serializable):
 # -- end diff --
 
 # -- named bases (issue 15) --
+@dataclasses.dataclass(frozen=True)
+class CompatibleVersion(_Serializable):
+    """A version with evidence that it fits a base: its levels (``exact``, ``shape``, ``validated``) and the base
+    it was registered against."""
+
+    ref: str
+    levels: list[str]
+    registered_base: str | None
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
+class BaseModelDetail(_Serializable):
+    """One base model as ``adreg base show`` prints it: its record, every adaptable module's shape, how many
+    versions were registered against it, how many fit it by level of evidence, and those versions (newest first,
+    at most the ``limit`` asked for). Deleted versions are not counted."""
+
+    info: BaseModelInfo
+    module_shapes: dict[str, dict[str, Any]]
+    versions: int
+    compatible_by_level: dict[str, int]
+    compatible_total: int
+    compatible: list[CompatibleVersion] = dataclasses.field(default_factory=list)
 # -- end named bases --

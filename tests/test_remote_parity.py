@@ -658,6 +658,54 @@ def test_diff_of_two_versions(backend: Registry, tiny, same) -> None:  # type: i
 # -- end diff --
 
 # -- named bases (issue 15) --
+def _nb_adapter(tiny: dict[str, Path], dest: Path, base: str) -> Path:
+    import shutil
+
+    folder = shutil.copytree(tiny["tone"], dest)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": base}))
+    return folder
+
+
+def test_named_bases(backend: Registry, tiny, tmp_path: Path, request: pytest.FixtureRequest,  # type: ignore[no-untyped-def]
+                     same) -> None:
+    import shutil
+
+    from registry.errors import BaseModelNotFound, Forbidden
+
+    folder = shutil.copytree(tiny["llama"], tmp_path / "nb-llama")
+    copy = shutil.copytree(tiny["llama"], tmp_path / "elsewhere" / "nb-llama")  # the same model at another path
+    info = backend.add_base("nb-llama", path=str(folder))
+    assert type(info) is t.BaseModelInfo and (info.short_name, info.name) == ("nb-llama", str(folder))
+    assert backend.add_base("nb-llama", path=str(folder)) == info
+    with pytest.raises(ConflictError) as taken:
+        backend.add_base("nb-llama", path=str(tiny["gpt2"]))
+    with pytest.raises(BaseModelNotFound) as not_a_model:
+        backend.add_base("nb-nothing", path=str(tmp_path))
+    on_folder = backend.register(_nb_adapter(tiny, tmp_path / "nb-a", str(folder)), name="nb-a")
+    on_copy = backend.register(_nb_adapter(tiny, tmp_path / "nb-b", str(copy)), name="nb-b")
+    assert on_folder.base_model == on_copy.base_model == str(folder)
+    declared = backend.register(_nb_adapter(tiny, tmp_path / "nb-c", "acme/nb-unread"), name="nb-c")
+    detail = backend.base("nb-llama")
+    assert type(detail) is t.BaseModelDetail and detail.versions == 2
+    assert backend.base(str(folder)) == detail  # a folder path, slashes and all, is one route
+    unread = backend.base("acme/nb-unread")  # so is a Hub id
+    assert unread.info.name == "acme/nb-unread" and unread.compatible_total == 0 and unread.versions == 1
+    with pytest.raises(BaseModelNotFound) as unknown:
+        backend.base("acme/nb-nope")
+    compatible = backend.search(compatible_with="nb-llama", name_like="nb-")
+    assert refs(compatible) == ["nb-c:1", "nb-b:1", "nb-a:1"]  # nb-c's Hub base was never read: shapes fit this one
+    assert refs(backend.search(base_model="nb-llama", name_like="nb-")) == ["nb-b:1", "nb-a:1"]
+    if isinstance(backend, RemoteRegistry):  # naming a base is an admin's act over HTTP
+        backend.add_user("nb-writer")
+        backend.add_grant("nb-writer", "*", "write")
+        token = backend.create_token("nb-writer", scope="write")["token"]
+        with Registry(request.getfixturevalue("sdk_server").url, token=token) as writer, \
+                pytest.raises(Forbidden, match="not an admin"):
+            writer.add_base("nb-other", path=str(tiny["gpt2"]))
+    same("named bases", info, on_folder, on_copy, declared, detail.info, detail.module_shapes,
+         [c for c in detail.compatible if c.ref.startswith("nb-")], unread.info, compatible,
+         taken.value, not_a_model.value, unknown.value)
 # -- end named bases --
 
 def test_dataset_errors_keep_their_type_over_http(sdk_server: ServerProcess, tmp_path: Path, tiny) -> None:

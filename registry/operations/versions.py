@@ -74,12 +74,12 @@ def register(
     # Check first, copy last: everything that can refuse runs (in a transaction rolled back) before the
     # weights are copied, so a refused registration writes nothing. The final transaction checks again.
     with svc.sessions() as session:
-        catalog.check_fits(manifest, catalog.upsert_base(
+        catalog.check_fits(manifest, catalog.identify_base(
             session, identity.name, base_revision, description_of_base, identity.local_path))
         session.rollback()
     storage = svc.store.put_adapter(weights_path(folder, root=root), manifest.weights_sha256, manifest.config)
     with svc.transaction() as session:
-        base_row = catalog.upsert_base(
+        base_row = catalog.identify_base(  # a named base, when the identity is one; else name@revision's record
             session, identity.name, base_revision, description_of_base, identity.local_path
         )
         row, created = catalog.register_version(
