@@ -103,14 +103,21 @@ def _render_version(v: t.AdapterVersion) -> None:
     table(None, ["field", "value"], rows)
 
 
+def _brief(v: t.AdapterVersion, width: int = 40) -> str:
+    """The version's description (else its adapter's) on one line, cut to ``width`` characters."""
+    text = " ".join((v.description or v.adapter_description or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _render_versions(items: list[t.AdapterVersion] | t.SearchPage) -> None:
     page = items if isinstance(items, t.SearchPage) else None
     versions = page.items if page else items
     table(
         None,
-        ["version", "base", "r", "alpha", "targets", "size", "tags", "aliases"],
+        ["version", "base", "r", "alpha", "targets", "size", "tags", "aliases", "description"],
         [[v.ref, v.base_model, v.r, f"{v.lora_alpha:g}", ",".join(v.target_modules), human_size(v.size_bytes),
-          ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases)] for v in versions],
+          ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases), _brief(v)]
+         for v in versions],
     )
     if page is not None:
         shown = f"{page.offset + 1}-{page.offset + len(versions)}" if versions else "0"
@@ -205,7 +212,8 @@ def list_(
     status: str = typer.Option("ready", "--status", help="ready, deprecated, ... or 'any'."),
     query: str | None = typer.Option(None, "--query", "-q", help="Full-text search of names, descriptions, tags."),
     where: str | None = typer.Option(None, "--where", help='Metric conditions, e.g. "eval_loss<2.5".'),
-    sort: str = typer.Option("created", "--sort", help="created, name, version, rank, size or metric:NAME."),
+    sort: str | None = typer.Option(None, "--sort", help="relevance (the default with --query), created (the "
+                                    "default otherwise), name, version, rank, size or metric:NAME."),
     ascending: bool = typer.Option(False, "--asc", help="Sort ascending."),
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
     offset: int = typer.Option(0, "--offset", min=0),
@@ -977,6 +985,15 @@ def worker(
 # -- end lifecycle --
 
 # -- text search (issue 15) --
+@app.command()
+@emits(_render_version)
+def describe(
+    ref: str = typer.Argument(..., help="name (the adapter's description), name:3 or name@alias (one version's)"),
+    description: str = typer.Argument(..., help='The new description ("" clears it).'),
+    json_output: bool = JSON,
+) -> t.AdapterVersion:
+    """Set the description of an adapter (NAME) or of one version (NAME:N, NAME@ALIAS); text search finds both."""
+    return _registry().describe(ref, description)
 # -- end text search --
 
 # -- metrics (issue 15) --

@@ -55,7 +55,7 @@ class SearchFilters:
     status: str | None = "ready"
     query: str | None = None  # full-text over names, descriptions and tags, ranked
     where: str | None = None  # metric conditions: "eval_loss<2.5 and accuracy>=0.9" (registry.where's grammar)
-    sort: str = "created"
+    sort: str | None = None  # None: "relevance" with a query (best first), else "created"
     descending: bool = True
     limit: int = 50
     offset: int = 0
@@ -103,6 +103,11 @@ def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
     # -- end lifecycle --
 
     # -- text search (issue 15) --
+    if f.query is not None:
+        from registry import fulltext
+
+        fulltext.check_query(f.query, MAX_FILTER_CHARS)
+        conds.append(fulltext.condition(session, f.query))
     # -- end text search --
 
     # -- metrics (issue 15) --
@@ -120,6 +125,16 @@ def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
 def _sort_key(session: Session, f: SearchFilters) -> ColumnElement:  # type: ignore[type-arg]
     """The expression ``search`` orders by (then by id, newest first)."""
     # -- text search (issue 15) --
+    # No sort asked for: by relevance (best first) with a query, else by creation (newest first).
+    if f.sort is None or f.sort == "relevance":
+        if f.query is not None:
+            from registry import fulltext
+
+            fulltext.check_query(f.query, MAX_FILTER_CHARS)
+            return fulltext.relevance(session, f.query)
+        if f.sort == "relevance":
+            raise RegistryError("sort by relevance needs a query", hint='add --query "words" (query= in the SDK)')
+        return SORT_KEYS["created"]
     # -- end text search --
 
     # -- metrics (issue 15) --

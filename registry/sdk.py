@@ -100,15 +100,16 @@ class Registry:
         status: str | None = "ready",
         query: str | None = None,
         where: str | None = None,
-        sort: str = "created",
+        sort: str | None = None,
         descending: bool = True,
         limit: int = 50,
         offset: int = 0,
     ) -> list[t.AdapterVersion]:
         """Versions matching every given filter (tags are ANDed), newest first by default.
 
-        ``query`` is a full-text search over names, descriptions and tags (best match first unless ``sort`` is
-        given); ``where`` filters on metrics (``"eval_loss<2.5 and accuracy>=0.9"``); ``sort`` may be
+        ``query`` is a full-text search over names, descriptions and tags: every word must occur (stemmed, the
+        last one also as a prefix), best match first unless ``sort`` is given (``sort="relevance"`` needs a
+        query); ``where`` filters on metrics (``"eval_loss<2.5 and accuracy>=0.9"``); ``sort`` may be
         ``metric:NAME``.
         """
         filters = queries.SearchFilters(
@@ -393,6 +394,13 @@ class Registry:
     # -- end lifecycle --
 
     # -- text search (issue 15) --
+    def describe(self, ref: str, description: str) -> t.AdapterVersion:
+        """Set a description: the adapter's for a bare name (``"tone"``), one version's for ``"tone:3"`` or
+        ``"tone@production"``; ``""`` clears it. Text search finds versions by both. Returns the version (the
+        latest for a bare name)."""
+        from registry.operations import describing
+
+        return describing.describe(self.service, ref, description)
     # -- end text search --
 
     # -- metrics (issue 15) --
