@@ -107,9 +107,8 @@ class Registry:
     ) -> list[t.AdapterVersion]:
         """Versions matching every given filter (tags are ANDed), newest first by default.
 
-        ``query`` is a full-text search over names, descriptions and tags: every word must occur (stemmed, the
-        last one also as a prefix), best match first unless ``sort`` is given (``sort="relevance"`` needs a
-        query); ``where`` filters on metrics (``"eval_loss<2.5 and accuracy>=0.9"``); ``sort`` may be
+        ``query`` is a full-text search over names, descriptions and tags (best match first unless ``sort`` is
+        given); ``where`` filters on metrics (``"eval_loss<2.5 and accuracy>=0.9"``); ``sort`` may be
         ``metric:NAME``.
         """
         filters = queries.SearchFilters(
