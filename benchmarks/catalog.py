@@ -6,6 +6,9 @@ the SDK, round-robin so that load from elsewhere on the machine falls on every o
 
 1. ``Registry.search(base_model=..., tags={...})``: base model + 2 tags, a page of 50 with the total; reference:
    the same page described one row at a time (the N+1 loop that the bulk ``describe`` replaces);
+   ``Registry.search(query=...)``: full-text search, ranked, a page of 50 with the total, for one common word (a
+   style, ~1/8 of the versions), two words (a domain) and a rare word (~1/2000); reference: ``search_text ILIKE
+   '%word%'`` per word, newest first (what a catalog without a full-text index does);
 2. ``Registry.get("name:N")`` (``show``): resolve and describe one version with tags, aliases, parents and
    compatibility (``name@alias`` and ``name`` too, for information); no slower way to compare with;
 3. ``Registry.lineage(ref)`` in the middle and at the end of a 200-deep chain of ``finetune`` edges; reference:
@@ -60,6 +63,22 @@ BASES = [
     ("mistralai/Mistral-7B-Instruct-v0.3", "mistral", 4096),
 ]
 
+# Text for full-text search: each adapter gets a description from a domain, a style and an audience; most versions
+# a change note. Word frequencies: a style word (~1/8 of versions), a domain word (~1/30), a rare word (~1/2000).
+DOMAINS = ["customer support", "legal contracts", "medical notes", "code review", "sql generation", "summarization",
+           "translation", "sentiment analysis", "document retrieval", "chat assistant", "math reasoning",
+           "finance reports", "insurance claims", "hr policies", "product descriptions", "email drafting",
+           "meeting notes", "tax questions", "security alerts", "log analysis", "recipe writing", "travel booking",
+           "tutoring", "news headlines", "patent drafting", "clinical trials", "contract review", "api documentation",
+           "data labeling", "speech transcripts"]
+STYLES = ["polite", "concise", "formal", "friendly", "detailed", "terse", "empathetic", "neutral"]
+AUDIENCES = ["retail customers", "lawyers", "clinicians", "developers", "analysts", "agents", "students",
+             "managers", "engineers", "auditors"]
+NOTES = ["retrained on {n}k more examples", "fixes repetition on long inputs", "lower learning rate, {n} epochs",
+         "merged with the {domain} adapter", "longer context, fewer refusals", "distilled from a larger teacher",
+         "cleaned duplicates from the training set", "evaluated on the {domain} benchmark", "{style} tone, rank {r}"]
+RARE = "kubernetes"  # in about one version description of 2,000
+
 VERSION_COLUMNS = [
     "id", "adapter_id", "version", "base_model_id", "status", "peft_type", "task_type", "r", "lora_alpha",
     "use_rslora", "use_dora", "fan_in_fan_out", "rank_pattern", "alpha_pattern", "target_modules",
@@ -70,8 +89,7 @@ VERSION_COLUMNS = [
 TABLES = ["base_models", "adapters", "adapter_versions", "tags", "version_targets", "aliases", "lineage_edges",
           "compatibility"]
 # Columns that a schema may have beyond VERSION_COLUMNS (denormalised for search); filled when present.
-OPTIONAL_COLUMNS = ["module_count", "tag_doc", "config_sha256", "extra_tensors"]
-OPTIONAL_COLUMNS.append("search_text")  # NOT NULL since migration 0008 (the adapter's name and the tags here)
+OPTIONAL_COLUMNS = ["module_count", "tag_doc", "config_sha256", "extra_tensors", "search_text"]
 
 
 # -- data ------------------------------------------------------------------------------------------------------
@@ -89,6 +107,23 @@ def _copy(conn: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence
 
 def _sha(*parts: object) -> str:
     return uuid.uuid5(uuid.NAMESPACE_OID, "/".join(map(str, parts))).hex * 2
+
+
+def _adapter_name(adapter_id: int, n_adapters: int, chain_adapter: int) -> str:
+    if adapter_id <= n_adapters:
+        return f"adapter-{adapter_id}"
+    return "chain" if adapter_id == chain_adapter else f"chain-merge-{adapter_id - chain_adapter}"
+
+
+def _search_text(adapter_id: int, adapter_text: str | None, note: str | None, tags: dict[str, str], n_adapters: int,
+                 chain_adapter: int) -> str:
+    """What ``catalog.refresh_search_text`` writes for a version: adapter name and description, version
+    description, tags (``key value``), as words."""
+    from registry.fulltext import body
+
+    parts = [_adapter_name(adapter_id, n_adapters, chain_adapter), adapter_text, note,
+             *(f"{key} {value}" for key, value in sorted(tags.items()))]
+    return body(" ".join(p for p in parts if p))
 
 
 def load(engine: Any, versions: int, seed: int = 0) -> dict[str, Any]:
@@ -112,6 +147,9 @@ def load(engine: Any, versions: int, seed: int = 0) -> dict[str, Any]:
     plan.sort()
     ids = {(a, v): i for i, (_, a, v) in enumerate(plan, start=1)}
     adapter_base = {a: rnd.randrange(len(BASES)) + 1 for a in counts}
+    adapter_text = {a: f"{rnd.choice(STYLES).capitalize()} {rnd.choice(DOMAINS)} adapter for {rnd.choice(AUDIENCES)}"
+                    for a in counts}
+    adapter_text[chain_adapter] = "Long-running finetune series of the assistant"
 
     base_rows = []
     for i, (name, model_type, hidden) in enumerate(BASES, start=1):
@@ -142,17 +180,24 @@ def load(engine: Any, versions: int, seed: int = 0) -> dict[str, Any]:
         params = 2 * r * hidden * len(tensors)
         config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": 2 * r,
                   "target_modules": targets, "base_model_name_or_path": BASES[base - 1][0], "lora_dropout": 0.05}
+        note = None  # the version's description
+        if rnd.random() < 0.7:
+            note = rnd.choice(NOTES).format(n=rnd.randint(2, 90), domain=rnd.choice(DOMAINS),
+                                            style=rnd.choice(STYLES), r=r)
+            if rnd.random() < 0.0005:
+                note += f"; served on {RARE}"
         version_rows.append((
             vid, adapter_id, number, base, "ready", "LORA", "CAUSAL_LM", r, 2.0 * r, False, False, False, "{}", "{}",
             json.dumps(targets), "[]", "0.21.2", json.dumps(config), _sha("weights", vid), params * 4, params,
-            '["float32"]', json.dumps(tensors), f"adapters/{_sha('weights', vid)}", None, None, created,
+            '["float32"]', json.dumps(tensors), f"adapters/{_sha('weights', vid)}", None, note, created,
         ))
         tags = {"team": TEAMS[adapter_id % len(TEAMS)] if rnd.random() < 0.8 else rnd.choice(TEAMS),
                 "lang": rnd.choice(LANGS), "stage": rnd.choice(STAGES)}
         tag_rows.extend((vid, key, value) for key, value in tags.items())
         derived[vid] = {"module_count": len(tensors), "tag_doc": json.dumps(tags), "config_sha256": _sha("config", vid),
-                        "extra_tensors": "{}"}
-        derived[vid]["search_text"] = " ".join([f"adapter-{adapter_id}", *(f"{k} {v}" for k, v in tags.items())])
+                        "extra_tensors": "{}",
+                        "search_text": _search_text(adapter_id, adapter_text[adapter_id], note, tags, n_adapters,
+                                                    chain_adapter)}
         target_rows.extend((vid, p) for p in targets)
         compat_rows.append((vid, base, "exact", json.dumps({"declared": True, "shapes_checked": True,
                                                                "modules": len(tensors)}), created))
@@ -189,13 +234,16 @@ def load(engine: Any, versions: int, seed: int = 0) -> dict[str, Any]:
                    storage_path=f"adapters/{_sha('weights', next_id)}", created_at=created)
         version_rows.append(tuple(row[c] for c in VERSION_COLUMNS))
         tag_rows.extend([(next_id, "team", "ml"), (next_id, "lang", "en"), (next_id, "stage", "dev")])
-        derived[next_id] = {**derived[recent[-1]], "tag_doc": '{"team": "ml", "lang": "en", "stage": "dev"}'}
+        derived[next_id] = {**derived[recent[-1]], "tag_doc": '{"team": "ml", "lang": "en", "stage": "dev"}',
+                            "search_text": _search_text(adapter_id, None, row["description"],
+                                                        {"team": "ml", "lang": "en", "stage": "dev"}, n_adapters,
+                                                        chain_adapter)}
         compat_rows.append((next_id, row["base_model_id"], "exact", "{}", created))
         edges.append((next_id, ids[(chain_adapter, chain_version)], "merge", 0.5, 0, '{"method": "linear"}'))
         edges.append((next_id, rnd.choice(recent), "merge", 0.5, 1, '{"method": "linear"}'))
     all_adapters = [*counts, *merge_adapters]
-    adapter_rows = [(a, f"adapter-{a}" if a <= n_adapters else ("chain" if a == chain_adapter else
-                     f"chain-merge-{a - chain_adapter}"), counts.get(a, 1), None, t0) for a in all_adapters]
+    adapter_rows = [(a, _adapter_name(a, n_adapters, chain_adapter), counts.get(a, 1), adapter_text.get(a), t0)
+                    for a in all_adapters]
 
     alias_rows = []
     for a in range(1, n_adapters + 1):
@@ -359,6 +407,23 @@ def search_row_by_row(reg: Any, base_model: str, tags: dict[str, str]) -> list[A
         return [queries.describe(session, [row], reg.store.root)[0] for row in rows]
 
 
+def search_by_ilike(reg: Any, query: str) -> tuple[list[Any], int]:
+    """Reference for text search: what a catalog without a full-text index does, a substring scan of the text
+    (``search_text ILIKE '%word%'`` for each word, ANDed), newest first: the same page of 50 and total."""
+    from sqlalchemy import func
+
+    from registry import models as m
+    from registry import queries
+    from registry.db import transaction
+
+    v = m.AdapterVersion
+    with transaction(reg.service.sessions) as session:
+        where = [v.status == "ready", *(v.search_text.ilike(f"%{word}%") for word in query.split())]
+        total = session.scalar(select(func.count()).select_from(v).where(*where))
+        rows = session.scalars(select(v).where(*where).order_by(v.created_at.desc(), v.id.desc()).limit(50)).all()
+        return queries.describe(session, list(rows), reg.store.root), int(total or 0)
+
+
 def lineage_by_loop(reg: Any, version_id: int) -> tuple[int, int]:
     """Reference for lineage: walk the graph up and down with one query per node, then load the nodes."""
     from registry import models as m
@@ -417,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from registry import Registry
     from registry.db import make_engine, upgrade
+    from registry.queries import SearchFilters
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below when killed too
     reuse = args.schema is not None
@@ -462,6 +528,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             loop_mid = lineage_by_loop(reg, info["chain_ids"][0])
             assert loop_mid == (len(graph_mid.nodes), len(graph_mid.edges)), (loop_mid, len(graph_mid.nodes))
 
+            texts = {  # query shapes: one common word, two words, a rare word (a style, a domain, RARE)
+                "common": [(rnd.choice(STYLES),) for _ in range(iters)],
+                "two": [(rnd.choice([d for d in DOMAINS if " " in d]),) for _ in range(iters)],
+                "rare": [(RARE,)] * iters,
+            }
+            hits = {shape: reg.search_page(SearchFilters(query=args[0][0], limit=50)).total
+                    for shape, args in texts.items()}
+            assert all(hits.values()), f"text search found nothing: {hits}"
+
             few = max(5, iters // 10)  # the references are slow: fewer calls
             load_before = os.getloadavg()[0]
             t = run_interleaved({
@@ -475,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "lineage_end": (reg.lineage, [(end,)] * iters),
                 "loop_mid": (lambda: lineage_by_loop(reg, info["chain_ids"][0]), [()] * few),
                 "loop_end": (lambda: lineage_by_loop(reg, info["chain_ids"][1]), [()] * few),
+                **{f"text_{shape}": (lambda q: reg.search(query=q, limit=50), args) for shape, args in texts.items()},
+                **{f"ilike_{shape}": (lambda q: search_by_ilike(reg, q), args[:few]) for shape, args in texts.items()},
             })
             metric_results = metric_timings(reg, iters, few)  # metrics (issue 15)
             load_after = os.getloadavg()[0]
@@ -489,6 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
              t["lineage_mid"], t["loop_mid"], "per-node query loop", True),
             (f"lineage end of {CHAIN}-chain ({len(graph_end.nodes)} nodes, {len(graph_end.edges)} edges)",
              t["lineage_end"], t["loop_end"], "per-node query loop", True),
+            *((f"text search, {label} (~{hits[shape]:,} hits)", t[f"text_{shape}"],
+               t[f"ilike_{shape}"], "ILIKE '%word%' scan", True)
+              for shape, label in (("common", "one common word"), ("two", "two words"), ("rare", "a rare word"))),
         ]
         results += metric_results  # metrics (issue 15)
         print(f"\n{n['adapter_versions']:,} versions; {iters} calls each, round-robin (references: {few}); "

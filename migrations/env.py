@@ -38,17 +38,34 @@ def _include_name(name: str | None, type_: str, _parents: dict) -> bool:  # type
 def run_migrations_online() -> None:
     engine = _engine()
     with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            render_as_batch=connection.dialect.name == "sqlite",
-            compare_type=True,
-            include_name=_include_name,
-        )
-        with context.begin_transaction():
-            context.run_migrations()
-        if connection.in_transaction():
-            connection.commit()
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # A batch migration rebuilds a table (copy, DROP, rename). With foreign keys on, dropping a table that
+            # other rows reference fails ("FOREIGN KEY constraint failed" on any catalog with versions). The pragma
+            # only takes effect outside a transaction: set on the driver's connection before SQLAlchemy begins one;
+            # the references are checked before the commit instead, and the pragma is restored for the pool.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        try:
+            context.configure(
+                connection=connection,
+                target_metadata=target_metadata,
+                render_as_batch=sqlite,
+                compare_type=True,
+                include_name=_include_name,
+            )
+            with context.begin_transaction():
+                context.run_migrations()
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(f"the migration left rows with dangling references: {broken[:5]}")
+            if connection.in_transaction():
+                connection.commit()
+        finally:
+            if sqlite:
+                if connection.in_transaction():
+                    connection.rollback()
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
 
 
 if context.is_offline_mode():

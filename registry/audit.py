@@ -35,6 +35,11 @@ def _secret_key(key: str) -> bool:
     return any(w in _SECRET_WORDS for w in words) or "api_key" in key.lower()
 
 
+def looks_like_token(value: str) -> bool:
+    """Whether ``value`` holds something shaped like an adreg API token (which :func:`record` refuses to store)."""
+    return _TOKEN_VALUE.search(value) is not None
+
+
 def _check_no_secret(value: Any, where: str) -> None:
     if isinstance(value, dict):
         for key, item in value.items():

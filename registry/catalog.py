@@ -314,6 +314,8 @@ def refresh_search_text(session: Session, version_ids: Iterable[int]) -> None:
     """Rewrite what full-text search reads for these versions: the adapter's name and description, the version's
     description and its tags. Call it after any of them changes. On SQLite the FTS5 row (rowid = version id) is
     written too; PostgreSQL derives its ``tsvector`` from ``search_text`` itself (a generated column)."""
+    from registry import fulltext
+
     ids = sorted(set(version_ids))
     if not ids:
         return
@@ -324,8 +326,8 @@ def refresh_search_text(session: Session, version_ids: Iterable[int]) -> None:
         select(m.Tag.version_id, m.Tag.key, m.Tag.value).where(m.Tag.version_id.in_(ids)).order_by(m.Tag.key)
     ):
         tags.setdefault(vid, []).append(f"{key} {value}")
-    texts = {
-        vid: " ".join(part for part in (name, adapter_text, version_text, *tags.get(vid, [])) if part)
+    texts = {  # words only (fulltext.body), so that PostgreSQL's parser and FTS5 see the same words
+        vid: fulltext.body(" ".join(part for part in (name, adapter_text, version_text, *tags.get(vid, [])) if part))
         for vid, name, adapter_text, version_text in session.execute(
             select(v.id, a.name, a.description, v.description).join(a, a.id == v.adapter_id).where(v.id.in_(ids))
         )

@@ -103,15 +103,23 @@ def _render_version(v: t.AdapterVersion) -> None:
     table(None, ["field", "value"], rows)
 
 
+def _brief(v: t.AdapterVersion, width: int = 40) -> str:
+    """The version's description (else its adapter's) on one line, cut to ``width`` characters."""
+    text = " ".join((v.description or v.adapter_description or "").split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def _render_versions(items: list[t.AdapterVersion] | t.SearchPage) -> None:
     page = items if isinstance(items, t.SearchPage) else None
     versions = page.items if page else items
+    described = any(_brief(v) for v in versions)  # a description column only when there is one to show
     table(
         None,
-        ["version", "base", "r", "alpha", "targets", "size", "tags", "aliases"],
+        ["version", "base", "r", "alpha", "targets", "size", "tags", "aliases", *(["description"] if described else [])],
         [[v.ref if v.status == "ready" else f"{v.ref} ({v.status})", v.base_model, v.r, f"{v.lora_alpha:g}",
           ",".join(v.target_modules), human_size(v.size_bytes),
-          ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases)] for v in versions],
+          ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases)]
+         + ([_brief(v)] if described else []) for v in versions],
     )
     if page is not None:
         shown = f"{page.offset + 1}-{page.offset + len(versions)}" if versions else "0"
@@ -211,8 +219,9 @@ def list_(
     query: str | None = typer.Option(None, "--query", "-q", help="Full-text search of names, descriptions, tags."),
     where: str | None = typer.Option(None, "--where", help='Metric conditions, e.g. "eval_loss<2.5 and '
                                      'accuracy[glue]>=0.9" (< <= > >= = !=; "and" or ",").'),
-    sort: str = typer.Option("created", "--sort", help="created, name, version, rank, size, metric:NAME or "
-                             "metric:NAME[DATASET] (versions lacking the metric come last)."),
+    sort: str | None = typer.Option(None, "--sort", help="relevance (the default with --query), created (the "
+                                    "default otherwise), name, version, rank, size, metric:NAME or "
+                                    "metric:NAME[DATASET] (versions lacking the metric come last)."),
     ascending: bool = typer.Option(False, "--asc", help="Sort ascending."),
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
     offset: int = typer.Option(0, "--offset", min=0),
@@ -1070,6 +1079,15 @@ def rename(old: str = typer.Argument(...), new: str = typer.Argument(...), json_
 # -- end lifecycle --
 
 # -- text search (issue 15) --
+@app.command()
+@emits(_render_version)
+def describe(
+    ref: str = typer.Argument(..., help="name (the adapter's description), name:3 or name@alias (one version's)"),
+    description: str = typer.Argument(..., help='The new description ("" clears it).'),
+    json_output: bool = JSON,
+) -> t.AdapterVersion:
+    """Set the description of an adapter (NAME) or of one version (NAME:N, NAME@ALIAS); text search finds both."""
+    return _registry().describe(ref, description)
 # -- end text search --
 
 # -- metrics (issue 15) --

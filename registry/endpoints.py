@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from registry import auth, jobs
 from registry.errors import RegistryError
-from registry.operations import access, automation, bases, diffs, lifecycle, metrics, submit, versions
+from registry.operations import access, automation, bases, describing, diffs, lifecycle, metrics, submit, versions
 from registry.refs import parse_ref
 from registry.service import Service
 from registry.store import DATA_SUFFIXES
@@ -193,6 +193,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # -- end lifecycle --
 
     # -- text search (issue 15) --
+    Endpoint("describe", describing.describe, "POST", "/v1/describe", write_on("ref")),
     # -- end text search --
 
     # -- metrics (issue 15) --

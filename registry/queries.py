@@ -59,7 +59,7 @@ class SearchFilters:
     status: str | None = "live"
     query: str | None = None  # full-text over names, descriptions and tags, ranked
     where: str | None = None  # metric conditions: "eval_loss<2.5 and accuracy>=0.9" (registry.where's grammar)
-    sort: str = "created"
+    sort: str | None = None  # None: "relevance" with a query (best first), else "created"
     descending: bool = True
     limit: int = 50
     offset: int = 0
@@ -111,6 +111,11 @@ def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
     # -- end lifecycle --
 
     # -- text search (issue 15) --
+    if f.query is not None:
+        from registry import fulltext
+
+        fulltext.check_query(f.query, MAX_FILTER_CHARS)
+        conds.append(fulltext.condition(session, f.query))
     # -- end text search --
 
     # -- metrics (issue 15) --
@@ -145,6 +150,16 @@ def _where(session: Session, f: SearchFilters) -> list[ColumnElement[bool]]:
 def _sort_key(session: Session, f: SearchFilters) -> ColumnElement:  # type: ignore[type-arg]
     """The expression ``search`` orders by (then by id, newest first)."""
     # -- text search (issue 15) --
+    # No sort asked for: by relevance (best first) with a query, else by creation (newest first).
+    if f.sort is None or f.sort == "relevance":
+        if f.query is not None:
+            from registry import fulltext
+
+            fulltext.check_query(f.query, MAX_FILTER_CHARS)
+            return fulltext.relevance(session, f.query)
+        if f.sort == "relevance":
+            raise RegistryError("sort by relevance needs a query", hint='add --query "words" (query= in the SDK)')
+        return SORT_KEYS["created"]
     # -- end text search --
 
     # -- metrics (issue 15) --
@@ -161,7 +176,8 @@ def _sort_key(session: Session, f: SearchFilters) -> ColumnElement:  # type: ign
     # -- end metrics --
 
     if f.sort not in SORT_KEYS:
-        raise RegistryError(f"sort must be one of {', '.join(SORT_KEYS)}")
+        raise RegistryError(f"sort must be one of {', '.join(SORT_KEYS)}, relevance (with a query) or metric:NAME, "
+                            f"not {f.sort!r}")
     return SORT_KEYS[f.sort]
 
 
@@ -183,7 +199,7 @@ def search(session: Session, f: SearchFilters) -> tuple[list[m.AdapterVersion], 
     matching = select(v.id.label("id"), key.label("sort_key")).where(and_(*_where(session, f)))
     if f.name_like or f.sort == "name":
         matching = matching.join(m.Adapter)
-    if f.sort.startswith("metric:"):  # metrics (issue 15): walk the metric's index instead of keying every match
+    if f.sort and f.sort.startswith("metric:"):  # walk the metric's index instead of keying every match
         ids, total = _metric_page(session, matching, f)
         return _rows_by_id(session, ids), total
     hits = matching.cte("hits")

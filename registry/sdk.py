@@ -101,7 +101,7 @@ class Registry:
         status: str | None = "live",
         query: str | None = None,
         where: str | None = None,
-        sort: str = "created",
+        sort: str | None = None,
         descending: bool = True,
         limit: int = 50,
         offset: int = 0,
@@ -434,6 +434,13 @@ class Registry:
     # -- end lifecycle --
 
     # -- text search (issue 15) --
+    def describe(self, ref: str, description: str) -> t.AdapterVersion:
+        """Set a description: the adapter's for a bare name (``"tone"``), one version's for ``"tone:3"`` or
+        ``"tone@production"``; ``""`` clears it. Text search finds versions by both. Returns the version (the
+        latest for a bare name)."""
+        from registry.operations import describing
+
+        return describing.describe(self.service, ref, description)
     # -- end text search --
 
     # -- metrics (issue 15) --

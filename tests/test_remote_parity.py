@@ -555,6 +555,41 @@ def test_lifecycle_deprecate_delete_rename_protect(backend: Registry, tiny, same
 # -- end lifecycle --
 
 # -- text search (issue 15) --
+def test_describe_and_text_search(backend: Registry, tiny, actor: str, same) -> None:  # type: ignore[no-untyped-def]
+    backend.register(tiny["tone"], name="ts-kiwi", tags={"fruit": "quokka"}, description="Marmalade replies")
+    backend.register(tiny["tone2"], name="ts-kiwi")
+    backend.register(tiny["legal"], name="ts-lime", description="Marmalade and marmalade recipes for marmalade fans")
+    adapter = backend.describe("ts-kiwi", "Orchard assistant")
+    assert type(adapter) is t.AdapterVersion and (adapter.ref, adapter.adapter_description) == (
+        "ts-kiwi:2", "Orchard assistant")
+    version = backend.describe("ts-kiwi:1", "Marmalade replies, orchard edition")
+    assert version.description == "Marmalade replies, orchard edition"
+    assert sorted(refs(backend.search(query="orchard"))) == ["ts-kiwi:1", "ts-kiwi:2"]
+    ranked = backend.search(query="marmalade")
+    assert refs(ranked) == ["ts-lime:1", "ts-kiwi:1"]  # three occurrences against one
+    assert refs(backend.search(query="marm", sort="created")) == ["ts-lime:1", "ts-kiwi:1"]
+    page = backend.search_page(SearchFilters(query="orchard kiwi", limit=1, offset=1))
+    assert page.total == 2 and len(page.items) == 1
+    assert refs(backend.search(query="quokka", tags={"fruit": "quokka"})) == ["ts-kiwi:1"]
+    assert backend.search(query='recipes" OR "orchard') == []  # ANDed: no version has both
+    cleared = backend.describe("ts-kiwi", "")
+    assert cleared.adapter_description is None and backend.search(query="orchard assistant") == []
+    with pytest.raises(RegistryError) as no_words:
+        backend.search(query="!!!")
+    with pytest.raises(RegistryError) as no_query:
+        backend.search(sort="relevance")
+    with pytest.raises(AdapterNotFound) as missing:
+        backend.describe("ts-nobody", "text")
+    with pytest.raises(RegistryError) as control:
+        backend.describe("ts-kiwi", "bad\x00")
+    events = [{k: e[k] for k in ("action", "ref", "actor", "after")} for e in backend.audit_events(name="ts-kiwi")
+              if e["action"].endswith(".describe")]
+    assert [(e["action"], e["ref"], e["actor"], e["after"]) for e in events] == [
+        ("adapter.describe", "ts-kiwi", actor, {"description": None}),
+        ("version.describe", "ts-kiwi:1", actor, {"description": "Marmalade replies, orchard edition"}),
+        ("adapter.describe", "ts-kiwi", actor, {"description": "Orchard assistant"})]
+    same("text search", adapter, version, ranked, page, cleared, no_words.value, no_query.value, missing.value,
+         control.value, events)
 # -- end text search --
 
 # -- metrics (issue 15) --
