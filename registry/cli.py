@@ -115,7 +115,7 @@ def _render_versions(items: list[t.AdapterVersion] | t.SearchPage) -> None:
     described = any(_brief(v) for v in versions)  # a description column only when there is one to show
     table(
         None,
-        ["version", "base", "r", "alpha", "targets", "size", "tags", "aliases", *(["description"] if described else [])],
+        ["version", "base", "r", "alpha", "targets", "size", "tags", "aliases", *["description"][:described]],
         [[v.ref if v.status == "ready" else f"{v.ref} ({v.status})", v.base_model, v.r, f"{v.lora_alpha:g}",
           ",".join(v.target_modules), human_size(v.size_bytes),
           ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases)]
