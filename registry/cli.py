@@ -113,14 +113,15 @@ def _render_versions(items: list[t.AdapterVersion] | t.SearchPage) -> None:
     page = items if isinstance(items, t.SearchPage) else None
     versions = page.items if page else items
     described = any(_brief(v) for v in versions)  # a description column only when there is one to show
-    table(
-        None,
-        ["version", "base", "r", "alpha", "targets", "size", "tags", "aliases", *["description"][:described]],
-        [[v.ref if v.status == "ready" else f"{v.ref} ({v.status})", v.base_model, v.r, f"{v.lora_alpha:g}",
-          ",".join(v.target_modules), human_size(v.size_bytes),
-          ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases)]
-         + ([_brief(v)] if described else []) for v in versions],
-    )
+    columns = ["version", "base", "r", "alpha", "targets", "size", "tags", "aliases"]
+    rows = [[v.ref if v.status == "ready" else f"{v.ref} ({v.status})", v.base_model, v.r, f"{v.lora_alpha:g}",
+             ",".join(v.target_modules), human_size(v.size_bytes),
+             ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases)] for v in versions]
+    if described:
+        columns.append("description")
+        for row, v in zip(rows, versions):
+            row.append(_brief(v))
+    table(None, columns, rows)
     if page is not None:
         shown = f"{page.offset + 1}-{page.offset + len(versions)}" if versions else "0"
         stdout.print(f"[dim]{shown} of {page.total}[/]")
