@@ -119,7 +119,7 @@ def _render_versions(items: list[t.AdapterVersion] | t.SearchPage) -> None:
              ",".join(f"{k}={val}" for k, val in sorted(v.tags.items())), ",".join(v.aliases)] for v in versions]
     if described:
         columns.append("description")
-        for row, v in zip(rows, versions):
+        for row, v in zip(rows, versions, strict=True):
             row.append(_brief(v))
     table(None, columns, rows)
     if page is not None:
