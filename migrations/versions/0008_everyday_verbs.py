@@ -13,6 +13,9 @@ ORM models; ``migrations/env.py`` leaves them out of the drift check.
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -22,6 +25,30 @@ branch_labels = None
 depends_on = None
 
 FTS_TOKENIZER = "porter unicode61"  # English stemming on both databases ('english' on PostgreSQL)
+
+
+def _words(value: str) -> list[str]:
+    """Lowercased letters-and-digits words, accents removed: registry.fulltext.words as of this revision (a
+    migration keeps its own copy, so that it means the same thing whatever later code does)."""
+    folded = "".join(c for c in unicodedata.normalize("NFKD", value) if not unicodedata.combining(c))
+    return re.findall(r"[^\W_]+", folded.lower())
+
+
+def _backfill_search_text() -> None:
+    """search_text of every existing version: its adapter's name and description, its description, its tags."""
+    bind = op.get_bind()
+    tags: dict[int, list[str]] = {}
+    for vid, key, value in bind.execute(sa.text("SELECT version_id, key, value FROM tags ORDER BY key")):
+        tags.setdefault(vid, []).append(f"{key} {value}")
+    rows = bind.execute(sa.text(
+        "SELECT v.id, a.name, a.description, v.description FROM adapter_versions AS v"
+        " JOIN adapters AS a ON a.id = v.adapter_id"
+    )).all()
+    updates = [{"id": vid, "text": " ".join(_words(" ".join(
+        part for part in (name, adapter_text, version_text, *tags.get(vid, [])) if part)))}
+        for vid, name, adapter_text, version_text in rows]
+    if updates:
+        bind.execute(sa.text("UPDATE adapter_versions SET search_text = :text WHERE id = :id"), updates)
 
 
 def upgrade() -> None:
@@ -71,24 +98,14 @@ def upgrade() -> None:
     op.create_index("ix_version_metrics_name_dataset_value", "version_metrics",
                     ["name", "dataset", "value", "version_id"], unique=False)
 
+    _backfill_search_text()
     if postgres:
-        op.execute(
-            "UPDATE adapter_versions AS v SET search_text = concat_ws(' ', a.name, a.description, v.description,"
-            " (SELECT string_agg(t.key || ' ' || t.value, ' ') FROM tags AS t WHERE t.version_id = v.id))"
-            " FROM adapters AS a WHERE a.id = v.adapter_id"
-        )
         op.execute(
             "ALTER TABLE adapter_versions ADD COLUMN search_vector tsvector"
             " GENERATED ALWAYS AS (to_tsvector('english', search_text)) STORED"
         )
         op.execute("CREATE INDEX ix_adapter_versions_search_vector ON adapter_versions USING gin (search_vector)")
     else:
-        op.execute(
-            "UPDATE adapter_versions SET search_text = trim((SELECT name || ' ' || coalesce(description, '')"
-            " FROM adapters WHERE adapters.id = adapter_versions.adapter_id) || ' ' || coalesce(description, '')"
-            " || ' ' || coalesce((SELECT group_concat(key || ' ' || value, ' ') FROM tags"
-            " WHERE tags.version_id = adapter_versions.id), ''))"
-        )
         op.execute(f"CREATE VIRTUAL TABLE version_fts USING fts5(body, tokenize='{FTS_TOKENIZER}')")
         op.execute("INSERT INTO version_fts(rowid, body) SELECT id, search_text FROM adapter_versions")
     with op.batch_alter_table("adapter_versions", schema=None, recreate="never") as batch_op:
