@@ -870,18 +870,21 @@ def schedule_list(json_output: bool = JSON) -> Any:
 @schedule_app.command("pause")
 @emits(lambda d: _render_schedules([d]))
 def schedule_pause(name: str = typer.Argument(...), json_output: bool = JSON) -> Any:
+    """Pause a schedule (it keeps its place; resume picks up from now)."""
     return _registry().set_schedule_enabled(name, False)
 
 
 @schedule_app.command("resume")
 @emits(lambda d: _render_schedules([d]))
 def schedule_resume(name: str = typer.Argument(...), json_output: bool = JSON) -> Any:
+    """Resume a paused schedule."""
     return _registry().set_schedule_enabled(name, True)
 
 
 @schedule_app.command("rm")
 @emits(lambda d: stdout.print(f"removed schedule {d['name']}", markup=False))
 def schedule_rm(name: str = typer.Argument(...), json_output: bool = JSON) -> Any:
+    """Remove a schedule (its past runs stay)."""
     _registry().remove_schedule(name)
     return {"name": name}
 

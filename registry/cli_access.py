@@ -134,6 +134,7 @@ def install(app: typer.Typer, registry: Callable[[], Any], state: dict[str, Any]
                               [[r["name"], r["is_admin"], ", ".join(r.get("groups") or []), r.get("disabled")]
                                for r in rows]))
     def user_list(json_output: bool = JSON) -> list[dict[str, Any]]:
+        """Users, their groups and whether they are admins."""
         return registry().users()
 
     @token_app.command("create")
@@ -168,18 +169,21 @@ def install(app: typer.Typer, registry: Callable[[], Any], state: dict[str, Any]
                   pattern: str = typer.Argument(..., help="Adapter names, e.g. cx-*"),
                   permission: str = typer.Option("write", "--permission", "-p", help="read, write or manage."),
                   json_output: bool = JSON) -> dict[str, Any]:
+        """Let a user or group:NAME read, write or manage the adapter names a glob matches."""
         return registry().add_grant(subject, pattern, permission)
 
     @grant_app.command("rm")
     @emits(lambda d: stdout.print(f"grant {d['subject']} {d['pattern']} removed", markup=False))
     def grant_rm(subject: str = typer.Argument(...), pattern: str = typer.Argument(...),
                  json_output: bool = JSON) -> dict[str, Any]:
+        """Remove a grant."""
         return registry().remove_grant(subject, pattern)
 
     @grant_app.command("list")
     @emits(lambda rows: table(None, ["subject", "pattern", "permission"],
                               [[r["subject"], r["pattern"], r["permission"]] for r in rows]))
     def grant_list(subject: str | None = typer.Option(None, "--subject"), json_output: bool = JSON) -> Any:
+        """Grants (of one subject with --subject)."""
         return registry().grants(subject)
 
 

@@ -109,12 +109,16 @@ class AdapterVersion(Base):
         # Tag search on PostgreSQL (``tag_doc @> '{"team": "ml"}'``) through GIN; a plain index on SQLite.
         Index("ix_adapter_versions_tag_doc", "tag_doc", postgresql_using="gin",
               postgresql_ops={"tag_doc": "jsonb_path_ops"}),
+        # A listing of one base ("adreg list --base-model X", newest first, with its total) read from the index
+        # alone: the table's rows are wide (config and module JSON), and visiting one per match dominated.
+        Index("ix_adapter_versions_base_listing", "base_model_id", "status", "created_at", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     adapter_id: Mapped[int] = mapped_column(ForeignKey("adapters.id", ondelete="CASCADE"))
     version: Mapped[int] = mapped_column(Integer)
-    base_model_id: Mapped[int | None] = mapped_column(ForeignKey("base_models.id"), index=True)
+    # Indexed by ix_adapter_versions_base_listing (below), which leads with it.
+    base_model_id: Mapped[int | None] = mapped_column(ForeignKey("base_models.id"))
     # Lifecycle: ``ready``, ``deprecated`` (still resolvable by exact reference) or ``deleted`` (a tombstone kept
     # for lineage; hidden from listings and references). ``status_reason/at/by`` say why, when and who.
     status: Mapped[str] = mapped_column(String(32), default="ready", index=True)

@@ -64,6 +64,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("short_name", sa.String(length=64), nullable=True))
         batch_op.create_unique_constraint(batch_op.f("uq_base_models_short_name"), ["short_name"])
 
+    op.create_index("ix_adapter_versions_base_listing", "adapter_versions",
+                    ["base_model_id", "status", "created_at", "id"], unique=False)
+    op.drop_index("ix_adapter_versions_base_model_id", table_name="adapter_versions")
     op.create_table(
         "former_names",
         sa.Column("name", sa.String(length=64), nullable=False),
@@ -123,6 +126,8 @@ def downgrade() -> None:
         op.execute("ALTER TABLE adapter_versions DROP COLUMN search_vector")
     else:
         op.execute("DROP TABLE IF EXISTS version_fts")
+    op.create_index("ix_adapter_versions_base_model_id", "adapter_versions", ["base_model_id"], unique=False)
+    op.drop_index("ix_adapter_versions_base_listing", table_name="adapter_versions")
     op.drop_index("ix_version_metrics_name_dataset_value", table_name="version_metrics")
     op.drop_index(op.f("ix_version_metrics_job_id"), table_name="version_metrics")
     op.drop_table("version_metrics")
