@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("registry", "workers")
 #: The user-facing top: the facades, the CLI, the HTTP API and the demo (which uses the SDK as a user would).
 TOP = ("registry", "registry.sdk", "registry.remote", "registry.cli", "registry.cli_output", "registry.cli_access",
-       "registry.demo", "registry.loading", "registry.api")
+       "registry.demo", "registry.loading", "registry.api", "registry.web")
 
 
 def _modules() -> dict[str, Path]:

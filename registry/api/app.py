@@ -141,6 +141,9 @@ def create_app(svc: Service) -> FastAPI:
         _add_route(app, svc, endpoint, Caller)
     artifacts.add_routes(app, svc, Caller)
     worker_routes.add_routes(app, svc, Caller)
+    from registry.web.pages import add_pages
+
+    add_pages(app, svc)
     return RequestLimits(app, upload_limit=svc.settings.max_adapter_bytes, idle_seconds=idle_seconds())  # type: ignore[return-value]
 
 
