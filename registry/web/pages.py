@@ -128,9 +128,8 @@ def _add_sign_in(pages: Pages) -> None:
         try:
             with pages.svc.transaction() as session:
                 auth.authenticate(session, token)
-        except RegistryError as exc:
-            return pages.render(request, "login.html", status=401, next=target, user=None, title="Sign in",
-                                message=str(exc))
+        except RegistryError as exc:  # the form again, with the reason (200: a form answer, not a failed load)
+            return pages.render(request, "login.html", next=target, user=None, title="Sign in", message=str(exc))
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(web_session.COOKIE, token, max_age=web_session.MAX_AGE, httponly=True,
                             samesite="strict", secure=request.url.scheme == "https", path="/")
