@@ -10,13 +10,14 @@ routes of their own (:mod:`registry.api.artifacts`).
 from __future__ import annotations
 
 import inspect
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from registry import auth, jobs
 from registry.errors import RegistryError
@@ -140,9 +141,19 @@ def request_model(endpoint: Endpoint) -> type[BaseModel]:
         default = ... if p.default is inspect.Parameter.empty else p.default
         # a parameter named like a BaseModel attribute (``validate``) gets a field name of its own, same JSON key
         field = f"{p.name}_" if hasattr(BaseModel, p.name) else p.name
-        fields[field] = (hints[p.name], Field(default, alias=p.name))
+        hint = hints[p.name]
+        if endpoint.method in ("GET", "DELETE") and hint in (int, int | None):
+            hint = Annotated[hint, BeforeValidator(_digits_only)]  # a query string's "5 " is not the number 5
+        fields[field] = (hint, Field(default, alias=p.name))
     config = ConfigDict(extra="forbid", populate_by_name=True)
     return create_model(f"{_camel(endpoint.name)}Request", __config__=config, **fields)
+
+
+def _digits_only(value: Any) -> Any:
+    """A query-string integer as written: optional sign and digits (pydantic alone also takes " 5" and "5 ")."""
+    if isinstance(value, str) and not re.fullmatch(r"[+-]?[0-9]+", value):
+        raise ValueError(f"{value[:40]!r} is not a whole number")
+    return value
 
 
 def arguments(request: BaseModel) -> dict[str, Any]:
