@@ -94,10 +94,12 @@ def test_watch_a_merge_finish_on_its_page_postgresql(job_env, start_server, star
         assert page.locator(f"form[action='/jobs/{job.id}/cancel'] button").is_visible()  # type: ignore[attr-defined]
         loads_before = len(loads)
         start_worker("cpu")
-        expect(status).to_have_text("succeeded", timeout=90_000)
+        expect(status).to_have_text("succeeded", timeout=90_000)  # set by the script, then the page reloads itself
+        expect(page.locator("dl.merge-report")).to_be_visible()  # the report, rendered by the server after the reload
+        page.wait_for_load_state("load")  # type: ignore[attr-defined]
         assert len(polls) >= 1 and len(loads) == loads_before + 1  # followed by polling, reloaded once by the page
+        assert status.inner_text() == "succeeded"
         expect(page.locator("a.result")).to_have_text("tone-legal:1")
-        assert page.locator("dl.merge-report").is_visible()  # type: ignore[attr-defined]
         assert page.locator("form[action$='/cancel']").count() == 0  # type: ignore[attr-defined]
         b.screenshot("job")
         page.click("a[href='/lineage/tone-legal:1']")  # type: ignore[attr-defined]
