@@ -107,6 +107,8 @@ def add_pages(app: FastAPI, svc: Service) -> None:
     _add_sign_in(pages)
     _add_adapters(pages)
     # -- other pages (issue 16): each module adds its routes to pages.router --
+    from registry.web import version_pages  # the version page and its actions, base models, the merge form
+    version_pages.add_routes(pages)
     # -- end other pages --
     app.include_router(router)
 
