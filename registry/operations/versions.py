@@ -188,8 +188,10 @@ def alias_history(svc: Service, ref: str) -> list[dict]:
     events = m.AuditEvent
     with svc.sessions() as session:
         # under every name the adapter had (``adreg rename``): the events keep the name of their time
-        subjects = [f"{name}@{parsed.alias}" for name in lifecycle.names_of(session, parsed.name)]
+        names = lifecycle.names_of(session, parsed.name)
+        subjects = [f"{name}@{parsed.alias}" for name in names]
         rows = session.scalars(select(events).where(
+            events.adapter_name.in_(names),  # every alias event names its adapter: ix_audit_events_adapter_name_at
             events.ref.in_(subjects),
             events.action.in_(("alias.set", "alias.remove", "alias.protect", "alias.unprotect")),
         ).order_by(events.at, events.id)).all()

@@ -50,6 +50,10 @@ def add_pages(app: FastAPI, svc: Service) -> None:
     lineage.add_routes(pages)
     job_pages.add_routes(pages)
     run_pages.add_routes(pages)
+
+    from registry.web import version_pages  # the version, base and merge pages
+
+    version_pages.add_routes(pages)
     # -- end other pages --
     app.include_router(router)
 
