@@ -27,3 +27,11 @@ def test_sign_in_and_search_in_a_browser(server, tiny) -> None:  # type: ignore[
         cookie = next(c for c in page.context.cookies() if c["name"] == "adreg_session")  # type: ignore[attr-defined]
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         b.assert_clean()
+
+
+def test_favicon_is_served_without_a_session(server) -> None:  # type: ignore[no-untyped-def]
+    """A real browser asks for /favicon.ico on its own; a 404 there would be a console error on every page."""
+    import httpx
+
+    response = httpx.get(f"{server.url}/favicon.ico", follow_redirects=True)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")

@@ -61,6 +61,11 @@ def add_pages(app: FastAPI, svc: Service) -> None:
 def _add_sign_in(pages: Pages) -> None:
     router = pages.router
 
+    @router.get("/favicon.ico")
+    def favicon() -> Response:
+        """Browsers ask for /favicon.ico whatever the page says; a 404 there is a console error."""
+        return RedirectResponse("/static/favicon.svg", status_code=301)
+
     @router.get("/login", response_class=HTMLResponse)
     def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002 - the query parameter's name
         return pages.render(request, "login.html", next=safe_next(next), title="Sign in", user=None)
