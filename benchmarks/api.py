@@ -16,12 +16,18 @@ loader, and measures, in one run:
    server never holds its sha256 already.
 3. 32 concurrent clients for 60 s, each a thread with its own keep-alive httpx client (spread over a few
    processes), looping over get / search: requests, errors (must be 0), p50/p99 latency, requests/s.
+4. The web pages (issue 16), signed in through the sign-in form (a session cookie): ``GET /`` (the adapters page:
+   first page, a text search, base + tag filters), ``GET /v/{ref}`` (the version page) and ``GET /lineage/{ref}``
+   (the lineage page of the middle of the 200-deep chain), one keep-alive client, round-robin; p50/p99 of the round
+   trip on loopback (the server's time plus ~1 ms: ``/healthz`` is timed as the floor) and the page's size. Target:
+   the version and lineage pages under 300 ms. A route the server does not have is printed as missing, not timed.
 
 Prints the machine (CPU count, load average); numbers are from one run. The schema, the server process and
 every file are removed at the end, also on failure.
 
     python benchmarks/api.py            # 100,000 versions, 500 MB adapter, 32 clients x 60 s
     python benchmarks/api.py --quick    # 10,000 versions, 100 MB adapter, 32 clients x 10 s
+    python benchmarks/api.py --skip latency transfer load    # only the web pages, at 100,000 versions
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import math
 import multiprocessing
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -47,12 +54,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from catalog import BASES, LANGS, PER_ADAPTER, TEAMS, load, run_interleaved
+from catalog import BASES, LANGS, PER_ADAPTER, STYLES, TEAMS, load, run_interleaved
 from timing import pct, scratch_schema
 
 PG = os.environ.get("ADREG_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 OVERHEAD_TARGET_MS = 5.0
 TRANSFER_TARGET = 0.5  # of shutil.copyfile's speed
+PAGE_TARGET_MS = 300.0  # the version and lineage pages (issue 16)
 MB = 1_000_000
 # The big adapter: r=128 LoRA on every projection of a Llama with hidden 2048 / intermediate 5632 (float32):
 # 20.2 MB per layer; the layer count is chosen to reach the requested size.
@@ -339,6 +347,97 @@ def load_test(url: str, token: str, info: dict[str, Any], clients: int, processe
             "load": (load_before, os.getloadavg()[0])}
 
 
+# -- 4. web pages ----------------------------------------------------------------------------------------------
+
+
+def _page_state(http: Any, path: str) -> str:
+    """``ok`` for an HTML page; ``missing`` when no route answers (FastAPI's own 404, which is not a page); else
+    what went wrong (a page that answers with an error is not timed as a pass)."""
+    answer = http.get(path)
+    html = answer.headers.get("content-type", "").startswith("text/html")
+    if answer.status_code == 200 and html:
+        return "ok"
+    if answer.status_code == 404 and not html:
+        return "missing"
+    return f"HTTP {answer.status_code} ({answer.headers.get('content-type', '?')})"
+
+
+def web_pages(url: str, token: str, info: dict[str, Any], iterations: int) -> dict[str, Any]:
+    """Time the web pages through one keep-alive client holding a session cookie; routes that are not there are
+    reported as missing."""
+    import httpx
+
+    rnd = random.Random(3)
+    adapters = info["adapters"]
+    pages: dict[str, tuple[str, list[str], bool]] = {  # label -> (route, paths, gated by PAGE_TARGET_MS)
+        "GET /healthz (the HTTP floor, no page)": ("/healthz", ["/healthz"] * iterations, False),
+        "GET / adapters, first page": ("/", ["/"] * iterations, False),
+        "GET /?q=WORD text search (~1/8 of versions)": (
+            "/", [f"/?q={rnd.choice(STYLES)}" for _ in range(iterations)], False),
+        "GET /?base=B&tag=team=T,lang=L filters": (
+            "/", [f"/?base={rnd.choice(BASES)[0]}&tag=team%3D{rnd.choice(TEAMS)},lang%3D{rnd.choice(LANGS)}"
+                  for _ in range(iterations)], False),
+        "GET /v/NAME:N version page": (
+            "/v/{ref}", [f"/v/adapter-{rnd.randint(1, adapters)}:{rnd.randint(1, PER_ADAPTER)}"
+                         for _ in range(iterations)], True),
+        f"GET /v/{info['chain']} version page (200-chain)": ("/v/{ref}", [f"/v/{info['chain']}"] * iterations, True),
+        f"GET /lineage/{info['chain']} lineage page (200-chain)": (
+            "/lineage/{ref}", [f"/lineage/{info['chain']}"] * iterations, True),
+    }
+    out: dict[str, Any] = {"iterations": iterations, "rows": []}
+    with httpx.Client(base_url=url, follow_redirects=False, timeout=120) as http:
+        signed = http.post("/login", data={"token": token, "next": "/"}, headers={"Origin": url})
+        if signed.status_code != 303 or "adreg_session" not in http.cookies:
+            raise RuntimeError(f"sign-in through the form failed: HTTP {signed.status_code} {signed.text[:300]}")
+        sizes: dict[str, int] = {}
+        errors: dict[str, int] = {}
+        ops: dict[str, tuple[Callable[..., Any], list[tuple[str]]]] = {}
+        states: dict[str, str] = {}
+        for label, (_route, paths, _gated) in pages.items():
+            states[label] = "ok" if paths[0] == "/healthz" else _page_state(http, paths[0])
+            if states[label] != "ok":
+                continue
+
+            def fetch(path: str, label: str = label) -> None:
+                answer = http.get(path)
+                sizes[label] = len(answer.content)
+                if answer.status_code != 200:
+                    errors[label] = errors.get(label, 0) + 1
+
+            ops[label] = (fetch, [(p,) for p in paths])
+        load_before = os.getloadavg()[0]
+        times = run_interleaved(ops, warmup=3) if ops else {}
+        out["load"] = (load_before, os.getloadavg()[0])
+        for label, (route, paths, gated) in pages.items():
+            found = re.search(r'class="count">([\d,]+) version', http.get(paths[0]).text) if route == "/" else None
+            out["rows"].append({"label": label, "route": route, "state": states[label], "gated": gated,
+                                "times": times.get(label, []), "bytes": sizes.get(label, 0),
+                                "errors": errors.get(label, 0), "note": f"{found[1]} found" if found else ""})
+    return out
+
+
+def report_web(r: dict[str, Any]) -> None:
+    load = r.get("load", (0.0, 0.0))
+    print(f"4. web pages, ms per page ({r['iterations']} calls each, round-robin, one keep-alive client signed in "
+          f"with the session cookie; the round trip on loopback = server time + the /healthz floor); load average "
+          f"{load[0]:.1f} -> {load[1]:.1f}")
+    print(f"{'page':<58} {'p50':>8} {'p99':>8} {'KB':>7}  target < {PAGE_TARGET_MS:.0f} ms (version, lineage)")
+    for row in r["rows"]:
+        if row["state"] != "ok":
+            verdict = "missing (no such route on this server)" if row["state"] == "missing" else row["state"]
+            print(f"{row['label']:<58} {'-':>8} {'-':>8} {'-':>7}  {verdict}")
+            continue
+        p50, p99 = pct(row["times"], 0.5), pct(row["times"], 0.99)
+        verdict = ""
+        if row["gated"]:
+            verdict = "PASS" if p50 < PAGE_TARGET_MS and not row["errors"] else "FAIL"
+        if row["errors"]:
+            verdict += f" ({row['errors']} answers were not 200)"
+        verdict = f"{verdict} {row['note']}".strip()
+        print(f"{row['label']:<58} {p50:>8.1f} {p99:>8.1f} {row['bytes'] / 1000:>7.1f}  {verdict}")
+    print()
+
+
 # -- main ------------------------------------------------------------------------------------------------------
 
 
@@ -358,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="duration of the load (default 60; --quick 10)")
     parser.add_argument("--client-processes", type=int, default=min(4, os.cpu_count() or 1),
                         help="processes the client threads are spread over (default: CPUs, at most 4)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "transfer", "load"],
+    parser.add_argument("--web-iterations", type=int, help="timed calls per web page (default 100; --quick 30)")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["latency", "transfer", "load", "web"],
                         help="parts to leave out")
     parser.add_argument("--url", default=PG, help=f"PostgreSQL database for the scratch schema (default {PG})")
     args = parser.parse_args(argv)
@@ -366,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     iterations = args.iterations or (100 if args.quick else 300)
     adapter_mb = args.adapter_mb or (100 if args.quick else 500)
     seconds = args.seconds or (10.0 if args.quick else 60.0)
+    web_iterations = args.web_iterations or (30 if args.quick else 100)
 
     from registry import Registry
     from registry.db import make_engine, upgrade
@@ -399,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     report_transfer(result, args.trials, (before, os.getloadavg()[0]))
                 if "load" not in args.skip:
                     report_load(load_test(url, token, info, args.clients, args.client_processes, seconds), seconds)
+                if "web" not in args.skip:
+                    report_web(web_pages(url, token, info, web_iterations))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

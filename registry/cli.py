@@ -370,6 +370,8 @@ def _render_demo(report: Any) -> None:
                  markup=False)
     stdout.print(f"next: [bold]cd {escape(report.workdir)}[/] and follow the README's tour "
                  "([bold]adreg register ./demo-tone --name support-tone[/], ...), or [bold]adreg list[/]")
+    stdout.print(f"look around in a browser: [bold]{escape(report.browse['command'])}[/], then open "
+                 f"{escape(report.browse['url'])} (its first start prints a sign-in link)", highlight=False)
 
 
 @app.command()

@@ -35,7 +35,9 @@ def install(app: typer.Typer, registry: Callable[[], Any], state: dict[str, Any]
         workers: int = typer.Option(1, "--workers", min=1, max=64, help="Server processes (each a thread pool)."),
         log_level: str = typer.Option("info", "--log-level"),
     ) -> None:
-        """Serve the catalog over HTTP (the API, OpenAPI at /openapi.json, /healthz and /readyz)."""
+        """Serve the catalog over HTTP: the API (OpenAPI at /openapi.json, /healthz and /readyz) and the web page at /.
+
+        No users yet: on a loopback address it makes you an admin and prints a sign-in link; elsewhere it refuses."""
         import uvicorn
 
         from registry.config import Settings
@@ -51,6 +53,14 @@ def install(app: typer.Typer, registry: Callable[[], Any], state: dict[str, Any]
         if state.get("home"):
             os.environ["ADREG_HOME"] = str(state["home"])
         svc = Service(Settings.from_env())
+        from registry.web import quickstart
+
+        try:  # a catalog with no users: a sign-in link on a loopback address, refused elsewhere
+            link = quickstart.first_sign_in(svc, host, port)
+        except RegistryError as exc:
+            from registry.cli_output import fail
+
+            fail(exc)
         if svc.settings.broker_url:  # workers on other hosts have no catalog: the server sweeps for lost jobs
             import threading
 
@@ -58,8 +68,11 @@ def install(app: typer.Typer, registry: Callable[[], Any], state: dict[str, Any]
 
             threading.Thread(target=recovery_loop, args=(None, lambda: svc), daemon=True,
                              name="adreg-recovery").start()
-        stderr.print(f"serving {escape(svc.engine.url.render_as_string(hide_password=True))} on http://{host}:{port}",
-                     highlight=False)
+        stderr.print(f"serving {escape(svc.engine.url.render_as_string(hide_password=True))} on "
+                     f"{quickstart.base_url(host, port)}", highlight=False)
+        if link:  # printed once, here; the token sits after '#', which no browser sends, so no log line holds it
+            stdout.print(f"no users yet: created admin {link['user']}; sign in within {quickstart.EXPIRES} with this "
+                         f"link (shown once):\n  {link['url']}", markup=False, highlight=False, soft_wrap=True)
         uvicorn.run("registry.cli_access:app_from_environment", factory=True, host=host, port=port, workers=workers,
                     log_level=log_level, timeout_keep_alive=15, server_header=False)
 

@@ -25,10 +25,12 @@ class DemoReport:
     artifacts: str
     steps: list[dict[str, Any]] = field(default_factory=list)
     lineage: dict[str, Any] = field(default_factory=dict)
+    #: How to look around in a browser afterwards (the first `adreg serve` prints a sign-in link).
+    browse: dict[str, str] = field(default_factory=lambda: {"command": "adreg serve", "url": "http://127.0.0.1:8080/"})
 
     def to_dict(self) -> dict[str, Any]:
         return {"workdir": self.workdir, "catalog": self.catalog, "artifacts": self.artifacts,
-                "steps": self.steps, "lineage": self.lineage}
+                "steps": self.steps, "lineage": self.lineage, "browse": self.browse}
 
 
 def run_demo(reg: Registry, say: Callable[[str], None] = lambda _msg: None) -> DemoReport:

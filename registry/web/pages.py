@@ -90,7 +90,7 @@ def _add_sign_in(pages: Pages) -> None:
     @router.post("/logout")
     async def logout(request: Request) -> Response:
         form = await request.form()
-        if not web_session.csrf_ok(request, form.get(web_session.CSRF_FIELD)):
+        if not same_origin(request) or not web_session.csrf_ok(request, form.get(web_session.CSRF_FIELD)):
             return RedirectResponse("/", status_code=303)
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(web_session.COOKIE, path="/")
@@ -121,6 +121,7 @@ def _add_adapters(pages: Pages) -> None:
         except RegistryError as exc:
             return pages.error(request, exc, principal)
         return pages.render(request, "adapters.html", user=principal, result=result, bases=bases, title="Adapters",
+                            short_names={(b.name, b.revision): b.short_name for b in bases if b.short_name},
                             form={"q": q, "base": base, "tag": tag, "task": task, "min_rank": min_rank,
                                   "max_rank": max_rank, "status": status, "sort": sort, "desc": desc},
                             page=max(page, 1))
