@@ -34,7 +34,7 @@ from registry.web.pages import SECURITY_HEADERS
 
 CSP = SECURITY_HEADERS["Content-Security-Policy"]
 #: Page routes a visitor without a session may reach (and the static files, mounted apart).
-OPEN = {("GET", "/login"), ("POST", "/login"), ("POST", "/logout")}
+OPEN = {("GET", "/login"), ("POST", "/login"), ("POST", "/logout"), ("GET", "/favicon.ico")}
 ORIGIN = "http://testserver"
 
 
