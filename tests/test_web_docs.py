@@ -45,8 +45,8 @@ def test_docs_images(server, tiny) -> None:  # type: ignore[no-untyped-def]
     demo_like_catalog(server.url, server.admin_token, tiny)
     with browser(server.url) as b:
         b.sign_in(server.admin_token)
-        shots = [b.docs_image("adapters", "/")]
-        # The other pages' screenshots go here as they land, e.g. b.docs_image("lineage", "/lineage/tone-legal:1").
+        shots = [b.docs_image("adapters", "/"), b.docs_image("version", "/v/tone-legal:1"),
+                 b.docs_image("lineage", "/lineage/tone-legal:1")]
         b.assert_clean()
     for shot in shots:
         assert 0 < shot.stat().st_size < MAX_BYTES, (shot, shot.stat().st_size)
