@@ -91,6 +91,7 @@ class MergeParams(BaseModel):
     svd_clamp: float | None = None
     majority_sign_method: Literal["total", "frequency"] = "total"
     seed: int | None = None
+    scale: float | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
 
 

@@ -26,10 +26,12 @@ from registry.manifest import AdapterManifest
 #   factors    - combine the A's and the B's separately (equal ranks); PEFT's "rough approximation"
 #   exact_svd  - truncated SVD of the exact weighted sum, from the thin factors (no dense delta)
 #   dense_svd  - combine the dense deltas element-wise (pruning), then truncate by SVD
-Combine = Literal["cat", "factors", "exact_svd", "dense_svd"]
+#   iso        - Iso-C: the exact weighted sum's SVD with its nonzero singular values set to their mean
+#                (thin factors, no dense delta); not exact by design
+Combine = Literal["cat", "factors", "exact_svd", "dense_svd", "iso"]
 # The peft.utils.merge_utils operation applied to the tensors being combined.
 Op = Literal["concat", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
-RankRule = Literal["equal", "sum", "svd"]
+RankRule = Literal["equal", "sum", "svd", "thin_sum"]
 
 
 def _is_int(v: Any) -> bool:
@@ -60,6 +62,8 @@ PARAMS: dict[str, Param] = {
     "svd_clamp": Param(lambda v: _is_number(v) and 0 < v <= 1, "a quantile in (0, 1]",
                        help="clamp U*S and Vh entries to this quantile of their values, as PEFT does"),
     "seed": Param(_is_int, "an integer", help="seed of DARE's random masks (reproducible merges)"),
+    "scale": Param(lambda v: _is_number(v) and v > 0, "a positive number", 1.0,
+                   help="the papers' alpha: multiplies the merged delta of iso_c"),
 }
 
 
@@ -81,13 +85,15 @@ class Method:
     def rank_rule_text(self) -> str:
         return {"equal": "inputs' ranks, which must be equal per module",
                 "sum": "the sum of the inputs' ranks",
-                "svd": "svd_rank, or the largest input rank"}[self.rank_rule]
+                "svd": "svd_rank, or the largest input rank",
+                "thin_sum": "the sum of the inputs' ranks, at most min(in, out)"}[self.rank_rule]
 
 
 _DENSITY = frozenset({"density"})
 _SIGN = frozenset({"majority_sign_method"})
 _SVD = frozenset({"svd_rank", "svd_clamp"})
 _SEED = frozenset({"seed"})
+_SCALE = frozenset({"scale"})
 
 METHODS: dict[str, Method] = {
     "svd": Method("exact_svd", "linear", _SVD, rank_rule="svd"),
@@ -101,6 +107,8 @@ METHODS: dict[str, Method] = {
     "dare_ties_svd": Method("dense_svd", "dare_ties", _DENSITY | _SIGN | _SVD | _SEED, _DENSITY, "svd"),
     "magnitude_prune": Method("factors", "magnitude_prune", _DENSITY, _DENSITY),
     "magnitude_prune_svd": Method("dense_svd", "magnitude_prune", _DENSITY | _SVD, _DENSITY, "svd"),
+    # Beyond PEFT: methods from the model-merging papers, in the thin factors (see docs/merge.md)
+    "iso_c": Method("iso", "linear", _SCALE, rank_rule="thin_sum"),
 }
 
 # init_lora_weights values whose adapters only work on a base that PEFT modified when creating them.
@@ -401,6 +409,9 @@ def check_merge(
             module_ranks[module] = ranks[0]
         elif rule.rank_rule == "sum":
             module_ranks[module] = sum(ranks)
+        elif rule.rank_rule == "thin_sum":
+            t = present[0][1]
+            module_ranks[module] = min(sum(ranks), t.in_features, t.out_features)
         else:
             t = present[0][1]
             limit = min(t.in_features, t.out_features)

@@ -36,6 +36,7 @@ COMBINE_TEXT = {
     "factors": "combines the A and B factors separately (PEFT's approximation)",
     "exact_svd": "truncated SVD of the exact weighted sum",
     "dense_svd": "prunes the dense deltas, then truncates by SVD",
+    "iso": "isotropic spectrum of the weighted sum (Iso-C)",
 }
 
 

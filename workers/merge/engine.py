@@ -24,7 +24,14 @@ from registry.inspect import KEY_PREFIX, inspect_adapter, weights_path
 from registry.lowrank import ExactDelta
 from registry.manifest import AdapterManifest
 from registry.merge_rules import MergePlan, check_merge, saved_module_tensors
-from workers.merge.methods import ModuleInputs, merge_cat, merge_dense_svd, merge_exact_svd, merge_factors
+from workers.merge.methods import (
+    ModuleInputs,
+    merge_cat,
+    merge_dense_svd,
+    merge_exact_svd,
+    merge_factors,
+    merge_iso_c,
+)
 from workers.merge.report import MergeReport, ModuleReport, peak_rss_bytes
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -99,6 +106,7 @@ def merge_adapters(
     svd_clamp: float | None = None,
     majority_sign_method: str = "total",
     seed: int | None = None,
+    scale: float | None = None,
     dtype: str | torch.dtype | None = None,
     device: str = "cpu",
     allow_cross_base: bool = False,
@@ -134,7 +142,7 @@ def merge_adapters(
     if labels is None:
         labels = [str(f) for f in folders]
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
-              "majority_sign_method": majority_sign_method, "seed": seed}
+              "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale}
     plan = check_merge(manifests, list(weights), method, params, allow_cross_base=allow_cross_base, labels=labels)
     out = Path(out)
     out_dtype = _out_dtype(dtype, manifests)
@@ -295,6 +303,8 @@ def _merge_module(x: ModuleInputs, plan: MergePlan, rank: int, generator: torch.
     if plan.combine == "exact_svd":
         a, b, singular = merge_exact_svd(x, rank, p.get("svd_clamp"), device)
         return a, b, singular if p.get("svd_clamp") is None else None
+    if plan.combine == "iso":
+        return (*merge_iso_c(x, rank, p["scale"], device), None)
     if plan.combine == "dense_svd":
         return (*merge_dense_svd(x, plan.op, rank, p.get("density"), p.get("majority_sign_method", "total"),
                                  p.get("svd_clamp"), generator, device), None)

@@ -184,3 +184,44 @@ def merge_dense_svd(x: ModuleInputs, op: str, rank: int, density: float | None, 
     k = min(rank, s.numel())
     u, vh = _clamp(u[:, :k] * s[:k], vh[:k, :], clamp)
     return vh.cpu(), u.cpu()
+
+
+def _thin_svd(b: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The SVD ``U diag(s) Vh`` of ``b @ a`` (out x R times R x in) from the factors: QR of ``b`` and of ``a^T``,
+    then the SVD of the R x R core, at O((out + in) R^2); never forms the product."""
+    qb, rb = torch.linalg.qr(b)
+    qa, ra = torch.linalg.qr(a.T)
+    core_u, s, core_vh = torch.linalg.svd(rb @ ra.T)
+    return qb @ core_u, s, core_vh @ qa.T
+
+
+def numerical_rank(s: torch.Tensor, shape: tuple[int, int]) -> int:
+    """How many singular values (descending) are nonzero: above ``s_max * max(out, in, R) * eps`` (LAPACK's rule)."""
+    if s.numel() == 0 or float(s[0]) == 0:
+        return 0
+    tol = float(s[0]) * max(*shape, s.numel()) * torch.finfo(s.dtype).eps
+    return int((s > tol).sum())
+
+
+def _fit(u: torch.Tensor, values: torch.Tensor, vh: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, B) of ``u diag(values) vh`` with inner size ``rank``: ``B = u sqrt(values)``, ``A = sqrt(values) vh``
+    (values >= 0), zero-padded when fewer components than ``rank`` are nonzero, float32 on the CPU."""
+    root = values.sqrt()
+    b, a = u * root, root[:, None] * vh
+    k = b.shape[1]
+    if k < rank:
+        b = torch.cat([b, b.new_zeros(b.shape[0], rank - k)], dim=1)
+        a = torch.cat([a, a.new_zeros(rank - k, a.shape[1])], dim=0)
+    return a.float().cpu(), b.float().cpu()
+
+
+def merge_iso_c(x: ModuleInputs, rank: int, scale: float, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Iso-C (Marczak et al., ICML 2025): the task-arithmetic sum ``Delta = sum_i w_i s_i B_i A_i = U S V^T`` with
+    its spectrum made isotropic, ``scale * mean(S) * U V^T`` over the nonzero singular values, in float64 from the
+    thin factors. ``rank`` is at least the sum's numerical rank (``min(sum r_i, out, in)``)."""
+    b_cat, a_cat = x.thin_factors(torch.float64)
+    u, s, vh = _thin_svd(b_cat.to(device), a_cat.to(device))
+    k = numerical_rank(s, (b_cat.shape[0], a_cat.shape[1]))
+    level = scale * float(s[:k].mean()) if k else 0.0
+    return _fit(u[:, :k], s.new_full((k,), level), vh[:k], rank)
+
