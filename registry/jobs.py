@@ -92,6 +92,7 @@ class MergeParams(BaseModel):
     majority_sign_method: Literal["total", "frequency"] = "total"
     seed: int | None = None
     scale: float | None = None
+    tsv_fraction: float | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
 
 

@@ -28,10 +28,11 @@ from registry.manifest import AdapterManifest
 #   dense_svd  - combine the dense deltas element-wise (pruning), then truncate by SVD
 #   iso        - Iso-C: the exact weighted sum's SVD with its nonzero singular values set to their mean
 #                (thin factors, no dense delta); not exact by design
-Combine = Literal["cat", "factors", "exact_svd", "dense_svd", "iso"]
+#   tsv        - TSV-M: each task's top singular components, their singular vectors orthogonalised across tasks
+Combine = Literal["cat", "factors", "exact_svd", "dense_svd", "iso", "tsv"]
 # The peft.utils.merge_utils operation applied to the tensors being combined.
 Op = Literal["concat", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
-RankRule = Literal["equal", "sum", "svd", "thin_sum"]
+RankRule = Literal["equal", "sum", "svd", "thin_sum", "tsv"]
 
 
 def _is_int(v: Any) -> bool:
@@ -63,7 +64,9 @@ PARAMS: dict[str, Param] = {
                        help="clamp U*S and Vh entries to this quantile of their values, as PEFT does"),
     "seed": Param(_is_int, "an integer", help="seed of DARE's random masks (reproducible merges)"),
     "scale": Param(lambda v: _is_number(v) and v > 0, "a positive number", 1.0,
-                   help="the papers' alpha: multiplies the merged delta of iso_c"),
+                   help="the papers' alpha: multiplies the merged delta of iso_c and tsv_m"),
+    "tsv_fraction": Param(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]",
+                          help="fraction of each task's rank TSV-M keeps (default 1 / number of inputs)"),
 }
 
 
@@ -86,7 +89,8 @@ class Method:
         return {"equal": "inputs' ranks, which must be equal per module",
                 "sum": "the sum of the inputs' ranks",
                 "svd": "svd_rank, or the largest input rank",
-                "thin_sum": "the sum of the inputs' ranks, at most min(in, out)"}[self.rank_rule]
+                "thin_sum": "the sum of the inputs' ranks, at most min(in, out)",
+                "tsv": "sum of max(1, floor(r_i * tsv_fraction)), at most min(in, out)"}[self.rank_rule]
 
 
 _DENSITY = frozenset({"density"})
@@ -109,6 +113,7 @@ METHODS: dict[str, Method] = {
     "magnitude_prune_svd": Method("dense_svd", "magnitude_prune", _DENSITY | _SVD, _DENSITY, "svd"),
     # Beyond PEFT: methods from the model-merging papers, in the thin factors (see docs/merge.md)
     "iso_c": Method("iso", "linear", _SCALE, rank_rule="thin_sum"),
+    "tsv_m": Method("tsv", "linear", _SCALE | frozenset({"tsv_fraction"}), rank_rule="tsv"),
 }
 
 # init_lora_weights values whose adapters only work on a base that PEFT modified when creating them.
@@ -210,6 +215,12 @@ def _group(lines: dict[str, list[str]], limit: int = 3) -> list[str]:
         shown = ", ".join(modules[:limit]) + (f" and {len(modules) - limit} more" if len(modules) > limit else "")
         out.append(message.replace("{count}", str(len(modules))).replace("{modules}", shown))
     return out
+
+
+def tsv_components(rank: int, fraction: float) -> int:
+    """How many singular components TSV-M keeps of a task of rank ``rank``: ``max(1, floor(rank * fraction))``
+    (the tiny tolerance keeps ``floor(9 * (1/3))`` at 3 despite rounding)."""
+    return max(1, math.floor(rank * fraction + 1e-9))
 
 
 def _max_rank(m: AdapterManifest) -> int:
@@ -387,6 +398,8 @@ def check_merge(
     mismatches: dict[str, list[str]] = {}
     module_ranks: dict[str, int] = {}
     default_svd_rank = max((_max_rank(m) for m in manifests), default=0)
+    fraction = params.get("tsv_fraction")
+    tsv_fraction = fraction if _is_number(fraction) and 0 < fraction <= 1 else 1 / max(len(manifests), 1)
     capped: list[str] = []
     for module in modules:
         present = [(lab, m.modules[module]) for lab, m in zip(labels, manifests, strict=True)
@@ -409,8 +422,10 @@ def check_merge(
             module_ranks[module] = ranks[0]
         elif rule.rank_rule == "sum":
             module_ranks[module] = sum(ranks)
-        elif rule.rank_rule == "thin_sum":
+        elif rule.rank_rule in ("thin_sum", "tsv"):
             t = present[0][1]
+            if rule.rank_rule == "tsv":
+                ranks = [tsv_components(r, tsv_fraction) for r in ranks]
             module_ranks[module] = min(sum(ranks), t.in_features, t.out_features)
         else:
             t = present[0][1]
@@ -435,6 +450,8 @@ def check_merge(
     resolved = {k: params.get(k, PARAMS[k].default) for k in sorted(rule.accepts)}
     if rule.rank_rule == "svd" and resolved.get("svd_rank") is None:
         resolved["svd_rank"] = out_rank  # record the rank the default rule chose
+    if rule.rank_rule == "tsv":
+        resolved["tsv_fraction"] = tsv_fraction  # 1 / number of tasks unless given
     return MergePlan(
         method=method, combine=rule.combine, op=rule.op, out_rank=out_rank, module_ranks=module_ranks,
         rank_pattern=_compress_pattern(module_ranks, out_rank), params=resolved,

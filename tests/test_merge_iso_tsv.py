@@ -55,7 +55,7 @@ def _nonzero(s: torch.Tensor, shape: torch.Size) -> int:
     return int((s > s[0] * max(shape) * torch.finfo(s.dtype).eps * 10).sum()) if float(s[0]) > 0 else 0
 
 
-def dense_iso_c(deltas: list[torch.Tensor], scale: float = 1.0) -> torch.Tensor:
+def dense_iso_c(deltas: list[torch.Tensor], tasks: int, scale: float = 1.0) -> torch.Tensor:
     """Iso-C (Marczak et al. 2025, eq. for Delta_Iso-C): SVD of the task-arithmetic sum, every nonzero singular
     value replaced by their mean: ``alpha * mean(sigma) * U V^T``."""
     total = sum(deltas)
@@ -64,8 +64,31 @@ def dense_iso_c(deltas: list[torch.Tensor], scale: float = 1.0) -> torch.Tensor:
     return scale * s[:k].mean() * u[:, :k] @ vh[:k]
 
 
-DENSE = {"iso_c": dense_iso_c}
-PARAMS = {"iso_c": [{}, {"scale": 0.5}]}
+def dense_tsv_m(deltas: list[torch.Tensor], tasks: int, scale: float = 1.0,
+                tsv_fraction: float | None = None) -> torch.Tensor:
+    """TSV-M (Gargiulo et al. 2025, Algorithm 1): each task's SVD truncated to its top ``k_i`` (1/T of its rank by
+    default), the concatenated U and V orthogonalised by their own SVDs (``U = P S Q^T -> P Q^T``), then
+    ``alpha * U_perp diag(sigma) V_perp^T``. The task ranks are those of the adapters (the deltas' ranks)."""
+    fraction = tsv_fraction if tsv_fraction is not None else 1 / tasks
+    us, ss, vhs = [], [], []
+    for delta, rank in zip(deltas, _RANKS, strict=False):
+        u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+        k = max(1, math.floor(rank * fraction + 1e-9))
+        us.append(u[:, :k])
+        ss.append(s[:k])
+        vhs.append(vh[:k])
+    u, s, vh = torch.cat(us, dim=1), torch.cat(ss), torch.cat(vhs, dim=0)
+    p, _, qt = torch.linalg.svd(u, full_matrices=False)
+    u_perp = p @ qt
+    p, _, qt = torch.linalg.svd(vh.T, full_matrices=False)
+    v_perp = p @ qt
+    return scale * u_perp @ torch.diag(s) @ v_perp.T
+
+
+_RANKS: list[int] = []  # the current module's input ranks (set by the test; the dense deltas hide them)
+
+DENSE = {"iso_c": dense_iso_c, "tsv_m": dense_tsv_m}
+PARAMS = {"iso_c": [{}, {"scale": 0.5}], "tsv_m": [{}, {"tsv_fraction": 0.75, "scale": 1.5}]}
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +126,14 @@ def test_matches_dense_reference(shaped, tmp_path, family, method, case):  # typ
     report = merge_adapters(adapters, weights, method, out=out, **params)
     merged = merged_deltas(out)
     per_task = _weighted_deltas(adapters, weights)
+    ranks: dict[str, list[int]] = {}
+    for path in adapters:
+        for module, info in inspect_adapter(path).modules.items():
+            ranks.setdefault(module, []).append(info.rank)
     assert sorted(merged) == sorted(per_task)
     for module, deltas in per_task.items():
-        reference = DENSE[method](deltas, **params)
+        _RANKS[:] = ranks[module]
+        reference = DENSE[method](deltas, len(adapters), **params)
         error = float((merged[module] - reference).norm() / reference.norm())
         assert error < 1e-5, (module, error)
     assert report.method == method and all(m.rel_error is not None for m in report.modules)  # not exact: measured
@@ -145,6 +173,16 @@ def test_bad_parameters_refused_with_generated_messages(tiny):  # type: ignore[n
     assert any("parameter svd_rank is not used by method iso_c" in p for p in problems("iso_c", {"svd_rank": 4}))
     plan = check_merge(manifests, [0.5, 0.5], "iso_c", {})
     assert plan.params == {"scale": 1.0} and plan.out_rank == 8 and METHODS["iso_c"].rank_rule == "thin_sum"
+    for bad in (0, 1.5, -0.5, math.nan, "half"):
+        assert f"parameter tsv_fraction must be a number in (0, 1] (got {bad!r})" in problems(
+            "tsv_m", {"tsv_fraction": bad})
+    assert any("parameter tsv_fraction is not used by method iso_c" in p
+               for p in problems("iso_c", {"tsv_fraction": 0.5}))
+    plan = check_merge(manifests, [0.5, 0.5], "tsv_m", {})  # two tasks of rank 4: 2 components each
+    assert plan.params == {"scale": 1.0, "tsv_fraction": 0.5} and plan.out_rank == 4
+    plan = check_merge(manifests * 3, [0.1] * 6, "tsv_m", {}, labels=[f"x{i}" for i in range(6)])
+    assert plan.out_rank == 6  # floor(4 / 6) = 0 -> at least one component per task
+    assert check_merge(manifests, [0.5, 0.5], "tsv_m", {"tsv_fraction": 1}).out_rank == 8
 
 
 @pytest.mark.parametrize("method", sorted(DENSE))

@@ -39,6 +39,7 @@ def merge(
     majority_sign_method: str = "total",
     seed: int | None = None,
     scale: float | None = None,
+    tsv_fraction: float | None = None,
     dtype: str | None = None,
     tags: dict[str, str] | None = None,
     description: str | None = None,
@@ -60,7 +61,8 @@ def merge(
     from registry.merge_rules import check_merge
 
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
-              "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale}
+              "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale,
+              "tsv_fraction": tsv_fraction}
     with svc.transaction() as session:
         rows = [catalog.resolve(session, parse_ref(ref)) for ref in sources]  # a deleted input is refused
         refs = [catalog.exact_ref(session, r) for r in rows]

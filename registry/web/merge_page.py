@@ -37,6 +37,7 @@ COMBINE_TEXT = {
     "exact_svd": "truncated SVD of the exact weighted sum",
     "dense_svd": "prunes the dense deltas, then truncates by SVD",
     "iso": "isotropic spectrum of the weighted sum (Iso-C)",
+    "tsv": "each task's top singular vectors, orthogonalised across tasks (TSV-M)",
 }
 
 

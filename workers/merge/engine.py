@@ -31,6 +31,7 @@ from workers.merge.methods import (
     merge_exact_svd,
     merge_factors,
     merge_iso_c,
+    merge_tsv_m,
 )
 from workers.merge.report import MergeReport, ModuleReport, peak_rss_bytes
 
@@ -107,6 +108,7 @@ def merge_adapters(
     majority_sign_method: str = "total",
     seed: int | None = None,
     scale: float | None = None,
+    tsv_fraction: float | None = None,
     dtype: str | torch.dtype | None = None,
     device: str = "cpu",
     allow_cross_base: bool = False,
@@ -142,7 +144,8 @@ def merge_adapters(
     if labels is None:
         labels = [str(f) for f in folders]
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
-              "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale}
+              "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale,
+              "tsv_fraction": tsv_fraction}
     plan = check_merge(manifests, list(weights), method, params, allow_cross_base=allow_cross_base, labels=labels)
     out = Path(out)
     out_dtype = _out_dtype(dtype, manifests)
@@ -305,6 +308,8 @@ def _merge_module(x: ModuleInputs, plan: MergePlan, rank: int, generator: torch.
         return a, b, singular if p.get("svd_clamp") is None else None
     if plan.combine == "iso":
         return (*merge_iso_c(x, rank, p["scale"], device), None)
+    if plan.combine == "tsv":
+        return (*merge_tsv_m(x, rank, p["tsv_fraction"], p["scale"], device), None)
     if plan.combine == "dense_svd":
         return (*merge_dense_svd(x, plan.op, rank, p.get("density"), p.get("majority_sign_method", "total"),
                                  p.get("svd_clamp"), generator, device), None)

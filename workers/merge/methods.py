@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from registry.merge_rules import tsv_components
+
 
 @dataclass
 class ModuleInputs:
@@ -225,3 +227,29 @@ def merge_iso_c(x: ModuleInputs, rank: int, scale: float, device: str) -> tuple[
     level = scale * float(s[:k].mean()) if k else 0.0
     return _fit(u[:, :k], s.new_full((k,), level), vh[:k], rank)
 
+
+
+def merge_tsv_m(x: ModuleInputs, rank: int, fraction: float, scale: float, device: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """TSV-M (Gargiulo et al., CVPR 2025): each task's ``Delta_i = w_i s_i B_i A_i`` truncated to its top
+    ``k_i = max(1, floor(r_i * fraction))`` singular components, the concatenated singular vectors ``U = [U_1 ...]``
+    and ``V = [V_1 ...]`` replaced by their nearest orthogonal matrices (``U = P S Q^T -> P Q^T``), then
+    ``scale * U_perp diag(sigma) V_perp^T``. Thin throughout (U is out x K, K = sum k_i), in float64."""
+    us, ss, vhs = [], [], []
+    for a, b, c in zip(x.a, x.b, x.coefficients, strict=True):
+        u, s, vh = _thin_svd(b.to(device, torch.float64) * c, a.to(device, torch.float64))
+        k = tsv_components(a.shape[0], fraction)
+        us.append(u[:, :k])
+        ss.append(s[:k])
+        vhs.append(vh[:k])
+    u_cat, s_cat, vh_cat = torch.cat(us, dim=1), torch.cat(ss), torch.cat(vhs, dim=0)
+    p, _, qt = torch.linalg.svd(u_cat, full_matrices=False)
+    u_perp = p @ qt  # out x K
+    p, _, qt = torch.linalg.svd(vh_cat.T, full_matrices=False)
+    vh_perp = (p @ qt).T  # K x in
+    values = scale * s_cat
+    if values.numel() > rank:  # K exceeds min(out, in): an exact re-factorisation to the planned rank
+        u2, s2, vh2 = _thin_svd(u_perp * values, vh_perp)
+        k = min(rank, numerical_rank(s2, (u_perp.shape[0], vh_perp.shape[1])))
+        return _fit(u2[:, :k], s2[:k], vh2[:k], rank)
+    return _fit(u_perp, values, vh_perp, rank)
