@@ -196,7 +196,7 @@ def search(session: Session, f: SearchFilters) -> tuple[list[m.AdapterVersion], 
         check_tag(key, value)
     v = m.AdapterVersion
     key = _sort_key(session, f)
-    matching = select(v.id.label("id"), key.label("sort_key")).where(and_(*_where(session, f)))
+    matching = select(v.id.label("id"), key.label("sort_key")).where(*_where(session, f))
     if f.name_like or f.sort == "name":
         matching = matching.join(m.Adapter)
     if f.sort and f.sort.startswith("metric:"):  # walk the metric's index instead of keying every match
