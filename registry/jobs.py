@@ -93,6 +93,7 @@ class MergeParams(BaseModel):
     seed: int | None = None
     scale: float | None = None
     tsv_fraction: float | None = None
+    common_fraction: float | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
 
 

@@ -29,7 +29,9 @@ from registry.manifest import AdapterManifest
 #   iso        - Iso-C: the exact weighted sum's SVD with its nonzero singular values set to their mean
 #                (thin factors, no dense delta); not exact by design
 #   tsv        - TSV-M: each task's top singular components, their singular vectors orthogonalised across tasks
-Combine = Literal["cat", "factors", "exact_svd", "dense_svd", "iso", "tsv"]
+#   cts        - Iso-CTS: the sum's top directions (common subspace) plus each task's top directions off it,
+#                orthogonalised, with an isotropic spectrum
+Combine = Literal["cat", "factors", "exact_svd", "dense_svd", "iso", "tsv", "cts"]
 # The peft.utils.merge_utils operation applied to the tensors being combined.
 Op = Literal["concat", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
 RankRule = Literal["equal", "sum", "svd", "thin_sum", "tsv"]
@@ -64,9 +66,11 @@ PARAMS: dict[str, Param] = {
                        help="clamp U*S and Vh entries to this quantile of their values, as PEFT does"),
     "seed": Param(_is_int, "an integer", help="seed of DARE's random masks (reproducible merges)"),
     "scale": Param(lambda v: _is_number(v) and v > 0, "a positive number", 1.0,
-                   help="the papers' alpha: multiplies the merged delta of iso_c and tsv_m"),
+                   help="the papers' alpha: multiplies the merged delta of iso_c, tsv_m and iso_cts"),
     "tsv_fraction": Param(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]",
                           help="fraction of each task's rank TSV-M keeps (default 1 / number of inputs)"),
+    "common_fraction": Param(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]", 0.8,
+                             help="fraction of the merged rank Iso-CTS gives the common subspace (the paper's 0.8)"),
 }
 
 
@@ -114,6 +118,7 @@ METHODS: dict[str, Method] = {
     # Beyond PEFT: methods from the model-merging papers, in the thin factors (see docs/merge.md)
     "iso_c": Method("iso", "linear", _SCALE, rank_rule="thin_sum"),
     "tsv_m": Method("tsv", "linear", _SCALE | frozenset({"tsv_fraction"}), rank_rule="tsv"),
+    "iso_cts": Method("cts", "linear", _SCALE | frozenset({"common_fraction"}), rank_rule="thin_sum"),
 }
 
 # init_lora_weights values whose adapters only work on a base that PEFT modified when creating them.

@@ -38,6 +38,7 @@ COMBINE_TEXT = {
     "dense_svd": "prunes the dense deltas, then truncates by SVD",
     "iso": "isotropic spectrum of the weighted sum (Iso-C)",
     "tsv": "each task's top singular vectors, orthogonalised across tasks (TSV-M)",
+    "cts": "common and task-specific singular vectors, orthogonalised, isotropic spectrum (Iso-CTS)",
 }
 
 

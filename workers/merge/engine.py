@@ -31,6 +31,7 @@ from workers.merge.methods import (
     merge_exact_svd,
     merge_factors,
     merge_iso_c,
+    merge_iso_cts,
     merge_tsv_m,
 )
 from workers.merge.report import MergeReport, ModuleReport, peak_rss_bytes
@@ -109,6 +110,7 @@ def merge_adapters(
     seed: int | None = None,
     scale: float | None = None,
     tsv_fraction: float | None = None,
+    common_fraction: float | None = None,
     dtype: str | torch.dtype | None = None,
     device: str = "cpu",
     allow_cross_base: bool = False,
@@ -145,7 +147,7 @@ def merge_adapters(
         labels = [str(f) for f in folders]
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
               "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale,
-              "tsv_fraction": tsv_fraction}
+              "tsv_fraction": tsv_fraction, "common_fraction": common_fraction}
     plan = check_merge(manifests, list(weights), method, params, allow_cross_base=allow_cross_base, labels=labels)
     out = Path(out)
     out_dtype = _out_dtype(dtype, manifests)
@@ -310,6 +312,8 @@ def _merge_module(x: ModuleInputs, plan: MergePlan, rank: int, generator: torch.
         return (*merge_iso_c(x, rank, p["scale"], device), None)
     if plan.combine == "tsv":
         return (*merge_tsv_m(x, rank, p["tsv_fraction"], p["scale"], device), None)
+    if plan.combine == "cts":
+        return (*merge_iso_cts(x, rank, p["common_fraction"], p["scale"], device), None)
     if plan.combine == "dense_svd":
         return (*merge_dense_svd(x, plan.op, rank, p.get("density"), p.get("majority_sign_method", "total"),
                                  p.get("svd_clamp"), generator, device), None)

@@ -253,3 +253,42 @@ def merge_tsv_m(x: ModuleInputs, rank: int, fraction: float, scale: float, devic
         k = min(rank, numerical_rank(s2, (u_perp.shape[0], vh_perp.shape[1])))
         return _fit(u2[:, :k], s2[:k], vh2[:k], rank)
     return _fit(u_perp, values, vh_perp, rank)
+
+
+def iso_cts_sizes(total: int, tasks: int, fraction: float) -> tuple[int, int]:
+    """(common directions k, directions per task s) of Iso-CTS for a sum of rank ``total`` and ``tasks`` tasks, as
+    the paper's code divides them: ``k = floor(total * fraction)``, ``s = round((total - k) / tasks)`` (at most
+    ``total // tasks``), then ``k = total - s * tasks`` so that the task-specific part divides evenly."""
+    per_task = min(round((total - math.floor(total * fraction + 1e-9)) / tasks), total // tasks)
+    return total - per_task * tasks, per_task
+
+
+def merge_iso_cts(x: ModuleInputs, rank: int, fraction: float, scale: float, device: str
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Iso-CTS (Marczak et al., ICML 2025): the top ``k`` singular directions of the task-arithmetic sum (the
+    common subspace) plus, per task, the top ``s`` directions of its delta projected off that subspace; the
+    concatenated singular vectors replaced by their nearest orthogonal matrices, the spectrum set to the mean of
+    the kept singular values, times ``scale``. In float64 from the thin factors; ``k`` and ``s`` divide the sum's
+    numerical rank (:func:`iso_cts_sizes`); directions with a zero singular value are dropped."""
+    b_cat, a_cat = x.thin_factors(torch.float64)
+    u, s, vh = _thin_svd(b_cat.to(device), a_cat.to(device))
+    shape = (b_cat.shape[0], a_cat.shape[1])
+    total = numerical_rank(s, shape)
+    if total == 0:
+        return _fit(u[:, :0], s[:0], vh[:0], rank)
+    k, per_task = iso_cts_sizes(total, len(x.a), fraction)
+    tol = float(s[0]) * max(*shape, s.numel()) * torch.finfo(s.dtype).eps
+    us, ss, vhs = [u[:, :k]], [s[:k]], [vh[:k]]
+    for a, b, c in zip(x.a, x.b, x.coefficients, strict=True):
+        b = b.to(device, torch.float64) * c
+        u_t, s_t, vh_t = _thin_svd(b - u[:, :k] @ (u[:, :k].T @ b), a.to(device, torch.float64))
+        kept = min(per_task, int((s_t > tol).sum()))
+        us.append(u_t[:, :kept])
+        ss.append(s_t[:kept])
+        vhs.append(vh_t[:kept])
+    u_cat, s_cat, vh_cat = torch.cat(us, dim=1), torch.cat(ss), torch.cat(vhs, dim=0)
+    p, _, qt = torch.linalg.svd(u_cat, full_matrices=False)
+    u_perp = p @ qt
+    p, _, qt = torch.linalg.svd(vh_cat.T, full_matrices=False)
+    level = scale * float(s_cat.mean())
+    return _fit(u_perp, s_cat.new_full((s_cat.numel(),), level), (p @ qt).T, rank)

@@ -1,0 +1,170 @@
+"""More merge methods from the papers (Iso-CTS) against plain dense implementations of the papers' equations.
+
+As in tests/test_merge_iso_tsv.py: each dense reference forms every task's ``out x in`` delta
+``Delta_i = w_i s_i B_i A_i`` and calls ``torch.linalg.svd`` on dense matrices, as the papers (and their code) write
+the method; the engine computes the same from the thin factors. Compared on Llama-, GPT-2- (Conv1D,
+fan_in_fan_out) and T5-shaped adapters made by PEFT, on the merged adapter's ``s B A`` per module (as PEFT loads
+it). Every output loads in PEFT with exactly its tensors and changes the base's logits.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import factories
+import pytest
+import torch
+from merge_fixtures import (
+    assert_loads_exactly,
+    build_family_adapter,
+    build_family_base,
+    fake_adapter,
+    logits,
+    merged_deltas,
+)
+from peft import PeftModel
+from safetensors.torch import load_file
+from test_merge_iso_tsv import _load, _nonzero, _weighted_deltas, dense_iso_c
+
+from registry.errors import IncompatibleAdapters
+from registry.inspect import inspect_adapter
+from registry.merge_rules import METHODS, check_merge
+from workers.merge import merge_adapters
+
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwarnings("ignore::UserWarning",
+                                                                                      "ignore::FutureWarning")]
+
+
+def _polar(m: torch.Tensor) -> torch.Tensor:
+    """The nearest matrix with orthonormal columns: ``M = P S Q^T -> P Q^T``."""
+    p, _, qt = torch.linalg.svd(m, full_matrices=False)
+    return p @ qt
+
+
+def dense_iso_cts(deltas: list[torch.Tensor], scale: float = 1.0, common_fraction: float = 0.8) -> torch.Tensor:
+    """Iso-CTS (Marczak et al. 2025, Algorithm 2 and the authors' code): the sum's top ``k`` singular directions
+    (common subspace), each task's delta projected off it, ``Delta_t - U_k U_k^T Delta_t``, giving its top ``s``;
+    ``k = floor(d * fraction)``, ``s = round((d - k) / T)``, then ``k = d - s T`` (d: the sum's rank); U and V
+    concatenated and orthogonalised, every kept singular value replaced by their mean, times alpha. Directions
+    with a zero singular value (beyond a LoRA delta's rank) are not kept."""
+    total = sum(deltas)
+    u, s, vh = torch.linalg.svd(total, full_matrices=False)
+    d, tasks = _nonzero(s, total.shape), len(deltas)
+    per_task = min(round((d - math.floor(d * common_fraction + 1e-9)) / tasks), d // tasks)
+    k = d - per_task * tasks
+    tol = float(s[0]) * max(total.shape) * torch.finfo(s.dtype).eps * 10
+    us, ss, vhs = [u[:, :k]], [s[:k]], [vh[:k]]
+    for delta in deltas:
+        u_t, s_t, vh_t = torch.linalg.svd(delta - u[:, :k] @ u[:, :k].T @ delta, full_matrices=False)
+        kept = min(per_task, int((s_t > tol).sum()))
+        us.append(u_t[:, :kept])
+        ss.append(s_t[:kept])
+        vhs.append(vh_t[:kept])
+    sigma = torch.cat(ss)
+    return scale * sigma.mean() * _polar(torch.cat(us, dim=1)) @ _polar(torch.cat(vhs, dim=0).T).T
+
+
+DENSE = {"iso_cts": dense_iso_cts}
+PARAMS = {"iso_cts": [{}, {"common_fraction": 0.5, "scale": 1.5}, {"common_fraction": 0.0}]}
+
+
+@pytest.fixture(scope="module")
+def shaped(tiny, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """family -> (base folder, adapters, weights): Llama (three inputs, unequal ranks and modules), GPT-2 (Conv1D
+    c_attn and c_fc, fan_in_fan_out), T5 (decoder only)."""
+    root = tmp_path_factory.mktemp("papers2")
+    llama = tiny["llama"]
+    llama_3 = factories.build_adapter(llama, root / "llama-3", r=6, alpha=12, targets=["q_proj", "o_proj"], seed=7)
+    gpt2 = tiny["gpt2"]
+    gpt2_b = factories.build_adapter(gpt2, root / "gpt2-b", r=8, alpha=8, targets=["c_attn", "c_fc"], seed=8)
+    t5 = build_family_base(root / "t5", "t5")
+    t5_a = build_family_adapter(t5, "t5", root / "t5-a", seed=41)
+    t5_b = build_family_adapter(t5, "t5", root / "t5-b", seed=42, r=6, alpha=16)
+    return {
+        "llama": (llama, [tiny["tone"], tiny["legal"], llama_3], [0.6, -0.3, 0.5]),
+        "gpt2": (gpt2, [tiny["gpt2_attn"], gpt2_b], [0.7, 0.4]),
+        "t5": (t5, [t5_a, t5_b], [0.5, 0.5]),
+    }
+
+
+CASES = [(m, i) for m in DENSE for i in range(len(PARAMS[m]))]
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "t5"])
+@pytest.mark.parametrize(("method", "case"), CASES)
+def test_matches_dense_reference(shaped, tmp_path, family, method, case):  # type: ignore[no-untyped-def]
+    base, adapters, weights = shaped[family]
+    params = PARAMS[method][case]
+    out = tmp_path / "merged"
+    report = merge_adapters(adapters, weights, method, out=out, **params)
+    merged = merged_deltas(out)
+    per_task = _weighted_deltas(adapters, weights)
+    assert sorted(merged) == sorted(per_task)
+    for module, deltas in per_task.items():
+        reference = DENSE[method](deltas, **params)
+        error = float((merged[module] - reference).norm() / reference.norm())
+        assert error < 1e-5, (module, error)
+    assert report.method == method and all(m.rel_error is not None for m in report.modules)  # not exact: measured
+    base_logits = logits(_load(family, base))
+    model = PeftModel.from_pretrained(_load(family, base), str(out)).eval()
+    assert_loads_exactly(model, out)
+    merged_logits = logits(model)
+    assert torch.isfinite(merged_logits).all() and not torch.allclose(merged_logits, base_logits)
+
+
+def test_iso_cts_with_the_whole_rank_common_is_iso_c(shaped, tmp_path):  # type: ignore[no-untyped-def]
+    """common_fraction 1 leaves no task-specific directions: Iso-CTS is then Iso-C."""
+    _, adapters, weights = shaped["llama"]
+    merge_adapters(adapters, weights, "iso_cts", out=tmp_path / "cts", common_fraction=1.0)
+    merged = merged_deltas(tmp_path / "cts")
+    for module, deltas in _weighted_deltas(adapters, weights).items():
+        reference = dense_iso_c(deltas, len(deltas))
+        assert float((merged[module] - reference).norm() / reference.norm()) < 1e-5, module
+
+
+@pytest.mark.parametrize("method", sorted(DENSE))
+def test_thin_on_a_16384_square_module(tmp_path, method):  # type: ignore[no-untyped-def]
+    """out = in = 16384, r = 8, three inputs: thin factors only (a dense delta alone would be 2 GiB in float64)."""
+    shapes = {"model.layers.0.self_attn.q_proj": (16384, 16384)}
+    adapters = [fake_adapter(tmp_path / f"in{i}", shapes, r=8, seed=i) for i in range(3)]
+    merge_adapters(adapters, [0.5, 0.3, 0.2], method, out=tmp_path / "warm")  # imports and first-call costs
+    start = time.perf_counter()
+    report = merge_adapters(adapters, [0.5, 0.3, 0.2], method, out=tmp_path / "merged")
+    seconds = time.perf_counter() - start
+    assert seconds < 1.5, seconds
+    assert report.peak_module_bytes < 16384 * 16384  # far below one dense float32 delta (1 GiB)
+    tensors = load_file(tmp_path / "merged" / "adapter_model.safetensors")
+    assert max(t.shape[0] if t.shape[0] != 16384 else t.shape[1] for t in tensors.values()) <= 24
+
+
+def test_bad_parameters_refused_with_generated_messages(tiny):  # type: ignore[no-untyped-def]
+    manifests = [inspect_adapter(tiny["tone"]), inspect_adapter(tiny["tone2"])]
+
+    def problems(method: str, params: dict) -> list[str]:  # type: ignore[type-arg]
+        with pytest.raises(IncompatibleAdapters) as err:
+            check_merge(manifests, [0.5, 0.5], method, params)
+        return err.value.problems
+
+    for bad in (-0.1, 1.5, math.nan, "most", True):
+        assert f"parameter common_fraction must be a number in [0, 1] (got {bad!r})" in problems(
+            "iso_cts", {"common_fraction": bad})
+    assert any("parameter common_fraction is not used by method iso_c" in p
+               for p in problems("iso_c", {"common_fraction": 0.5}))
+    assert any("parameter tsv_fraction is not used by method iso_cts" in p
+               for p in problems("iso_cts", {"tsv_fraction": 0.5}))
+    plan = check_merge(manifests, [0.5, 0.5], "iso_cts", {})
+    assert plan.params == {"common_fraction": 0.8, "scale": 1.0} and plan.out_rank == 8
+    assert METHODS["iso_cts"].rank_rule == "thin_sum"
+
+
+@pytest.mark.parametrize("method", sorted(DENSE))
+def test_catalog_merge_job_records_lineage(registry, tiny, method):  # type: ignore[no-untyped-def]
+    registry.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    registry.register(tiny["tone2"], name="legal")
+    job = registry.merge(["tone:1", "legal:1"], weights=[0.7, 0.3], method=method, name="merged", scale=0.5)
+    assert job.status == "succeeded" and job.result_ref == "merged:1"
+    parents = job.result.parents
+    assert [(p.ref, p.relation, p.weight) for p in parents] == [("tone:1", "merge", 0.7), ("legal:1", "merge", 0.3)]
+    assert all(p.params["method"] == method and p.params["scale"] == 0.5 for p in parents)
+    assert job.report["overall"]["modules"] == 4
