@@ -31,10 +31,14 @@ from registry.manifest import AdapterManifest
 #   tsv        - TSV-M: each task's top singular components, their singular vectors orthogonalised across tasks
 #   cts        - Iso-CTS: the sum's top directions (common subspace) plus each task's top directions off it,
 #                orthogonalised, with an isotropic spectrum
-Combine = Literal["cat", "factors", "exact_svd", "dense_svd", "iso", "tsv", "cts"]
+#   knots      - KnOTS: one SVD of the concatenated task updates, the tasks' S V_i^T merged (TIES or linear)
+Combine = Literal["cat", "factors", "exact_svd", "dense_svd", "iso", "tsv", "cts", "knots"]
 # The peft.utils.merge_utils operation applied to the tensors being combined.
 Op = Literal["concat", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
 RankRule = Literal["equal", "sum", "svd", "thin_sum", "tsv"]
+
+
+KNOTS_INNER = ("linear", "ties")
 
 
 def _is_int(v: Any) -> bool:
@@ -57,7 +61,7 @@ class Param:
 
 PARAMS: dict[str, Param] = {
     "density": Param(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]",
-                     help="fraction of entries kept by pruning (1 keeps everything)"),
+                     help="fraction of entries kept by pruning (1 keeps everything; knots with ties: default 1)"),
     "majority_sign_method": Param(lambda v: v in ("total", "frequency"), "'total' or 'frequency'", "total",
                                   help="how TIES elects the sign of each entry"),
     "svd_rank": Param(lambda v: _is_int(v) and v > 0, "a positive integer",
@@ -71,6 +75,9 @@ PARAMS: dict[str, Param] = {
                           help="fraction of each task's rank TSV-M keeps (default 1 / number of inputs)"),
     "common_fraction": Param(lambda v: _is_number(v) and 0 <= v <= 1, "a number in [0, 1]", 0.8,
                              help="fraction of the merged rank Iso-CTS gives the common subspace (the paper's 0.8)"),
+    "knots_inner": Param(lambda v: v in KNOTS_INNER, "'linear' or 'ties'", "ties",
+                         help="how KnOTS merges the tasks' aligned S V_i^T: TIES (density, majority_sign_method) or "
+                              "the weighted sum"),
 }
 
 
@@ -119,6 +126,7 @@ METHODS: dict[str, Method] = {
     "iso_c": Method("iso", "linear", _SCALE, rank_rule="thin_sum"),
     "tsv_m": Method("tsv", "linear", _SCALE | frozenset({"tsv_fraction"}), rank_rule="tsv"),
     "iso_cts": Method("cts", "linear", _SCALE | frozenset({"common_fraction"}), rank_rule="thin_sum"),
+    "knots": Method("knots", "linear", _DENSITY | _SIGN | frozenset({"knots_inner"}), rank_rule="thin_sum"),
 }
 
 # init_lora_weights values whose adapters only work on a base that PEFT modified when creating them.
@@ -159,6 +167,9 @@ def check_params(method: str, params: dict[str, Any]) -> list[str]:
                 problems.append(f"parameter {name} is not used by method {method} (it accepts: {accepted})")
         elif value is not None and not spec.check(value):
             problems.append(f"parameter {name} must be {spec.meaning} (got {value!r})")
+        elif rule.combine == "knots" and params.get("knots_inner") == "linear" and name in _DENSITY | _SIGN \
+                and value is not None and value != spec.default:
+            problems.append(f"parameter {name} is not used by method {method} with knots_inner 'linear' (TIES only)")
     for name in sorted(rule.requires):
         if params.get(name) is None:
             problems.append(f"method {method} needs parameter {name} ({PARAMS[name].meaning})")
@@ -457,6 +468,11 @@ def check_merge(
         resolved["svd_rank"] = out_rank  # record the rank the default rule chose
     if rule.rank_rule == "tsv":
         resolved["tsv_fraction"] = tsv_fraction  # 1 / number of tasks unless given
+    if rule.combine == "knots":  # TIES keeps every entry unless told (the paper's LLaMA setting, topK 100%)
+        tied = resolved["knots_inner"] == "ties"
+        resolved["density"] = resolved["density"] if resolved["density"] is not None else 1.0 if tied else None
+        if not tied:
+            resolved.pop("majority_sign_method")
     return MergePlan(
         method=method, combine=rule.combine, op=rule.op, out_rank=out_rank, module_ranks=module_ranks,
         rank_pattern=_compress_pattern(module_ranks, out_rank), params=resolved,

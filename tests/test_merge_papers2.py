@@ -1,4 +1,4 @@
-"""More merge methods from the papers (Iso-CTS) against plain dense implementations of the papers' equations.
+"""More merge methods from the papers (Iso-CTS, KnOTS) against plain dense implementations of the papers' equations.
 
 As in tests/test_merge_iso_tsv.py: each dense reference forms every task's ``out x in`` delta
 ``Delta_i = w_i s_i B_i A_i`` and calls ``torch.linalg.svd`` on dense matrices, as the papers (and their code) write
@@ -24,6 +24,7 @@ from merge_fixtures import (
     merged_deltas,
 )
 from peft import PeftModel
+from peft.utils.merge_utils import task_arithmetic, ties
 from safetensors.torch import load_file
 from test_merge_iso_tsv import _load, _nonzero, _weighted_deltas, dense_iso_c
 
@@ -65,8 +66,29 @@ def dense_iso_cts(deltas: list[torch.Tensor], scale: float = 1.0, common_fractio
     return scale * sigma.mean() * _polar(torch.cat(us, dim=1)) @ _polar(torch.cat(vhs, dim=0).T).T
 
 
-DENSE = {"iso_cts": dense_iso_cts}
-PARAMS = {"iso_cts": [{}, {"common_fraction": 0.5, "scale": 1.5}, {"common_fraction": 0.0}]}
+def dense_knots(deltas: list[torch.Tensor], weights: list[float], knots_inner: str = "ties", density: float = 1.0,
+                majority_sign_method: str = "total") -> torch.Tensor:
+    """KnOTS (Stoica et al. 2025, and the authors' code with ``s_on_V``): the SVD of the concatenated task updates
+    ``[Delta_1 ... Delta_n] = U S [V_1^T ... V_n^T]`` (``out x n in``, nonzero singular values kept), the tasks'
+    ``S V_i^T`` merged by PEFT's own ``ties`` or ``task_arithmetic`` with the weights, then ``U @ merged``."""
+    fan_in = deltas[0].shape[1]
+    cat = torch.cat(deltas, dim=1)
+    u, s, vh = torch.linalg.svd(cat, full_matrices=False)
+    k = _nonzero(s, cat.shape)
+    u, vh = u[:, :k], vh[:k]
+    rows = u.abs().argmax(dim=0)  # the sign convention: each column of U has its largest entry positive
+    flip = u[rows, torch.arange(k)].sign()
+    u, vh = u * flip, vh * flip[:, None]
+    svs = [s[:k, None] * vh[:k, i * fan_in:(i + 1) * fan_in] for i in range(len(deltas))]
+    w = torch.tensor(weights, dtype=torch.float64)
+    merged = ties(svs, w, density, majority_sign_method) if knots_inner == "ties" else task_arithmetic(svs, w)
+    return u @ merged
+
+
+DENSE = {"iso_cts": dense_iso_cts, "knots": dense_knots}
+PARAMS = {"iso_cts": [{}, {"common_fraction": 0.5, "scale": 1.5}, {"common_fraction": 0.0}],
+          "knots": [{}, {"knots_inner": "ties", "density": 0.5, "majority_sign_method": "frequency"},
+                    {"knots_inner": "linear"}]}
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +122,15 @@ def test_matches_dense_reference(shaped, tmp_path, family, method, case):  # typ
     report = merge_adapters(adapters, weights, method, out=out, **params)
     merged = merged_deltas(out)
     per_task = _weighted_deltas(adapters, weights)
+    unweighted = _weighted_deltas(adapters, [1.0] * len(adapters))  # KnOTS weights the merge of the aligned parts
+    having = {m: [w for path, w in zip(adapters, weights, strict=True) if m in inspect_adapter(path).modules]
+              for m in per_task}
     assert sorted(merged) == sorted(per_task)
     for module, deltas in per_task.items():
-        reference = DENSE[method](deltas, **params)
+        if method == "knots":
+            reference = dense_knots(unweighted[module], having[module], **params)
+        else:
+            reference = DENSE[method](deltas, **params)
         error = float((merged[module] - reference).norm() / reference.norm())
         assert error < 1e-5, (module, error)
     assert report.method == method and all(m.rel_error is not None for m in report.modules)  # not exact: measured
@@ -121,6 +149,16 @@ def test_iso_cts_with_the_whole_rank_common_is_iso_c(shaped, tmp_path):  # type:
     for module, deltas in _weighted_deltas(adapters, weights).items():
         reference = dense_iso_c(deltas, len(deltas))
         assert float((merged[module] - reference).norm() / reference.norm()) < 1e-5, module
+
+
+def test_knots_linear_is_task_arithmetic(shaped, tmp_path):  # type: ignore[no-untyped-def]
+    """With the weighted sum inside, U S sum_i w_i V_i^T = sum_i w_i Delta_i: KnOTS-linear is the exact merge."""
+    _, adapters, weights = shaped["t5"]
+    report = merge_adapters(adapters, weights, "knots", out=tmp_path / "k", knots_inner="linear")
+    merged = merged_deltas(tmp_path / "k")
+    for module, deltas in _weighted_deltas(adapters, weights).items():
+        assert float((merged[module] - sum(deltas)).norm() / sum(deltas).norm()) < 1e-6, module
+    assert report.overall["max_rel_error"] < 1e-6  # the report's own measure agrees
 
 
 @pytest.mark.parametrize("method", sorted(DENSE))
@@ -157,14 +195,34 @@ def test_bad_parameters_refused_with_generated_messages(tiny):  # type: ignore[n
     assert plan.params == {"common_fraction": 0.8, "scale": 1.0} and plan.out_rank == 8
     assert METHODS["iso_cts"].rank_rule == "thin_sum"
 
+    assert "parameter knots_inner must be 'linear' or 'ties' (got 'dare')" in problems("knots", {"knots_inner": "dare"})
+    assert "parameter density is not used by method knots with knots_inner 'linear' (TIES only)" in problems(
+        "knots", {"knots_inner": "linear", "density": 0.5})
+    assert "parameter majority_sign_method is not used by method knots with knots_inner 'linear' (TIES only)" in \
+        problems("knots", {"knots_inner": "linear", "majority_sign_method": "frequency"})
+    assert "parameter density must be a number in (0, 1] (got 0)" in problems("knots", {"density": 0})
+    assert any("parameter knots_inner is not used by method ties" in p
+               for p in problems("ties", {"density": 0.5, "knots_inner": "linear"}))
+    plan = check_merge(manifests, [0.5, 0.5], "knots", {})
+    assert plan.params == {"density": 1.0, "knots_inner": "ties", "majority_sign_method": "total"}
+    assert plan.out_rank == 8
+    plan = check_merge(manifests, [0.5, 0.5], "knots", {"knots_inner": "linear", "majority_sign_method": "total"})
+    assert plan.params == {"density": None, "knots_inner": "linear"}
+
+
+LINEAGE = {"iso_cts": ({"common_fraction": 0.5}, {"common_fraction": 0.5, "scale": 1.0}),
+           "knots": ({"density": 0.7}, {"knots_inner": "ties", "density": 0.7, "majority_sign_method": "total"})}
+
 
 @pytest.mark.parametrize("method", sorted(DENSE))
 def test_catalog_merge_job_records_lineage(registry, tiny, method):  # type: ignore[no-untyped-def]
+    """The job runs the method and every parent edge records its parameters as resolved (defaults included)."""
+    given, resolved = LINEAGE[method]
     registry.register(tiny["tone"], name="tone", base_path=tiny["llama"])
     registry.register(tiny["tone2"], name="legal")
-    job = registry.merge(["tone:1", "legal:1"], weights=[0.7, 0.3], method=method, name="merged", scale=0.5)
+    job = registry.merge(["tone:1", "legal:1"], weights=[0.7, 0.3], method=method, name="merged", **given)
     assert job.status == "succeeded" and job.result_ref == "merged:1"
     parents = job.result.parents
     assert [(p.ref, p.relation, p.weight) for p in parents] == [("tone:1", "merge", 0.7), ("legal:1", "merge", 0.3)]
-    assert all(p.params["method"] == method and p.params["scale"] == 0.5 for p in parents)
+    assert all(p.params == {"method": method, **resolved} for p in parents)
     assert job.report["overall"]["modules"] == 4

@@ -39,6 +39,7 @@ COMBINE_TEXT = {
     "iso": "isotropic spectrum of the weighted sum (Iso-C)",
     "tsv": "each task's top singular vectors, orthogonalised across tasks (TSV-M)",
     "cts": "common and task-specific singular vectors, orthogonalised, isotropic spectrum (Iso-CTS)",
+    "knots": "one SVD of the concatenated updates, the tasks' aligned parts merged (KnOTS)",
 }
 
 

@@ -32,6 +32,7 @@ from workers.merge.methods import (
     merge_factors,
     merge_iso_c,
     merge_iso_cts,
+    merge_knots,
     merge_tsv_m,
 )
 from workers.merge.report import MergeReport, ModuleReport, peak_rss_bytes
@@ -111,6 +112,7 @@ def merge_adapters(
     scale: float | None = None,
     tsv_fraction: float | None = None,
     common_fraction: float | None = None,
+    knots_inner: str | None = None,
     dtype: str | torch.dtype | None = None,
     device: str = "cpu",
     allow_cross_base: bool = False,
@@ -147,7 +149,8 @@ def merge_adapters(
         labels = [str(f) for f in folders]
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
               "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale,
-              "tsv_fraction": tsv_fraction, "common_fraction": common_fraction}
+              "tsv_fraction": tsv_fraction, "common_fraction": common_fraction,
+              "knots_inner": knots_inner}
     plan = check_merge(manifests, list(weights), method, params, allow_cross_base=allow_cross_base, labels=labels)
     out = Path(out)
     out_dtype = _out_dtype(dtype, manifests)
@@ -314,6 +317,9 @@ def _merge_module(x: ModuleInputs, plan: MergePlan, rank: int, generator: torch.
         return (*merge_tsv_m(x, rank, p["tsv_fraction"], p["scale"], device), None)
     if plan.combine == "cts":
         return (*merge_iso_cts(x, rank, p["common_fraction"], p["scale"], device), None)
+    if plan.combine == "knots":
+        return (*merge_knots(x, rank, p["knots_inner"], p["density"], p.get("majority_sign_method", "total"), device),
+                None)
     if plan.combine == "dense_svd":
         return (*merge_dense_svd(x, plan.op, rank, p.get("density"), p.get("majority_sign_method", "total"),
                                  p.get("svd_clamp"), generator, device), None)

@@ -292,3 +292,40 @@ def merge_iso_cts(x: ModuleInputs, rank: int, fraction: float, scale: float, dev
     p, _, qt = torch.linalg.svd(vh_cat.T, full_matrices=False)
     level = scale * float(s_cat.mean())
     return _fit(u_perp, s_cat.new_full((s_cat.numel(),), level), (p @ qt).T, rank)
+
+
+def _sign_convention(u: torch.Tensor) -> torch.Tensor:
+    """+1/-1 per column of ``u`` making its largest-magnitude entry positive (scikit-learn's ``svd_flip``): singular
+    vectors are unique only up to a paired sign, so this fixes one, whatever the SVD routine returned."""
+    rows = u.abs().argmax(dim=0)
+    return torch.where(u[rows, torch.arange(u.shape[1], device=u.device)] < 0, -1.0, 1.0).to(u.dtype)
+
+
+def merge_knots(x: ModuleInputs, rank: int, inner: str, density: float | None, sign_method: str, device: str
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """KnOTS (Stoica et al., ICLR 2025): one SVD of the concatenated task updates ``[s_1 B_1 A_1 ... s_n B_n A_n]
+    = U S [V_1^T ... V_n^T]`` (the same basis ``U`` for every task), the tasks' ``S V_i^T`` merged by ``inner``
+    (``linear``: the weighted sum; ``ties``: PEFT's TIES with the weights), then ``U @ merged``. Thin: the
+    concatenation is ``B_cat blockdiag(s_i A_i)``, so a QR of ``B_cat``, one QR per ``A_i^T`` and the SVD of the
+    ``R x R`` core (``R = sum r_i``) give ``U`` (out x K) and each ``S V_i^T`` (K x in), in float64."""
+    qb, rb = torch.linalg.qr(torch.cat([b.to(device, torch.float64) for b in x.b], dim=1))
+    qas, blocks, start = [], [], 0
+    for a, s in zip(x.a, x.scalings, strict=True):
+        qa, ra = torch.linalg.qr(a.to(device, torch.float64).T * s)  # in x r_i, r_i x r_i
+        qas.append(qa)
+        blocks.append(rb[:, start:start + a.shape[0]] @ ra.T)
+        start += a.shape[0]
+    core_u, sigma, core_vh = torch.linalg.svd(torch.cat(blocks, dim=1))
+    k = numerical_rank(sigma, (qb.shape[0], sum(qa.shape[0] for qa in qas)))
+    u = qb @ core_u[:, :k]  # out x K
+    flip = _sign_convention(u)  # TIES's sign election is not symmetric under a flip of a component (ties at 0)
+    u, core_vh = u * flip, core_vh[:k] * flip[:, None]
+    sv, start = [], 0
+    for qa in qas:
+        sv.append((sigma[:k, None] * core_vh[:k, start:start + qa.shape[1]]) @ qa.T)  # S V_i^T: K x in
+        start += qa.shape[1]
+    op = "ties" if inner == "ties" else "linear"
+    merged = combine(sv, torch.tensor(x.weights, dtype=torch.float64, device=device), op, density, sign_method, None)
+    u2, s2, vh2 = _thin_svd(u, merged)  # balanced factors, and the rank at most min(out, in)
+    k = min(rank, numerical_rank(s2, (u.shape[0], merged.shape[1])))
+    return _fit(u2[:, :k], s2[:k], vh2[:k], rank)
