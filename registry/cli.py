@@ -603,6 +603,8 @@ def merge(
         None, "--common-fraction", help="Fraction of the rank iso_cts gives the common subspace (default 0.8)."),
     knots_inner: str | None = typer.Option(
         None, "--knots-inner", help="knots' inner merge: ties (default; --density, default 1) or linear."),
+    core_inner: str | None = typer.Option(
+        None, "--core-inner", help="core's inner merge: ties (default; --density, default 1) or linear."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, float16 or bfloat16 (default: inputs')."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write to this folder; no catalog involved."),
     name: str | None = typer.Option(None, "--name", "-n", help="Register the result as the next version of NAME."),
@@ -624,7 +626,8 @@ def merge(
         raise RegistryError("give exactly one of --out (merge folders) or --name (merge catalog versions)")
     params = dict(density=density, svd_rank=svd_rank, svd_clamp=svd_clamp,
                   majority_sign_method=majority_sign_method, seed=seed, scale=scale,
-                  tsv_fraction=tsv_fraction, common_fraction=common_fraction, knots_inner=knots_inner)
+                  tsv_fraction=tsv_fraction, common_fraction=common_fraction, knots_inner=knots_inner,
+                  core_inner=core_inner)
     if out is not None:
         return _merge_folders(sources, weight_list, method, out, dtype, params, allow_cross_base=allow_cross_base)
     job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,

@@ -95,6 +95,7 @@ class MergeParams(BaseModel):
     tsv_fraction: float | None = None
     common_fraction: float | None = None
     knots_inner: Literal["linear", "ties"] | None = None
+    core_inner: Literal["linear", "ties"] | None = None
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
 
 

@@ -32,13 +32,16 @@ from registry.manifest import AdapterManifest
 #   cts        - Iso-CTS: the sum's top directions (common subspace) plus each task's top directions off it,
 #                orthogonalised, with an isotropic spectrum
 #   knots      - KnOTS: one SVD of the concatenated task updates, the tasks' S V_i^T merged (TIES or linear)
-Combine = Literal["cat", "factors", "exact_svd", "dense_svd", "iso", "tsv", "cts", "knots"]
+#   core       - Core Space: the tasks in the reference bases of their stacked A's and B's (R x R), merged there
+Combine = Literal["cat", "factors", "exact_svd", "dense_svd", "iso", "tsv", "cts", "knots", "core"]
 # The peft.utils.merge_utils operation applied to the tensors being combined.
 Op = Literal["concat", "linear", "ties", "dare_linear", "dare_ties", "magnitude_prune"]
 RankRule = Literal["equal", "sum", "svd", "thin_sum", "tsv"]
 
 
 KNOTS_INNER = ("linear", "ties")
+#: The methods that merge aligned tasks by an inner rule, and the parameter naming it (TIES or linear).
+INNER = {"knots": "knots_inner", "core": "core_inner"}
 
 
 def _is_int(v: Any) -> bool:
@@ -61,7 +64,7 @@ class Param:
 
 PARAMS: dict[str, Param] = {
     "density": Param(lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]",
-                     help="fraction of entries kept by pruning (1 keeps everything; knots with ties: default 1)"),
+                     help="fraction of entries kept by pruning (1 keeps everything; knots, core with ties: default 1)"),
     "majority_sign_method": Param(lambda v: v in ("total", "frequency"), "'total' or 'frequency'", "total",
                                   help="how TIES elects the sign of each entry"),
     "svd_rank": Param(lambda v: _is_int(v) and v > 0, "a positive integer",
@@ -78,6 +81,9 @@ PARAMS: dict[str, Param] = {
     "knots_inner": Param(lambda v: v in KNOTS_INNER, "'linear' or 'ties'", "ties",
                          help="how KnOTS merges the tasks' aligned S V_i^T: TIES (density, majority_sign_method) or "
                               "the weighted sum"),
+    "core_inner": Param(lambda v: v in KNOTS_INNER, "'linear' or 'ties'", "ties",
+                        help="how Core Space merging merges the tasks' R x R core matrices: TIES (density, "
+                             "majority_sign_method) or the weighted sum"),
 }
 
 
@@ -127,6 +133,7 @@ METHODS: dict[str, Method] = {
     "tsv_m": Method("tsv", "linear", _SCALE | frozenset({"tsv_fraction"}), rank_rule="tsv"),
     "iso_cts": Method("cts", "linear", _SCALE | frozenset({"common_fraction"}), rank_rule="thin_sum"),
     "knots": Method("knots", "linear", _DENSITY | _SIGN | frozenset({"knots_inner"}), rank_rule="thin_sum"),
+    "core": Method("core", "linear", _DENSITY | _SIGN | frozenset({"core_inner"}), rank_rule="thin_sum"),
 }
 
 # init_lora_weights values whose adapters only work on a base that PEFT modified when creating them.
@@ -167,9 +174,10 @@ def check_params(method: str, params: dict[str, Any]) -> list[str]:
                 problems.append(f"parameter {name} is not used by method {method} (it accepts: {accepted})")
         elif value is not None and not spec.check(value):
             problems.append(f"parameter {name} must be {spec.meaning} (got {value!r})")
-        elif rule.combine == "knots" and params.get("knots_inner") == "linear" and name in _DENSITY | _SIGN \
+        elif rule.combine in INNER and params.get(INNER[rule.combine]) == "linear" and name in _DENSITY | _SIGN \
                 and value is not None and value != spec.default:
-            problems.append(f"parameter {name} is not used by method {method} with knots_inner 'linear' (TIES only)")
+            problems.append(f"parameter {name} is not used by method {method} with {INNER[rule.combine]} 'linear' "
+                            "(TIES only)")
     for name in sorted(rule.requires):
         if params.get(name) is None:
             problems.append(f"method {method} needs parameter {name} ({PARAMS[name].meaning})")
@@ -468,8 +476,8 @@ def check_merge(
         resolved["svd_rank"] = out_rank  # record the rank the default rule chose
     if rule.rank_rule == "tsv":
         resolved["tsv_fraction"] = tsv_fraction  # 1 / number of tasks unless given
-    if rule.combine == "knots":  # TIES keeps every entry unless told (the paper's LLaMA setting, topK 100%)
-        tied = resolved["knots_inner"] == "ties"
+    if rule.combine in INNER:  # TIES keeps every entry unless told (KnOTS's LLaMA setting, topK 100%)
+        tied = resolved[INNER[rule.combine]] == "ties"
         resolved["density"] = resolved["density"] if resolved["density"] is not None else 1.0 if tied else None
         if not tied:
             resolved.pop("majority_sign_method")

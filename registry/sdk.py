@@ -206,6 +206,7 @@ class Registry:
         tsv_fraction: float | None = None,
     common_fraction: float | None = None,
     knots_inner: str | None = None,
+    core_inner: str | None = None,
         dtype: str | None = None,
         tags: dict[str, str] | None = None,
         description: str | None = None,
@@ -227,7 +228,7 @@ class Registry:
         return self._bound(submit.merge(self.service, sources, weights=weights, method=method, name=name,
             density=density, svd_rank=svd_rank, svd_clamp=svd_clamp, majority_sign_method=majority_sign_method,
             seed=seed, scale=scale, tsv_fraction=tsv_fraction, common_fraction=common_fraction,
-            knots_inner=knots_inner,
+            knots_inner=knots_inner, core_inner=core_inner,
             dtype=dtype, tags=tags, description=description, allow_cross_base=allow_cross_base,
             validate=validate, publish_to=publish_to, idempotency_key=idempotency_key, run_id=run_id))
 

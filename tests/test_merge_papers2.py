@@ -1,4 +1,4 @@
-"""More merge methods from the papers (Iso-CTS, KnOTS) against plain dense implementations of the papers' equations.
+"""More merge methods from the papers (Iso-CTS, KnOTS, Core Space) against dense implementations of their equations.
 
 As in tests/test_merge_iso_tsv.py: each dense reference forms every task's ``out x in`` delta
 ``Delta_i = w_i s_i B_i A_i`` and calls ``torch.linalg.svd`` on dense matrices, as the papers (and their code) write
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from pathlib import Path
 
 import factories
 import pytest
@@ -29,7 +30,7 @@ from safetensors.torch import load_file
 from test_merge_iso_tsv import _load, _nonzero, _weighted_deltas, dense_iso_c
 
 from registry.errors import IncompatibleAdapters
-from registry.inspect import inspect_adapter
+from registry.inspect import KEY_PREFIX, inspect_adapter
 from registry.merge_rules import METHODS, check_merge
 from workers.merge import merge_adapters
 
@@ -85,10 +86,45 @@ def dense_knots(deltas: list[torch.Tensor], weights: list[float], knots_inner: s
     return u @ merged
 
 
-DENSE = {"iso_cts": dense_iso_cts, "knots": dense_knots}
+def _flipped(u: torch.Tensor) -> torch.Tensor:
+    """``u`` with each column's largest-magnitude entry positive (the engine's sign convention)."""
+    rows = u.abs().argmax(dim=0)
+    return u * u[rows, torch.arange(u.shape[1])].sign()
+
+
+def dense_core(deltas: list[torch.Tensor], weights: list[float], factors: list[tuple[torch.Tensor, torch.Tensor]],
+               core_inner: str = "ties", density: float = 1.0, majority_sign_method: str = "total") -> torch.Tensor:
+    """Core Space merging (Panariello et al. 2025, and the authors' ``get_core_matrices``): ``U_ref`` from the SVD of
+    ``[s_1 B_1 ... s_n B_n]``, ``V_ref^T`` from that of ``[A_1; ...; A_n]``; ``M_i = U_ref^T Delta_i V_ref`` from the
+    dense deltas; merged by PEFT's ``ties`` or ``task_arithmetic`` with the weights; ``U_ref M V_ref^T``."""
+    u_ref = _flipped(torch.linalg.svd(torch.cat([b for b, _ in factors], dim=1), full_matrices=False)[0])
+    v_ref = _flipped(torch.linalg.svd(torch.cat([a for _, a in factors], dim=0), full_matrices=False)[2].T)
+    cores = [u_ref.T @ delta @ v_ref for delta in deltas]
+    w = torch.tensor(weights, dtype=torch.float64)
+    merged = ties(cores, w, density, majority_sign_method) if core_inner == "ties" else task_arithmetic(cores, w)
+    return u_ref @ merged @ v_ref.T
+
+
+def _factors(adapters: list[Path]) -> dict[str, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """module -> ``[(s_i B_i, A_i)]`` (float64) over the inputs that have it."""
+    out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for path in adapters:
+        manifest = inspect_adapter(path)
+        tensors = load_file(path / "adapter_model.safetensors")
+        for module, info in manifest.modules.items():
+            suffix = ("lora_A.weight", "lora_B.weight") if info.kind == "linear" else \
+                ("lora_embedding_A", "lora_embedding_B")
+            a, b = (tensors[f"{KEY_PREFIX}{module}.{s}"].double() for s in suffix)
+            out.setdefault(module, []).append((manifest.scaling(module) * b, a))
+    return out
+
+
+DENSE = {"iso_cts": dense_iso_cts, "knots": dense_knots, "core": dense_core}
 PARAMS = {"iso_cts": [{}, {"common_fraction": 0.5, "scale": 1.5}, {"common_fraction": 0.0}],
           "knots": [{}, {"knots_inner": "ties", "density": 0.5, "majority_sign_method": "frequency"},
-                    {"knots_inner": "linear"}]}
+                    {"knots_inner": "linear"}],
+          "core": [{}, {"core_inner": "ties", "density": 0.5, "majority_sign_method": "frequency"},
+                   {"core_inner": "linear"}]}
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +161,13 @@ def test_matches_dense_reference(shaped, tmp_path, family, method, case):  # typ
     unweighted = _weighted_deltas(adapters, [1.0] * len(adapters))  # KnOTS weights the merge of the aligned parts
     having = {m: [w for path, w in zip(adapters, weights, strict=True) if m in inspect_adapter(path).modules]
               for m in per_task}
+    factors = _factors(adapters)
     assert sorted(merged) == sorted(per_task)
     for module, deltas in per_task.items():
         if method == "knots":
             reference = dense_knots(unweighted[module], having[module], **params)
+        elif method == "core":
+            reference = dense_core(unweighted[module], having[module], factors[module], **params)
         else:
             reference = DENSE[method](deltas, **params)
         error = float((merged[module] - reference).norm() / reference.norm())
@@ -151,10 +190,12 @@ def test_iso_cts_with_the_whole_rank_common_is_iso_c(shaped, tmp_path):  # type:
         assert float((merged[module] - reference).norm() / reference.norm()) < 1e-5, module
 
 
-def test_knots_linear_is_task_arithmetic(shaped, tmp_path):  # type: ignore[no-untyped-def]
-    """With the weighted sum inside, U S sum_i w_i V_i^T = sum_i w_i Delta_i: KnOTS-linear is the exact merge."""
+@pytest.mark.parametrize("method", ["knots", "core"])
+def test_linear_inner_is_task_arithmetic(shaped, tmp_path, method):  # type: ignore[no-untyped-def]
+    """With the weighted sum inside, U S sum_i w_i V_i^T = sum_i w_i Delta_i (KnOTS) and U_ref (sum_i w_i M_i) V_ref^T
+    = sum_i w_i Delta_i (Core Space, lossless): both are then the exact merge."""
     _, adapters, weights = shaped["t5"]
-    report = merge_adapters(adapters, weights, "knots", out=tmp_path / "k", knots_inner="linear")
+    report = merge_adapters(adapters, weights, method, out=tmp_path / "k", **{f"{method}_inner": "linear"})
     merged = merged_deltas(tmp_path / "k")
     for module, deltas in _weighted_deltas(adapters, weights).items():
         assert float((merged[module] - sum(deltas)).norm() / sum(deltas).norm()) < 1e-6, module
@@ -208,10 +249,17 @@ def test_bad_parameters_refused_with_generated_messages(tiny):  # type: ignore[n
     assert plan.out_rank == 8
     plan = check_merge(manifests, [0.5, 0.5], "knots", {"knots_inner": "linear", "majority_sign_method": "total"})
     assert plan.params == {"density": None, "knots_inner": "linear"}
+    assert "parameter density is not used by method core with core_inner 'linear' (TIES only)" in problems(
+        "core", {"core_inner": "linear", "density": 0.5})
+    assert any("parameter knots_inner is not used by method core" in p
+               for p in problems("core", {"knots_inner": "linear"}))
+    plan = check_merge(manifests, [0.5, 0.5], "core", {"density": 0.3})
+    assert plan.params == {"core_inner": "ties", "density": 0.3, "majority_sign_method": "total"} and plan.out_rank == 8
 
 
 LINEAGE = {"iso_cts": ({"common_fraction": 0.5}, {"common_fraction": 0.5, "scale": 1.0}),
-           "knots": ({"density": 0.7}, {"knots_inner": "ties", "density": 0.7, "majority_sign_method": "total"})}
+           "knots": ({"density": 0.7}, {"knots_inner": "ties", "density": 0.7, "majority_sign_method": "total"}),
+           "core": ({"core_inner": "linear"}, {"core_inner": "linear"})}
 
 
 @pytest.mark.parametrize("method", sorted(DENSE))

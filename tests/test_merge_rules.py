@@ -13,7 +13,7 @@ from registry.manifest import AdapterManifest, ModuleTensors
 from registry.merge_rules import METHODS, PARAMS, check_merge, check_params
 
 # methods from the papers (tested in test_merge_iso_tsv.py), not PEFT combination types
-BEYOND_PEFT = {"iso_c", "tsv_m", "iso_cts", "knots"}
+BEYOND_PEFT = {"iso_c", "tsv_m", "iso_cts", "knots", "core"}
 
 LAYERS = 2
 SHAPES = {"q_proj": ("self_attn", 64, 64), "v_proj": ("self_attn", 64, 32), "down_proj": ("mlp", 128, 64)}

@@ -42,6 +42,7 @@ def merge(
     tsv_fraction: float | None = None,
     common_fraction: float | None = None,
     knots_inner: str | None = None,
+    core_inner: str | None = None,
     dtype: str | None = None,
     tags: dict[str, str] | None = None,
     description: str | None = None,
@@ -65,7 +66,8 @@ def merge(
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
               "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale,
               "tsv_fraction": tsv_fraction, "common_fraction": common_fraction,
-              "knots_inner": knots_inner}
+              "knots_inner": knots_inner,
+              "core_inner": core_inner}
     with svc.transaction() as session:
         rows = [catalog.resolve(session, parse_ref(ref)) for ref in sources]  # a deleted input is refused
         refs = [catalog.exact_ref(session, r) for r in rows]

@@ -40,6 +40,7 @@ COMBINE_TEXT = {
     "tsv": "each task's top singular vectors, orthogonalised across tasks (TSV-M)",
     "cts": "common and task-specific singular vectors, orthogonalised, isotropic spectrum (Iso-CTS)",
     "knots": "one SVD of the concatenated updates, the tasks' aligned parts merged (KnOTS)",
+    "core": "the tasks in the reference bases of their stacked factors, merged there (Core Space)",
 }
 
 

@@ -27,6 +27,7 @@ from registry.merge_rules import MergePlan, check_merge, saved_module_tensors
 from workers.merge.methods import (
     ModuleInputs,
     merge_cat,
+    merge_core,
     merge_dense_svd,
     merge_exact_svd,
     merge_factors,
@@ -113,6 +114,7 @@ def merge_adapters(
     tsv_fraction: float | None = None,
     common_fraction: float | None = None,
     knots_inner: str | None = None,
+    core_inner: str | None = None,
     dtype: str | torch.dtype | None = None,
     device: str = "cpu",
     allow_cross_base: bool = False,
@@ -150,7 +152,8 @@ def merge_adapters(
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
               "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale,
               "tsv_fraction": tsv_fraction, "common_fraction": common_fraction,
-              "knots_inner": knots_inner}
+              "knots_inner": knots_inner,
+              "core_inner": core_inner}
     plan = check_merge(manifests, list(weights), method, params, allow_cross_base=allow_cross_base, labels=labels)
     out = Path(out)
     out_dtype = _out_dtype(dtype, manifests)
@@ -317,8 +320,9 @@ def _merge_module(x: ModuleInputs, plan: MergePlan, rank: int, generator: torch.
         return (*merge_tsv_m(x, rank, p["tsv_fraction"], p["scale"], device), None)
     if plan.combine == "cts":
         return (*merge_iso_cts(x, rank, p["common_fraction"], p["scale"], device), None)
-    if plan.combine == "knots":
-        return (*merge_knots(x, rank, p["knots_inner"], p["density"], p.get("majority_sign_method", "total"), device),
+    if plan.combine in ("knots", "core"):
+        fn = merge_knots if plan.combine == "knots" else merge_core
+        return (*fn(x, rank, p[f"{plan.combine}_inner"], p["density"], p.get("majority_sign_method", "total"), device),
                 None)
     if plan.combine == "dense_svd":
         return (*merge_dense_svd(x, plan.op, rank, p.get("density"), p.get("majority_sign_method", "total"),

@@ -329,3 +329,28 @@ def merge_knots(x: ModuleInputs, rank: int, inner: str, density: float | None, s
     u2, s2, vh2 = _thin_svd(u, merged)  # balanced factors, and the rank at most min(out, in)
     k = min(rank, numerical_rank(s2, (u.shape[0], merged.shape[1])))
     return _fit(u2[:, :k], s2[:k], vh2[:k], rank)
+
+
+def merge_core(x: ModuleInputs, rank: int, inner: str, density: float | None, sign_method: str, device: str
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Core Space merging (Panariello et al., NeurIPS 2025): reference bases from the SVDs of the stacked factors,
+    ``U_ref`` of ``[s_1 B_1 ... s_n B_n]`` (out x R) and ``V_ref^T`` of ``[A_1; ...; A_n]`` (R x in); each task
+    in core space, ``M_i = U_ref^T s_i B_i A_i V_ref`` (R x R, lossless: ``U_ref M_i V_ref^T = s_i B_i A_i``); the
+    ``M_i`` merged by ``inner`` (``linear`` or PEFT's ``ties``, with the weights); then ``U_ref M V_ref^T``.
+    Thin: two SVDs of ``out x R`` and ``R x in`` factors and ``R x R`` cores, in float64."""
+    b_stack = torch.cat([b.to(device, torch.float64) * s for b, s in zip(x.b, x.scalings, strict=True)], dim=1)
+    a_stack = torch.cat([a.to(device, torch.float64) for a in x.a], dim=0)
+    u_ref = torch.linalg.svd(b_stack, full_matrices=False)[0]  # out x min(out, R)
+    vh_ref = torch.linalg.svd(a_stack, full_matrices=False)[2]  # min(R, in) x in
+    u_ref = u_ref * _sign_convention(u_ref)  # TIES in core space is not symmetric under a basis vector's flip
+    vh_ref = vh_ref * _sign_convention(vh_ref.T)[:, None]
+    cores, start = [], 0
+    for a in x.a:
+        r = a.shape[0]
+        cores.append((u_ref.T @ b_stack[:, start:start + r]) @ (a_stack[start:start + r] @ vh_ref.T))
+        start += r
+    op = "ties" if inner == "ties" else "linear"
+    merged = combine(cores, torch.tensor(x.weights, dtype=torch.float64, device=device), op, density, sign_method, None)
+    u, s, vh = _thin_svd(u_ref @ merged, vh_ref)
+    k = min(rank, numerical_rank(s, (u_ref.shape[0], vh_ref.shape[1])))
+    return _fit(u[:, :k], s[:k], vh[:k], rank)
