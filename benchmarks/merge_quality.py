@@ -249,6 +249,7 @@ def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank:
         for seed in seeds:
             folders = []
             parent_loss: dict[str, float] = {}
+            cross: dict[str, dict[str, float | None]] = {}  # parent -> task -> retention of that task alone
             for i, task in enumerate(tasks):
                 folder = root / f"seed{seed}" / task.name
                 train_adapter(base, root / "base", task, held_prompts[task.name], steps, batch_size, rank, lr,
@@ -256,9 +257,16 @@ def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank:
                 folders.append(folder)
                 loaded = PeftModel.from_pretrained(copy.deepcopy(base), folder)
                 parent_loss[task.name] = answer_loss(loaded, data[task.name])
-            parents.append({"seed": seed, "loss": parent_loss})
+                cross[task.name] = {t.name: answer_loss(loaded, data[t.name]) for t in tasks}
+            # One parent alone on every task, as a retention (its own task: 1): how much it harms the others.
+            alone = {p: {t: retention(base_loss[t], parent_loss[t], loss) for t, loss in row.items()}
+                     for p, row in cross.items()}
+            parents.append({"seed": seed, "loss": parent_loss, "alone": alone})
             log(f"seed {seed}: adapters trained ({time.perf_counter() - t0:.1f} s): parent loss "
                 + ", ".join(f"{k} {v:.3f}" for k, v in parent_loss.items()))
+            log(f"seed {seed}: each parent alone, retention on every task: "
+                + "; ".join(f"{p}: " + " ".join(f"{r:.2f}" if r is not None else "-" for r in row.values())
+                            for p, row in alone.items()))
             for (method, weighting), res in results.items():
                 if res.refused:
                     continue

@@ -51,4 +51,6 @@ def test_quick_mode_runs_end_to_end(capsys: pytest.CaptureFixture[str], monkeypa
         assert row["refused"] is None
         assert math.isfinite(row["mean"]) and row["min"] <= row["mean"]
         assert row["seconds"]["mean"] > 0
+    alone = result["parents"][0]["alone"]  # each parent alone on every task; on its own task retention is 1
+    assert set(alone) == {"reverse", "upper"} and all(alone[t][t] in (None, pytest.approx(1.0)) for t in alone)
     assert "| `cat` |" in out and "| `iso_c` * |" in out and "best of PEFT's eleven" in out
