@@ -271,3 +271,22 @@ def start_server(tmp_path: Path):  # type: ignore[no-untyped-def]
 def server(start_server, server_env):  # type: ignore[no-untyped-def]
     """A running server on the embedded default catalog."""
     return start_server(server_env)
+
+
+@pytest.fixture
+def adreg(db_url, tmp_path):  # type: ignore[no-untyped-def]
+    """``adreg(*args, code=0)`` runs the CLI in-process on a fresh catalog (SQLite and PostgreSQL: ``db_url``) and
+    checks its exit code; ``adreg("init")`` has run."""
+    from typer.testing import CliRunner
+
+    from registry.cli import app
+
+    runner = CliRunner()
+
+    def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
+        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        return result
+
+    run("init")
+    return run

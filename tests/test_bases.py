@@ -10,11 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import SENTINEL
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
 from registry import models as m
 from registry.auth import Principal
-from registry.cli import app
 from registry.endpoints import BY_NAME
 from registry.errors import BaseModelNotFound, ConflictError, Forbidden, InvalidName, InvalidReference, RegistryError
 
@@ -233,19 +231,6 @@ def test_only_admins_name_bases_over_http():
     BY_NAME["add_base"].rule(admin, {"short_name": "x"}, None)  # type: ignore[arg-type]
     BY_NAME["base"].rule(writer, {"name": "org/model"}, None)  # type: ignore[arg-type]
     assert BY_NAME["base"].path == "/v1/bases/{name:path}" and BY_NAME["base"].path_fields == ["name"]
-
-
-@pytest.fixture
-def adreg(db_url, tmp_path):  # type: ignore[no-untyped-def]
-    runner = CliRunner()
-
-    def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-
-    run("init")
-    return run
 
 
 def test_cli_base_add_show_and_list(adreg, tiny):

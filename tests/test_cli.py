@@ -7,24 +7,6 @@ import os
 import subprocess
 import sys
 
-import pytest
-from typer.testing import CliRunner
-
-from registry.cli import app
-
-runner = CliRunner()
-
-
-@pytest.fixture
-def adreg(db_url, tmp_path):  # type: ignore[no-untyped-def]
-    def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-
-    run("init")
-    return run
-
 
 def test_issue_walkthrough(adreg, tiny):
     adreg("register", str(tiny["tone"]), "--name", "support-tone", "--tag", "team=cx", "--tag", "lang=en")

@@ -16,10 +16,8 @@ import torch
 from merge_fixtures import fake_adapter
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
-from typer.testing import CliRunner
 
 from registry import types as t
-from registry.cli import app
 from registry.errors import AdapterNotFound, InvalidName, InvalidReference, RegistryError
 from registry.lowrank import ExactDelta
 from workers.quiet import quiet_loading
@@ -341,18 +339,6 @@ def test_bad_references_are_refused(registry, tiny) -> None:  # type: ignore[no-
     assert missing.value.hint and "doctor" in missing.value.hint
 
 
-runner = CliRunner()
-
-
-@pytest.fixture
-def adreg(db_url, tmp_path):  # type: ignore[no-untyped-def]
-    def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-
-    run("init")
-    return run
 
 
 def test_cli_diff_human_and_json(adreg, tiny, made) -> None:  # type: ignore[no-untyped-def]

@@ -8,14 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from registry import auth, endpoints
-from registry.cli import app
 from registry.errors import AdapterNotFound, ConflictError, Forbidden, InvalidReference, ProtectedAlias, RegistryError
 from registry.operations import lifecycle, versions
-
-runner = CliRunner()
 
 
 def refs(items) -> list[str]:  # type: ignore[no-untyped-def]
@@ -384,17 +380,6 @@ def test_a_protected_alias_refusal_crosses_http_as_403(server, tiny):
 
 
 # -- CLI -------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def adreg(db_url, tmp_path):  # type: ignore[no-untyped-def]
-    def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-
-    run("init")
-    return run
 
 
 def test_cli_lifecycle(adreg, tiny):

@@ -7,15 +7,11 @@ import json
 import math
 
 import pytest
-from typer.testing import CliRunner
 
-from registry.cli import app
 from registry.errors import AdapterNotFound, InvalidName, RegistryError
 from registry.jobs import MergeSpec, PublishSpec, TrainSpec, ValidateSpec
 from registry.where import InvalidWhere
 from workers.job_metrics import metrics_of
-
-runner = CliRunner()
 
 
 def metrics(version) -> dict[tuple[str, str], float]:  # type: ignore[no-untyped-def]
@@ -213,17 +209,6 @@ def test_training_records_eval_loss_before_and_after(registry, tiny, tmp_path, o
 
 
 # -- the CLI ------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def adreg(db_url, tmp_path):  # type: ignore[no-untyped-def]
-    def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-
-    run("init")
-    return run
 
 
 def test_cli_metric_and_list_by_metrics(adreg, tiny):

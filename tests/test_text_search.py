@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from registry import fulltext
-from registry.cli import app
 from registry.errors import AdapterNotFound, Forbidden, InvalidReference, RegistryError
 from registry.queries import SearchFilters
 
@@ -244,22 +242,15 @@ def test_upgrade_from_0007_indexes_existing_versions(db_url, tmp_path, tiny):
 # -- the CLI and the server ----------------------------------------------------------------------------------------
 
 
-runner = CliRunner()
 
 
 @pytest.fixture
-def adreg(db_url, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+def adreg(adreg, monkeypatch):  # type: ignore[no-untyped-def]
+    """conftest's ``adreg``, with tables one row a line whatever the terminal."""
     from registry.cli_output import stdout
 
-    monkeypatch.setattr(stdout, "width", 250)  # tables one row a line, whatever the terminal
-
-    def run(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-
-    run("init")
-    return run
+    monkeypatch.setattr(stdout, "width", 250)
+    return adreg
 
 
 def test_cli_describe_and_list_query(adreg, tiny):
