@@ -202,7 +202,7 @@ def test_linear_inner_is_task_arithmetic(shaped, tmp_path, method):  # type: ign
     assert report.overall["max_rel_error"] < 1e-6  # the report's own measure agrees
 
 
-@pytest.mark.parametrize("method", sorted(DENSE))
+@pytest.mark.parametrize("method", ["iso_c", "tsv_m", "iso_cts", "knots", "core"])
 def test_thin_on_a_16384_square_module(tmp_path, method):  # type: ignore[no-untyped-def]
     """out = in = 16384, r = 8, three inputs: thin factors only (a dense delta alone would be 2 GiB in float64)."""
     shapes = {"model.layers.0.self_attn.q_proj": (16384, 16384)}
@@ -257,12 +257,15 @@ def test_bad_parameters_refused_with_generated_messages(tiny):  # type: ignore[n
     assert plan.params == {"core_inner": "ties", "density": 0.3, "majority_sign_method": "total"} and plan.out_rank == 8
 
 
-LINEAGE = {"iso_cts": ({"common_fraction": 0.5}, {"common_fraction": 0.5, "scale": 1.0}),
+# Every method from the papers (tests/test_merge_iso_tsv.py checks iso_c and tsv_m against their dense references).
+LINEAGE = {"iso_c": ({"scale": 0.5}, {"scale": 0.5}),
+           "tsv_m": ({"scale": 0.5}, {"scale": 0.5, "tsv_fraction": 0.5}),
+           "iso_cts": ({"common_fraction": 0.5}, {"common_fraction": 0.5, "scale": 1.0}),
            "knots": ({"density": 0.7}, {"knots_inner": "ties", "density": 0.7, "majority_sign_method": "total"}),
            "core": ({"core_inner": "linear"}, {"core_inner": "linear"})}
 
 
-@pytest.mark.parametrize("method", sorted(DENSE))
+@pytest.mark.parametrize("method", sorted(LINEAGE))
 def test_catalog_merge_job_records_lineage(registry, tiny, method):  # type: ignore[no-untyped-def]
     """The job runs the method and every parent edge records its parameters as resolved (defaults included)."""
     given, resolved = LINEAGE[method]
