@@ -268,3 +268,24 @@ def patch_dare(monkeypatch: Any) -> None:
     monkeypatch.setattr(methods, "dare_mask", lambda tensor, density, generator: value_mask(tensor, density))
     monkeypatch.setattr(merge_utils, "random_pruning",
                         lambda tensor, density, rescale: tensor * value_mask(tensor, density) / density)
+
+
+def paper_method_inputs(tiny: dict[str, Path], root: Path) -> dict[str, tuple[Path, list[Path], list[float]]]:
+    """family -> (base folder, adapters, weights) for the merge methods from the papers: Llama (three inputs, unequal
+    ranks and modules, a negative weight), GPT-2 (Conv1D c_attn and c_fc, fan_in_fan_out), T5 (decoder only)."""
+    llama = tiny["llama"]
+    llama_3 = factories.build_adapter(llama, root / "llama-3", r=6, alpha=12, targets=["q_proj", "o_proj"], seed=7)
+    gpt2 = tiny["gpt2"]
+    gpt2_b = factories.build_adapter(gpt2, root / "gpt2-b", r=8, alpha=8, targets=["c_attn", "c_fc"], seed=8)
+    t5 = build_family_base(root / "t5", "t5")
+    t5_a = build_family_adapter(t5, "t5", root / "t5-a", seed=41)
+    t5_b = build_family_adapter(t5, "t5", root / "t5-b", seed=42, r=6, alpha=16)
+    return {
+        "llama": (llama, [tiny["tone"], tiny["legal"], llama_3], [0.6, -0.3, 0.5]),
+        "gpt2": (gpt2, [tiny["gpt2_attn"], gpt2_b], [0.7, 0.4]),
+        "t5": (t5, [t5_a, t5_b], [0.5, 0.5]),
+    }
+
+
+def load_family_base(family: str, base: Path) -> torch.nn.Module:
+    return FAMILIES["t5"].load(base) if family == "t5" else factories.load_base(base)

@@ -12,16 +12,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import factories
 import pytest
 import torch
 from merge_fixtures import (
-    FAMILIES,
     assert_loads_exactly,
-    build_family_adapter,
-    build_family_base,
+    load_family_base,
     logits,
     merged_deltas,
+    paper_method_inputs,
 )
 from peft import PeftModel
 from safetensors.torch import load_file
@@ -35,7 +33,7 @@ pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.filterwar
                                                                                       "ignore::FutureWarning")]
 
 
-def _weighted_deltas(adapters: list[Path], weights: list[float]) -> dict[str, list[torch.Tensor]]:
+def weighted_deltas(adapters: list[Path], weights: list[float]) -> dict[str, list[torch.Tensor]]:
     """module -> ``[w_i s_i B_i A_i]`` (float64, dense) over the inputs that have it, in input order."""
     out: dict[str, list[torch.Tensor]] = {}
     for path, w in zip(adapters, weights, strict=True):
@@ -49,7 +47,7 @@ def _weighted_deltas(adapters: list[Path], weights: list[float]) -> dict[str, li
     return out
 
 
-def _nonzero(s: torch.Tensor, shape: torch.Size) -> int:
+def nonzero_count(s: torch.Tensor, shape: torch.Size) -> int:
     return int((s > s[0] * max(shape) * torch.finfo(s.dtype).eps * 10).sum()) if float(s[0]) > 0 else 0
 
 
@@ -58,7 +56,7 @@ def dense_iso_c(deltas: list[torch.Tensor], tasks: int, scale: float = 1.0) -> t
     value replaced by their mean: ``alpha * mean(sigma) * U V^T``."""
     total = sum(deltas)
     u, s, vh = torch.linalg.svd(total, full_matrices=False)
-    k = _nonzero(s, total.shape)
+    k = nonzero_count(s, total.shape)
     return scale * s[:k].mean() * u[:, :k] @ vh[:k]
 
 
@@ -91,25 +89,8 @@ PARAMS = {"iso_c": [{}, {"scale": 0.5}], "tsv_m": [{}, {"tsv_fraction": 0.75, "s
 
 @pytest.fixture(scope="module")
 def shaped(tiny, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """family -> (base folder, adapters, weights): Llama (three inputs, unequal ranks and modules), GPT-2 (Conv1D
-    c_attn and c_fc, fan_in_fan_out), T5 (decoder only)."""
-    root = tmp_path_factory.mktemp("iso_tsv")
-    llama = tiny["llama"]
-    llama_3 = factories.build_adapter(llama, root / "llama-3", r=6, alpha=12, targets=["q_proj", "o_proj"], seed=7)
-    gpt2 = tiny["gpt2"]
-    gpt2_b = factories.build_adapter(gpt2, root / "gpt2-b", r=8, alpha=8, targets=["c_attn", "c_fc"], seed=8)
-    t5 = build_family_base(root / "t5", "t5")
-    t5_a = build_family_adapter(t5, "t5", root / "t5-a", seed=41)
-    t5_b = build_family_adapter(t5, "t5", root / "t5-b", seed=42, r=6, alpha=16)
-    return {
-        "llama": (llama, [tiny["tone"], tiny["legal"], llama_3], [0.6, -0.3, 0.5]),
-        "gpt2": (gpt2, [tiny["gpt2_attn"], gpt2_b], [0.7, 0.4]),
-        "t5": (t5, [t5_a, t5_b], [0.5, 0.5]),
-    }
+    return paper_method_inputs(tiny, tmp_path_factory.mktemp("iso_tsv"))
 
-
-def _load(family: str, base: Path) -> torch.nn.Module:
-    return FAMILIES["t5"].load(base) if family == "t5" else factories.load_base(base)
 
 
 CASES = [(m, i) for m in DENSE for i in range(len(PARAMS[m]))]
@@ -123,7 +104,7 @@ def test_matches_dense_reference(shaped, tmp_path, family, method, case):  # typ
     out = tmp_path / "merged"
     report = merge_adapters(adapters, weights, method, out=out, **params)
     merged = merged_deltas(out)
-    per_task = _weighted_deltas(adapters, weights)
+    per_task = weighted_deltas(adapters, weights)
     ranks: dict[str, list[int]] = {}
     for path in adapters:
         for module, info in inspect_adapter(path).modules.items():
@@ -135,8 +116,8 @@ def test_matches_dense_reference(shaped, tmp_path, family, method, case):  # typ
         error = float((merged[module] - reference).norm() / reference.norm())
         assert error < 1e-5, (module, error)
     assert report.method == method and all(m.rel_error is not None for m in report.modules)  # not exact: measured
-    base_logits = logits(_load(family, base))
-    model = PeftModel.from_pretrained(_load(family, base), str(out)).eval()
+    base_logits = logits(load_family_base(family, base))
+    model = PeftModel.from_pretrained(load_family_base(family, base), str(out)).eval()
     assert_loads_exactly(model, out)
     merged_logits = logits(model)
     assert torch.isfinite(merged_logits).all() and not torch.allclose(merged_logits, base_logits)

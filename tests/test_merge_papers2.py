@@ -13,21 +13,20 @@ import math
 import time
 from pathlib import Path
 
-import factories
 import pytest
 import torch
 from merge_fixtures import (
     assert_loads_exactly,
-    build_family_adapter,
-    build_family_base,
     fake_adapter,
+    load_family_base,
     logits,
     merged_deltas,
+    paper_method_inputs,
 )
 from peft import PeftModel
 from peft.utils.merge_utils import task_arithmetic, ties
 from safetensors.torch import load_file
-from test_merge_iso_tsv import _load, _nonzero, _weighted_deltas, dense_iso_c
+from test_merge_iso_tsv import nonzero_count, weighted_deltas, dense_iso_c
 
 from registry.errors import IncompatibleAdapters
 from registry.inspect import KEY_PREFIX, inspect_adapter
@@ -52,7 +51,7 @@ def dense_iso_cts(deltas: list[torch.Tensor], scale: float = 1.0, common_fractio
     with a zero singular value (beyond a LoRA delta's rank) are not kept."""
     total = sum(deltas)
     u, s, vh = torch.linalg.svd(total, full_matrices=False)
-    d, tasks = _nonzero(s, total.shape), len(deltas)
+    d, tasks = nonzero_count(s, total.shape), len(deltas)
     per_task = min(round((d - math.floor(d * common_fraction + 1e-9)) / tasks), d // tasks)
     k = d - per_task * tasks
     tol = float(s[0]) * max(total.shape) * torch.finfo(s.dtype).eps * 10
@@ -75,7 +74,7 @@ def dense_knots(deltas: list[torch.Tensor], weights: list[float], knots_inner: s
     fan_in = deltas[0].shape[1]
     cat = torch.cat(deltas, dim=1)
     u, s, vh = torch.linalg.svd(cat, full_matrices=False)
-    k = _nonzero(s, cat.shape)
+    k = nonzero_count(s, cat.shape)
     u, vh = u[:, :k], vh[:k]
     rows = u.abs().argmax(dim=0)  # the sign convention: each column of U has its largest entry positive
     flip = u[rows, torch.arange(k)].sign()
@@ -129,21 +128,7 @@ PARAMS = {"iso_cts": [{}, {"common_fraction": 0.5, "scale": 1.5}, {"common_fract
 
 @pytest.fixture(scope="module")
 def shaped(tiny, tmp_path_factory):  # type: ignore[no-untyped-def]
-    """family -> (base folder, adapters, weights): Llama (three inputs, unequal ranks and modules), GPT-2 (Conv1D
-    c_attn and c_fc, fan_in_fan_out), T5 (decoder only)."""
-    root = tmp_path_factory.mktemp("papers2")
-    llama = tiny["llama"]
-    llama_3 = factories.build_adapter(llama, root / "llama-3", r=6, alpha=12, targets=["q_proj", "o_proj"], seed=7)
-    gpt2 = tiny["gpt2"]
-    gpt2_b = factories.build_adapter(gpt2, root / "gpt2-b", r=8, alpha=8, targets=["c_attn", "c_fc"], seed=8)
-    t5 = build_family_base(root / "t5", "t5")
-    t5_a = build_family_adapter(t5, "t5", root / "t5-a", seed=41)
-    t5_b = build_family_adapter(t5, "t5", root / "t5-b", seed=42, r=6, alpha=16)
-    return {
-        "llama": (llama, [tiny["tone"], tiny["legal"], llama_3], [0.6, -0.3, 0.5]),
-        "gpt2": (gpt2, [tiny["gpt2_attn"], gpt2_b], [0.7, 0.4]),
-        "t5": (t5, [t5_a, t5_b], [0.5, 0.5]),
-    }
+    return paper_method_inputs(tiny, tmp_path_factory.mktemp("papers2"))
 
 
 CASES = [(m, i) for m in DENSE for i in range(len(PARAMS[m]))]
@@ -157,8 +142,8 @@ def test_matches_dense_reference(shaped, tmp_path, family, method, case):  # typ
     out = tmp_path / "merged"
     report = merge_adapters(adapters, weights, method, out=out, **params)
     merged = merged_deltas(out)
-    per_task = _weighted_deltas(adapters, weights)
-    unweighted = _weighted_deltas(adapters, [1.0] * len(adapters))  # KnOTS weights the merge of the aligned parts
+    per_task = weighted_deltas(adapters, weights)
+    unweighted = weighted_deltas(adapters, [1.0] * len(adapters))  # KnOTS weights the merge of the aligned parts
     having = {m: [w for path, w in zip(adapters, weights, strict=True) if m in inspect_adapter(path).modules]
               for m in per_task}
     factors = _factors(adapters)
@@ -173,8 +158,8 @@ def test_matches_dense_reference(shaped, tmp_path, family, method, case):  # typ
         error = float((merged[module] - reference).norm() / reference.norm())
         assert error < 1e-5, (module, error)
     assert report.method == method and all(m.rel_error is not None for m in report.modules)  # not exact: measured
-    base_logits = logits(_load(family, base))
-    model = PeftModel.from_pretrained(_load(family, base), str(out)).eval()
+    base_logits = logits(load_family_base(family, base))
+    model = PeftModel.from_pretrained(load_family_base(family, base), str(out)).eval()
     assert_loads_exactly(model, out)
     merged_logits = logits(model)
     assert torch.isfinite(merged_logits).all() and not torch.allclose(merged_logits, base_logits)
@@ -185,7 +170,7 @@ def test_iso_cts_with_the_whole_rank_common_is_iso_c(shaped, tmp_path):  # type:
     _, adapters, weights = shaped["llama"]
     merge_adapters(adapters, weights, "iso_cts", out=tmp_path / "cts", common_fraction=1.0)
     merged = merged_deltas(tmp_path / "cts")
-    for module, deltas in _weighted_deltas(adapters, weights).items():
+    for module, deltas in weighted_deltas(adapters, weights).items():
         reference = dense_iso_c(deltas, len(deltas))
         assert float((merged[module] - reference).norm() / reference.norm()) < 1e-5, module
 
@@ -197,7 +182,7 @@ def test_linear_inner_is_task_arithmetic(shaped, tmp_path, method):  # type: ign
     _, adapters, weights = shaped["t5"]
     report = merge_adapters(adapters, weights, method, out=tmp_path / "k", **{f"{method}_inner": "linear"})
     merged = merged_deltas(tmp_path / "k")
-    for module, deltas in _weighted_deltas(adapters, weights).items():
+    for module, deltas in weighted_deltas(adapters, weights).items():
         assert float((merged[module] - sum(deltas)).norm() / sum(deltas).norm()) < 1e-6, module
     assert report.overall["max_rel_error"] < 1e-6  # the report's own measure agrees
 
