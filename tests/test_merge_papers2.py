@@ -26,7 +26,7 @@ from merge_fixtures import (
 from peft import PeftModel
 from peft.utils.merge_utils import task_arithmetic, ties
 from safetensors.torch import load_file
-from test_merge_iso_tsv import nonzero_count, weighted_deltas, dense_iso_c
+from test_merge_iso_tsv import dense_iso_c, nonzero_count, weighted_deltas
 
 from registry.errors import IncompatibleAdapters
 from registry.inspect import KEY_PREFIX, inspect_adapter
