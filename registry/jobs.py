@@ -162,7 +162,7 @@ class DataSpec(BaseModel):
 
     path: str
     sha256: str
-    format: Literal["json", "text", "parquet"]
+    format: Literal["json", "text", "parquet", "csv"]
     # text | prompt_completion | messages (CAUSAL_LM), text_label (SEQ_CLS), token_labels (TOKEN_CLS),
     # text_target (SEQ_2_SEQ_LM); see registry.trainset
     fields: Literal["text", "prompt_completion", "messages", "text_label", "token_labels", "text_target"]

@@ -40,6 +40,9 @@ def test_merge_and_training_on_a_worker_without_the_catalog(deployment, tiny):
     data.write_text("\n".join(json.dumps({"text": f"the adapter registry, line {i}"}) for i in range(24)))
     trained = client.train("tone:1", data=data, steps=2, lr=1e-3, batch_size=4).wait(300)
     assert trained.status == "succeeded" and trained.result_ref == "tone:2"
+    # its train / held-out splits were uploaded by the worker and recorded on the server (issue 17)
+    splits = {d.role: d for d in client.get("tone:2").datasets}
+    assert set(splits) == {"train", "heldout"} and client.dataset("tone-heldout").sha256 == splits["heldout"].sha256
 
     # The versions live in the server's store, with their lineage and the submitting user.
     server_store = root / "server" / "artifacts"

@@ -29,10 +29,11 @@ from typing import Any
 from registry import catalog
 from registry import models as m
 from registry.errors import RegistryError
+from registry.inspect import sha256_file
 from registry.jobs import TrainSpec
 from registry.trainset import CLASSIFICATION_TASKS, IGNORED_LABEL, load_rows
 from workers.context import JobCancelled, JobContext
-from workers.host import JobHost, Outcome, Output
+from workers.host import DatasetOutput, JobHost, Outcome, Output
 from workers.quiet import quiet_loading
 from workers.validate import (
     ADAPTER_PARAM_MARKERS,
@@ -459,4 +460,26 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
         parents = ([catalog.ParentSpec(spec.sources[i].version_id, "finetune", None, 0, edge)]
                    if spec.sources else [])
         outputs.append(Output(spec.names[i], folder, spec.base_model_id, parents=parents))
-    host.commit(ctx, spec, Outcome(report=report, message="trained", outputs=outputs))
+    splits = _split_datasets(ctx.scratch / "splits", spec, train_rows, eval_rows)
+    report["dataset"]["split_datasets"] = {d.role: {"name": d.name, "sha256": d.sha256, "rows": d.rows}
+                                           for d in splits}
+    host.commit(ctx, spec, Outcome(report=report, message="trained", outputs=outputs, datasets=splits))
+
+
+def split_name(adapter: str, role: str) -> str:
+    """The catalog name of a training split: ``<adapter>-train`` / ``<adapter>-heldout`` (within 64 characters)."""
+    suffix = f"-{role}"
+    return adapter[: 64 - len(suffix)].rstrip("-._") + suffix
+
+
+def _split_datasets(folder: Path, spec: TrainSpec, train_rows: Any, eval_rows: Any) -> list[DatasetOutput]:
+    """The train and held-out rows as JSON Lines files, to record as datasets linked to the trained versions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for role, rows in (("train", train_rows), ("heldout", eval_rows)):
+        file = folder / f"{role}.jsonl"
+        rows.to_json(str(file), lines=True)
+        out.append(DatasetOutput(name=split_name(spec.names[0], role), role=role, file=file, sha256=sha256_file(file),
+                                 format="json", rows=len(rows), columns=list(rows.column_names),
+                                 task_type=spec.task_type))
+    return out
