@@ -501,6 +501,20 @@ def _render_job(job: Any) -> None:
     table(None, ["field", "value"], rows)
     if isinstance(job.report, dict) and "layer_status" in job.report:
         _render_validation(job.report)
+    if job.kind == "eval" and isinstance(job.report, dict) and isinstance(job.report.get("datasets"), dict):
+        _render_eval(job.report)
+
+
+def _render_eval(report: dict[str, Any]) -> None:
+    rows = []
+    for ref, result in report["datasets"].items():
+        for side in ("base", "adapter"):
+            values = result.get(side) or {}
+            rows.append([ref, "base" if side == "base" else report.get("ref", ""), result.get("rows"),
+                         result.get("tokens"), *(f"{values[k]:.4g}" if isinstance(values.get(k), float) else "-"
+                                                 for k in ("eval_loss", "perplexity", "token_accuracy"))])
+    table(f"evaluation of {report.get('ref', '')} on {report.get('device', '?')}",
+          ["dataset", "model", "rows", "tokens", "loss", "perplexity", "token acc"], rows)
 
 
 def _render_validation(report: dict[str, Any]) -> None:
@@ -745,6 +759,25 @@ def validate_cmd(
 ) -> Any:
     """Validate a version at run time against its base model's real weights (PEFT, logits probes)."""
     return _follow(_registry().validate(ref, idempotency_key=idempotency_key), wait, json_output, "validation")
+
+
+@app.command("eval")
+@emits(_render_job)
+def eval_cmd(
+    ref: str = typer.Argument(..., help="Version to evaluate (and its bare base)."),
+    data: list[str] = typer.Option(None, "--data", help="A catalog dataset (name or name:N); repeatable. Default: "
+                                   "the version's linked eval datasets."),
+    max_rows: int = typer.Option(1000, "--max-rows", min=1, help="Rows read from each dataset (its first ones)."),
+    max_length: int = typer.Option(256, "--max-length", min=8, help="Tokens per row (longer rows are cut)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    idempotency_key: str | None = IDEMPOTENCY,
+    json_output: bool = JSON,
+) -> Any:
+    """Evaluate a version and its base on datasets: loss, perplexity, token accuracy (causal LMs), as metrics."""
+    job = _registry().evaluate(ref, data=list(data) if data else None, max_length=max_length, batch_size=batch_size,
+                               max_rows=max_rows, idempotency_key=idempotency_key)
+    return _follow(job, wait, json_output, "evaluation")
 
 
 def _render_run(run: Any) -> None:

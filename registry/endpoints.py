@@ -247,6 +247,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("datasets", datasets.datasets, "GET", "/v1/datasets", anyone),
     Endpoint("dataset", datasets.dataset, "GET", "/v1/datasets/{ref}", anyone),
     Endpoint("link_dataset", datasets.link_dataset, "POST", "/v1/versions/{ref}/datasets", write_on("ref")),
+    Endpoint("evaluate", submit.evaluate, "POST", "/v1/jobs/eval", write_on("ref")),
     # -- end datasets --
 
     Endpoint("whoami", access.whoami, "GET", "/v1/whoami", anyone),

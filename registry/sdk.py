@@ -491,6 +491,15 @@ class Registry:
         from registry.operations import datasets
 
         return datasets.link_dataset(self.service, ref, dataset, role=role)
+
+    def evaluate(self, ref: str, *, data: list[str] | None = None, max_length: int = 256, batch_size: int = 8,
+                 max_rows: int | None = 1000, idempotency_key: str | None = None,
+                 run_id: int | None = None) -> jobs.Job:
+        """Evaluate version ``ref`` and its bare base on catalog datasets ``data`` (default: its linked eval sets):
+        a job (GPU queue, CPU fallback) recording ``eval_loss``, ``perplexity``, ``token_accuracy`` and the base's
+        ``base_eval_loss``, ... as the version's metrics per dataset (``name:N``), with the job id."""
+        return self._bound(submit.evaluate(self.service, ref, data=data, max_length=max_length, batch_size=batch_size,
+                                           max_rows=max_rows, idempotency_key=idempotency_key, run_id=run_id))
     # -- end datasets --
 
     # -- diff (issue 15) --

@@ -199,3 +199,100 @@ def test_remote_register_and_link_through_a_server(server, tiny, files, tmp_path
         job = reg.train("tone:1", data=data, steps=1, eval_rows=2).wait(timeout=120)
         assert job.status == "succeeded", job.error
         assert {d.role: d.rows for d in reg.get("tone:2").datasets} == {"train": 8, "heldout": 2}
+        evaluated = reg.evaluate("tone:2", data=["tone-heldout"]).wait(timeout=120)  # over HTTP, item 2
+        assert evaluated.status == "succeeded", evaluated.error
+        assert {x.name for x in reg.get("tone:2").metrics if x.dataset == "tone-heldout:1"} >= {
+            "eval_loss", "base_eval_loss", "perplexity", "token_accuracy"}
+
+
+# -- evaluation jobs (issue 17 item 2) --
+
+def _reference_metrics(model, tokenizer, texts: list[str]) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Loss, perplexity and token accuracy written out plainly, one row at a time (no padding, no batching)."""
+    import math
+
+    import torch
+
+    loss_sum, right, count = 0.0, 0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = torch.tensor([tokenizer(text + tokenizer.eos_token)["input_ids"]])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            targets = ids[0, 1:]
+            loss_sum += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            right += int((logits.argmax(-1) == targets).sum())
+            count += len(targets)
+    return {"eval_loss": loss_sum / count, "perplexity": math.exp(loss_sum / count), "token_accuracy": right / count}
+
+
+def test_eval_job_measures_the_version_and_its_base_as_metrics(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from workers.tinymodels import load_base
+
+    texts = [f"the cat sat on mat number {i}" for i in range(6)]
+    registry.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    registry.register_dataset(_jsonl(tmp_path / "wiki.jsonl", [{"text": t} for t in texts]), name="wiki")
+    registry.register_dataset(_jsonl(tmp_path / "qa.jsonl", [{"prompt": "q: one", "completion": " a: two"}] * 3),
+                              name="qa")
+    with pytest.raises(RegistryError, match="no eval datasets linked"):
+        registry.evaluate("tone:1")
+    registry.link_dataset("tone:1", "wiki")
+    job = registry.evaluate("tone:1", batch_size=4).wait(timeout=120)  # the linked eval set
+    assert job.status == "succeeded", job.error
+    assert job.kind == "eval" and job.queue == "gpu"  # the GPU queue; the local executor runs it here, on the CPU
+    result = job.report["datasets"]["wiki:1"]
+    assert result["rows"] == 6 and result["sha256"] == registry.dataset("wiki").sha256
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["llama"])
+    base_model = load_base(tiny["llama"]).eval()
+    expected_base = _reference_metrics(base_model, tokenizer, texts)
+    expected = _reference_metrics(PeftModel.from_pretrained(load_base(tiny["llama"]), str(tiny["tone"])).eval(),
+                                  tokenizer, texts)
+    for name, value in expected.items():
+        assert result["adapter"][name] == pytest.approx(value, rel=1e-4), name
+        assert result["base"][name] == pytest.approx(expected_base[name], rel=1e-4), name
+    assert result["adapter"]["eval_loss"] != pytest.approx(result["base"]["eval_loss"], rel=1e-6)
+
+    metrics = {(x.name, x.dataset): x for x in registry.get("tone:1").metrics}
+    assert {n for n, d in metrics if d == "wiki:1"} == {
+        "eval_loss", "perplexity", "token_accuracy", "base_eval_loss", "base_perplexity", "base_token_accuracy"}
+    assert metrics[("eval_loss", "wiki:1")].value == pytest.approx(expected["eval_loss"], rel=1e-4)
+    assert {(x.source, x.job_id) for (_, d), x in metrics.items() if d == "wiki:1"} == {("eval", job.id)}
+    found = registry.search(where="eval_loss[wiki:1] < 1000")
+    assert [v.ref for v in found] == ["tone:1"]
+
+    both = registry.evaluate("tone:1", data=["qa", "wiki:1"]).wait(timeout=120)
+    assert both.status == "succeeded", both.error
+    assert set(both.report["datasets"]) == {"qa:1", "wiki:1"}
+    assert 0 <= both.report["datasets"]["qa:1"]["adapter"]["token_accuracy"] <= 1
+
+
+def test_eval_refusals(registry, tiny, tmp_path, files) -> None:  # type: ignore[no-untyped-def]
+    registry.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    registry.register_dataset(files["csv"], name="sst", task_type="SEQ_CLS")  # has 'text': usable by a causal LM
+    registry.register_dataset(_jsonl(tmp_path / "q.jsonl", [{"question": "?", "answer": "!"}]), name="qa")
+    with pytest.raises(InvalidDataset, match="expected 'text'"):
+        registry.evaluate("tone:1", data=["qa"])
+    with pytest.raises(DatasetNotFound):
+        registry.evaluate("tone:1", data=["absent"])
+    with pytest.raises(RegistryError, match="batch_size"):
+        registry.evaluate("tone:1", data=["sst"], batch_size=0)
+
+
+def test_cli_eval(db_url, tmp_path, tiny, files) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+
+    def adreg(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
+        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
+        assert result.exit_code == code, (result.stdout, result.stderr)
+        return result
+
+    adreg("init")
+    adreg("data", "register", str(files["jsonl"]), "--name", "wiki")
+    adreg("register", str(tiny["tone"]), "--name", "tone", "--base-path", str(tiny["llama"]))
+    job = json.loads(adreg("eval", "tone:1", "--data", "wiki", "--json").stdout)
+    assert job["status"] == "succeeded" and set(job["report"]["datasets"]) == {"wiki:1"}
+    human = adreg("job", str(job["id"])).stdout
+    assert "evaluation of tone:1" in human and "perplexity" in human

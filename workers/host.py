@@ -21,7 +21,7 @@ from registry import catalog
 from registry import models as m
 from registry.errors import RegistryError
 from registry.inspect import inspect_adapter, sha256_file, weights_path
-from registry.jobs import AnySpec, DataSpec, MergeSpec, PublishSpec, TrainSpec, ValidateSpec
+from registry.jobs import AnySpec, DataSpec, EvalSpec, MergeSpec, PublishSpec, TrainSpec, ValidateSpec
 from registry.manifest import AdapterManifest
 from registry.operations import datasets as datasets_ops
 from registry.operations.submit import submit
@@ -178,6 +178,13 @@ def load_inputs(svc: Service, spec: AnySpec) -> JobInputs:
                 inputs.base = s.get(m.BaseModelRecord, spec.base_model_id)
                 if inputs.base is None:
                     raise InputChanged("the base model of this job was deleted from the catalog")
+        elif isinstance(spec, EvalSpec):
+            row = s.get(m.AdapterVersion, spec.version_id)
+            if row is None or row.purged_at is not None:
+                raise InputChanged(f"version {spec.ref} no longer exists")
+            inputs.versions[row.id] = row
+            inputs.refs[row.id] = spec.ref
+            inputs.base = s.get(m.BaseModelRecord, row.base_model_id) if row.base_model_id else None
         elif isinstance(spec, ValidateSpec):
             row = s.get(m.AdapterVersion, spec.version_id)
             if row is None:

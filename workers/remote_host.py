@@ -109,7 +109,8 @@ class RemoteHost:
         return self.cache.adapter(row.weights_sha256, config, weights)
 
     def data_file(self, data: DataSpec) -> Path:
-        blob = self.cache.blob(data.sha256, lambda: self._stream(f"/v1/worker/jobs/{self.job_id}/data"))
+        blob = self.cache.blob(data.sha256, lambda: self._stream(
+            f"/v1/worker/jobs/{self.job_id}/data?sha256={data.sha256}"))
         named = blob.with_name(blob.name + Path(data.path).suffix)  # the loader picks the format by suffix
         if not named.exists():
             with contextlib.suppress(FileExistsError):

@@ -134,10 +134,16 @@ def complete_job(svc: Service, job_id: int, attempt: int, payload: dict[str, Any
     return {"status": "succeeded", "registered": [ref for _, ref in results]}
 
 
-def data_path(svc: Service, job_id: int) -> Path:
-    """The training-data file of a train job (a remote worker fetches it and checks its sha256)."""
+def data_path(svc: Service, job_id: int, sha256: str | None = None) -> Path:
+    """The training-data file of a train job, or the dataset with ``sha256`` of an eval job (a remote worker fetches
+    it and checks its sha256)."""
     with svc.sessions() as s:
         row = s.get(m.Job, job_id)
+        if row is not None and row.kind == "eval":
+            for data in row.spec.get("datasets") or []:
+                if data.get("sha256") == sha256:
+                    return Path(data["path"])
+            raise RegistryError(f"job {job_id} evaluates on no dataset with sha256 {str(sha256)[:12]}")
         if row is None or row.kind != "train":
-            raise RegistryError(f"job {job_id} is not a train job")
+            raise RegistryError(f"job {job_id} is not a train or eval job")
         return Path(row.spec["data"]["path"])

@@ -99,7 +99,8 @@ def _word_labels(words: list[str], labels: list[int], encoding: Any) -> list[int
     return out
 
 
-def _tokenize(rows: Any, tokenizer: Any, fields: str, max_length: int) -> Any:
+def tokenize_rows(rows: Any, tokenizer: Any, fields: str, max_length: int) -> Any:
+    """Rows as model inputs and labels for the task layout ``fields`` (the training job's and the eval job's)."""
     eos = tokenizer.eos_token or ""
 
     def encode(example: dict[str, Any]) -> dict[str, Any]:
@@ -220,7 +221,7 @@ def _last_complete_checkpoint(folder: Path, names: list[str]) -> str | None:
     return None
 
 
-def _collator(task: str, tokenizer: Any) -> Any:
+def collator(task: str, tokenizer: Any) -> Any:
     from transformers import DataCollatorForSeq2Seq, DataCollatorForTokenClassification, DataCollatorWithPadding
 
     if task == "SEQ_CLS":
@@ -316,8 +317,8 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
         train_rows, eval_rows = split["train"], split["test"]
     else:
         train_rows, eval_rows = rows, rows
-    train_set = _tokenize(train_rows, tokenizer, spec.data.fields, spec.max_length)
-    eval_set = _tokenize(eval_rows, tokenizer, spec.data.fields, spec.max_length)
+    train_set = tokenize_rows(train_rows, tokenizer, spec.data.fields, spec.max_length)
+    eval_set = tokenize_rows(eval_rows, tokenizer, spec.data.fields, spec.max_length)
     if len(train_set) == 0:
         raise RegistryError("no training example is left after tokenisation (too short, or no label within "
                             f"max_length={spec.max_length})")
@@ -383,7 +384,7 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
     classify = task in CLASSIFICATION_TASKS
     trainer = AdapterTrainer(
         model=peft_model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-        data_collator=_collator(task, tokenizer), optimizers=(optimizer, None), callbacks=[callback],
+        data_collator=collator(task, tokenizer), optimizers=(optimizer, None), callbacks=[callback],
         compute_metrics=_accuracy if classify else None,
         preprocess_logits_for_metrics=_predicted_classes if classify else None,
     )

@@ -137,7 +137,7 @@ def add_routes(app: FastAPI, svc: Service, caller: Any) -> None:
     @app.get("/v1/worker/jobs/{job_id}/data", tags=["worker"], response_class=FileResponse,
              responses={200: {"content": {"application/octet-stream": {"schema": {
                  "type": "string", "format": "binary"}}}, "description": "the data file"}, **PROBLEM_RESPONSES})
-    def data(who: caller, job_id: JobId) -> FileResponse:
-        """The training data of a train job."""
+    def data(who: caller, job_id: JobId, sha256: str | None = None) -> FileResponse:
+        """The training data of a train job (or the dataset with ``sha256`` of an eval job)."""
         _worker(who)
-        return FileResponse(protocol.data_path(svc, job_id), media_type="application/octet-stream")
+        return FileResponse(protocol.data_path(svc, job_id, sha256), media_type="application/octet-stream")
