@@ -32,6 +32,8 @@ app.add_typer(alias_app, name="alias")
 app.add_typer(base_app, name="base")
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(recipe_app, name="recipe")
+data_app = typer.Typer(help="Datasets: data files pinned by sha256, linked to versions.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
 
 JSON = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
 IDEMPOTENCY = typer.Option(
@@ -94,6 +96,7 @@ def _render_version(v: t.AdapterVersion) -> None:
         ["adapter", v.adapter_description or "-"],
         ["metrics", ", ".join(f"{x.name}={x.value:.4g}" + (f" [{x.dataset}]" if x.dataset else "") for x in v.metrics)
          or "-"],
+        ["datasets", ", ".join(f"{d.ref} ({d.role}, {d.rows} rows)" for d in v.datasets) or "-"],
         ["parents", ", ".join(
             f"{p.ref} ({p.relation}" + (f", w={p.weight:g}" if p.weight is not None else "") + ")" for p in v.parents
         ) or "-"],
@@ -189,13 +192,19 @@ def register(
     base_path: Path | None = typer.Option(None, "--base-path", help="Local base model folder to read shapes from."),
     revision: str | None = typer.Option(None, "--revision", help="Base model revision."),
     description: str | None = typer.Option(None, "--description", "-d"),
+    eval_data: list[str] = typer.Option(None, "--eval-data", help="A catalog dataset (name or name:N) to link "
+                                        "as eval data; repeatable."),
     json_output: bool = JSON,
 ) -> t.AdapterVersion:
     """Register an adapter folder as the next version of NAME."""
-    version = _registry().register(
+    registry = _registry()
+    eval_sets = [registry.dataset(ref).ref for ref in eval_data or []]  # refused before anything is registered
+    version = registry.register(
         source, name=name, tags=_tags(tag), base=base, base_path=base_path, revision=revision,
         description=description,
     )
+    for ref in eval_sets:
+        version = registry.link_dataset(version.ref, ref, role="eval")
     if not any(c.level != "declared" for c in version.compatible):
         stderr.print(f"[yellow]warning:[/] the shapes of base model {escape(str(version.base_model))} were not "
                      "checked (its config.json was not read); pass --base-path DIR to check them", highlight=False)
@@ -492,6 +501,20 @@ def _render_job(job: Any) -> None:
     table(None, ["field", "value"], rows)
     if isinstance(job.report, dict) and "layer_status" in job.report:
         _render_validation(job.report)
+    if job.kind == "eval" and isinstance(job.report, dict) and isinstance(job.report.get("datasets"), dict):
+        _render_eval(job.report)
+
+
+def _render_eval(report: dict[str, Any]) -> None:
+    rows = []
+    for ref, result in report["datasets"].items():
+        for side in ("base", "adapter"):
+            values = result.get(side) or {}
+            rows.append([ref, "base" if side == "base" else report.get("ref", ""), result.get("rows"),
+                         result.get("tokens"), *(f"{values[k]:.4g}" if isinstance(values.get(k), float) else "-"
+                                                 for k in ("eval_loss", "perplexity", "token_accuracy"))])
+    table(f"evaluation of {report.get('ref', '')} on {report.get('device', '?')}",
+          ["dataset", "model", "rows", "tokens", "loss", "perplexity", "token acc"], rows)
 
 
 def _render_validation(report: dict[str, Any]) -> None:
@@ -743,6 +766,25 @@ def validate_cmd(
 ) -> Any:
     """Validate a version at run time against its base model's real weights (PEFT, logits probes)."""
     return _follow(_registry().validate(ref, idempotency_key=idempotency_key), wait, json_output, "validation")
+
+
+@app.command("eval")
+@emits(_render_job)
+def eval_cmd(
+    ref: str = typer.Argument(..., help="Version to evaluate (and its bare base)."),
+    data: list[str] = typer.Option(None, "--data", help="A catalog dataset (name or name:N); repeatable. Default: "
+                                   "the version's linked eval datasets."),
+    max_rows: int = typer.Option(1000, "--max-rows", min=1, help="Rows read from each dataset (its first ones)."),
+    max_length: int = typer.Option(256, "--max-length", min=8, help="Tokens per row (longer rows are cut)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    wait: bool = typer.Option(True, "--wait/--no-wait"),
+    idempotency_key: str | None = IDEMPOTENCY,
+    json_output: bool = JSON,
+) -> Any:
+    """Evaluate a version and its base on datasets: loss, perplexity, token accuracy (causal LMs), as metrics."""
+    job = _registry().evaluate(ref, data=list(data) if data else None, max_length=max_length, batch_size=batch_size,
+                               max_rows=max_rows, idempotency_key=idempotency_key)
+    return _follow(job, wait, json_output, "evaluation")
 
 
 def _render_run(run: Any) -> None:
@@ -1293,6 +1335,66 @@ def base_show(
     """A base model: its module shapes, the versions registered on it and every version that fits it."""
     return _registry().base(name, limit=limit)
 # -- end named bases --
+
+
+# -- datasets (issue 17) --
+def _render_datasets(items: list[t.DatasetInfo]) -> None:
+    table(None, ["dataset", "rows", "format", "task", "columns", "size", "sha256", "created"],
+          [[d.ref, d.rows, d.format, d.task_type or "-", ", ".join(d.columns), human_size(d.size_bytes),
+            d.sha256[:12], d.created_at.strftime("%Y-%m-%d %H:%M")] for d in items])
+
+
+def _render_dataset(d: t.DatasetInfo) -> None:
+    table(None, ["field", "value"], [
+        ["dataset", d.ref], ["sha256", d.sha256], ["format", d.format], ["rows", d.rows],
+        ["columns", ", ".join(d.columns)], ["task", d.task_type or "-"], ["size", human_size(d.size_bytes)],
+        ["source", d.source_uri or "-"], ["path", d.path],
+        ["versions", ", ".join(d.versions) or "-"],
+        ["linked", ", ".join(f"{x['ref']} ({x['role']})" for x in d.linked) or "-"],
+        ["created", d.created_at.strftime("%Y-%m-%d %H:%M:%S") + (f" by {d.created_by}" if d.created_by else "")],
+    ])
+
+
+@data_app.command("register")
+@emits(_render_dataset)
+def data_register(
+    file: Path = typer.Argument(..., help="A JSON Lines, JSON, text, CSV or parquet file."),
+    name: str = typer.Option(..., "--name", "-n", help="Dataset name (a lowercase slug)."),
+    task_type: str | None = typer.Option(None, "--task-type", help="Check the columns this task needs "
+                                         "(CAUSAL_LM, SEQ_CLS, TOKEN_CLS, SEQ_2_SEQ_LM)."),
+    json_output: bool = JSON,
+) -> t.DatasetInfo:
+    """Register a data file as dataset NAME (same bytes: the same version; other bytes: NAME:N+1)."""
+    return _registry().register_dataset(file, name=name, task_type=task_type)
+
+
+@data_app.command("list")
+@emits(_render_datasets)
+def data_list(name: str | None = typer.Argument(None, help="Only this dataset's versions."),
+              json_output: bool = JSON) -> list[t.DatasetInfo]:
+    """Every dataset version of the catalog."""
+    return _registry().datasets(name)
+
+
+@data_app.command("show")
+@emits(_render_dataset)
+def data_show(ref: str = typer.Argument(..., help="name (the latest version) or name:N"),
+              json_output: bool = JSON) -> t.DatasetInfo:
+    """One dataset version: sha256, rows, columns, its versions and the adapter versions linked to it."""
+    return _registry().dataset(ref)
+
+
+@data_app.command("link")
+@emits(_render_version)
+def data_link(
+    ref: str = typer.Argument(..., help="The adapter version: name, name:3 or name@alias."),
+    dataset: str = typer.Argument(..., help="The dataset: name or name:N."),
+    role: str = typer.Option("eval", "--role", help="eval, train or heldout."),
+    json_output: bool = JSON,
+) -> t.AdapterVersion:
+    """Link a dataset to an adapter version (eval data by default)."""
+    return _registry().link_dataset(ref, dataset, role=role)
+# -- end datasets --
 
 from registry.cli_access import install  # noqa: E402  (the access commands register on the app above)
 

@@ -20,8 +20,19 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from registry import auth, jobs
-from registry.errors import RegistryError
-from registry.operations import access, automation, bases, describing, diffs, lifecycle, metrics, submit, versions
+from registry.errors import Forbidden, RegistryError
+from registry.operations import (
+    access,
+    automation,
+    bases,
+    datasets,
+    describing,
+    diffs,
+    lifecycle,
+    metrics,
+    submit,
+    versions,
+)
 from registry.refs import parse_ref
 from registry.service import Service
 from registry.store import DATA_SUFFIXES
@@ -92,6 +103,13 @@ def train_rule(principal: auth.Principal, args: dict[str, Any], svc: Service) ->
         if ref and not args.get("name"):
             for name in names_meant(svc, ref):
                 principal.require("write", name)
+
+
+def dataset_rule(principal: auth.Principal, args: dict[str, Any], svc: Service) -> None:
+    """Registering a dataset writes no adapter: any user whose token may write; the file must be an upload."""
+    if principal.scope == "read":
+        raise Forbidden(f"{principal.name} may not register datasets: its token has scope read")
+    args["path"] = uploaded_data(svc, str(args["path"]))
 
 
 def uploaded_data(svc: Service, data: str) -> str:
@@ -223,6 +241,14 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     # ``{name:path}``: a base's name may be a Hub id (org/model) or a folder path, slashes included.
     Endpoint("base", bases.base, "GET", "/v1/bases/{name:path}", anyone),
     # -- end named bases --
+
+    # -- datasets (issue 17) --
+    Endpoint("register_dataset", datasets.register_dataset, "POST", "/v1/datasets", dataset_rule),
+    Endpoint("datasets", datasets.datasets, "GET", "/v1/datasets", anyone),
+    Endpoint("dataset", datasets.dataset, "GET", "/v1/datasets/{ref}", anyone),
+    Endpoint("link_dataset", datasets.link_dataset, "POST", "/v1/versions/{ref}/datasets", write_on("ref")),
+    Endpoint("evaluate", submit.evaluate, "POST", "/v1/jobs/eval", write_on("ref")),
+    # -- end datasets --
 
     Endpoint("whoami", access.whoami, "GET", "/v1/whoami", anyone),
     Endpoint("add_user", access.add_user, "POST", "/v1/users", anyone),

@@ -28,6 +28,10 @@ class AdapterNotFound(RegistryError):
     """No adapter, version or alias matches the reference."""
 
 
+class DatasetNotFound(RegistryError):
+    """No catalog dataset (or dataset version) matches the name."""
+
+
 class BaseModelNotFound(RegistryError):
     """No base model record matches."""
 

@@ -165,7 +165,7 @@ class DataSpec(BaseModel):
 
     path: str
     sha256: str
-    format: Literal["json", "text", "parquet"]
+    format: Literal["json", "text", "parquet", "csv"]
     # text | prompt_completion | messages (CAUSAL_LM), text_label (SEQ_CLS), token_labels (TOKEN_CLS),
     # text_target (SEQ_2_SEQ_LM); see registry.trainset
     fields: Literal["text", "prompt_completion", "messages", "text_label", "token_labels", "text_target"]
@@ -203,10 +203,31 @@ class TrainSpec(BaseModel):
     warnings: list[str] = Field(default_factory=list)  # said at submission (a deprecated input), shown with the job
 
 
-AnySpec = MergeSpec | ValidateSpec | TrainSpec | PublishSpec
+class EvalData(DataSpec):
+    """A catalog dataset to evaluate on, pinned by id and sha256 at submission."""
+
+    dataset_id: int
+    ref: str  # the dataset's name:version (the metrics' dataset)
+
+
+class EvalSpec(BaseModel):
+    """Measure a version and its bare base on catalog datasets (causal LMs: loss, perplexity, token accuracy)."""
+
+    kind: Literal["eval"] = "eval"
+    spec_version: Literal[1] = 1
+    submitted_by: str | None = None  # the user the job acts for
+    version_id: int
+    ref: str
+    datasets: list[EvalData] = Field(min_length=1, max_length=16)
+    max_length: int = Field(default=256, ge=8, le=8192)
+    batch_size: int = Field(default=8, ge=1, le=512)
+    max_rows: int | None = Field(default=1000, ge=1)  # rows read from each dataset (its first ones); None: all
+
+
+AnySpec = MergeSpec | ValidateSpec | TrainSpec | PublishSpec | EvalSpec
 JobSpec = Annotated[AnySpec, Field(discriminator="kind")]
 _SPEC = TypeAdapter(JobSpec)
-DEFAULT_QUEUE = {"merge": "cpu", "validate": "gpu", "train": "gpu", "publish": "cpu"}
+DEFAULT_QUEUE = {"merge": "cpu", "validate": "gpu", "train": "gpu", "publish": "cpu", "eval": "gpu"}
 
 
 def written_names(spec: AnySpec) -> list[str]:

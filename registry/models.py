@@ -201,6 +201,46 @@ class Metric(Base):
     recorded_by: Mapped[str | None] = mapped_column(String(255))
 
 
+class Dataset(Base):
+    """One version of a named dataset: a data file pinned by its sha256 and kept content-addressed in the store
+    (``data/<sha256><suffix>``). The same bytes under the same name are the same version."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        UniqueConstraint("name", "version"),
+        UniqueConstraint("name", "sha256"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(16))  # json, text, parquet, csv (the datasets loader)
+    suffix: Mapped[str] = mapped_column(String(16))  # the stored file's suffix (.jsonl, .csv, ...)
+    rows: Mapped[int] = mapped_column(Integer)
+    columns: Mapped[list[Any]] = mapped_column(default=list)
+    task_type: Mapped[str | None] = mapped_column(String(64))  # the task its columns were checked for, if any
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    source_uri: Mapped[str | None] = mapped_column(Text)  # the file it was read from, or job:<id>
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class VersionDataset(Base):
+    """A dataset linked to a version: what it was trained on (``train``), held out (``heldout``) or is evaluated
+    on (``eval``)."""
+
+    __tablename__ = "version_datasets"
+    __table_args__ = (CheckConstraint("role IN ('train', 'eval', 'heldout')", name="role"),)
+
+    version_id: Mapped[int] = mapped_column(ForeignKey("adapter_versions.id", ondelete="CASCADE"), primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"), primary_key=True,
+                                            index=True)
+    role: Mapped[str] = mapped_column(String(16), primary_key=True)
+    linked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    linked_by: Mapped[str | None] = mapped_column(String(255))
+
+
 class TargetModule(Base):
     """One explicit target-module name of a version (for ``--target`` searches)."""
 

@@ -27,6 +27,7 @@ STATUS: dict[type[errors.RegistryError], int] = {
     errors.Forbidden: 403,
     errors.AdapterNotFound: 404,
     errors.BaseModelNotFound: 404,
+    errors.DatasetNotFound: 404,
     errors.AuthRecordNotFound: 404,
     errors.ConflictError: 409,
     errors.SchemaOutdated: 503,

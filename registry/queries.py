@@ -315,6 +315,15 @@ def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path) -
             recorded_at=x.recorded_at, recorded_by=x.recorded_by,
         ))
 
+    linked: dict[int, list[t.DatasetLink]] = defaultdict(list)
+    for vid, role, dname, dversion, dsha, drows in session.execute(
+        select(m.VersionDataset.version_id, m.VersionDataset.role, m.Dataset.name, m.Dataset.version,
+               m.Dataset.sha256, m.Dataset.rows)
+        .join(m.Dataset, m.Dataset.id == m.VersionDataset.dataset_id)
+        .where(m.VersionDataset.version_id.in_(ids)).order_by(m.VersionDataset.role, m.Dataset.name, m.Dataset.version)
+    ):
+        linked[vid].append(t.DatasetLink(ref=f"{dname}:{dversion}", role=role, sha256=dsha, rows=drows))
+
     out = []
     for r in rows:
         base = bases.get(r.base_model_id) if r.base_model_id else None
@@ -333,6 +342,7 @@ def describe(session: Session, rows: list[m.AdapterVersion], store_root: Path) -
             tags=dict(tags.get(r.id, {})), aliases=aliases.get(r.id, []), parents=parents.get(r.id, []),
             compatible=compat.get(r.id, []), status_reason=r.status_reason,
             adapter_description=adapters[r.adapter_id].description, metrics=metrics.get(r.id, []),
+            datasets=linked.get(r.id, []),
         ))
     return out
 

@@ -262,6 +262,28 @@ class RemoteRegistry(Registry):
             _name_local_file(exc, f"{sha}{suffix}", path)
             raise
 
+    def register_dataset(self, path: str | Path, *, name: str, task_type: str | None = None) -> t.DatasetInfo:
+        """As embedded; the file is uploaded (unless the server has it) and the server reads and checks it."""
+        from registry.inspect import sha256_file
+        from registry.refs import check_slug
+        from registry.trainset import FORMATS, InvalidDataset
+
+        check_slug(name, "dataset name")
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise InvalidDataset(f"data file {file} does not exist")
+        suffix = file.suffix.lower()
+        if suffix not in FORMATS:
+            raise InvalidDataset(f"{file.name}: unsupported extension; use one of {', '.join(sorted(FORMATS))}")
+        sha = sha256_file(file)
+        self.upload(file, sha, kind="data", suffix=suffix)
+        try:
+            return self.call("register_dataset", f"{endpoints.UPLOAD_SCHEME}{sha}{suffix}", name=name,
+                             task_type=task_type)
+        except RegistryError as exc:
+            _name_local_file(exc, f"{sha}{suffix}", file)
+            raise
+
     def run_recipe(self, recipe: str | Path | dict, *, idempotency_key: str | None = None) -> RunInfo:
         return self.call("run_recipe", _recipe_dict(recipe), idempotency_key=idempotency_key)
 

@@ -468,6 +468,44 @@ class Registry:
         return metrics.log_metrics(self.service, ref, values, dataset=dataset)
     # -- end metrics --
 
+    # -- datasets (issue 17) --
+    def register_dataset(self, path: str | Path, *, name: str, task_type: str | None = None) -> t.DatasetInfo:
+        """Register the data file ``path`` (JSON Lines, JSON, text, CSV or parquet) as dataset ``name``, read with
+        ``datasets`` and its columns checked for ``task_type`` when given (CAUSAL_LM: ``text``, ``prompt`` +
+        ``completion`` or ``messages``; SEQ_CLS: ``text`` + ``label``; ...), pinned by its sha256 and stored in the
+        artifact store. The same bytes under the same name return that version; other bytes are ``name:N+1``."""
+        from registry.operations import datasets
+
+        return datasets.register_dataset(self.service, str(path), name=name, task_type=task_type)
+
+    def datasets(self, name: str | None = None) -> list[t.DatasetInfo]:
+        """Every dataset version of the catalog (of ``name`` only, when given)."""
+        from registry.operations import datasets
+
+        return datasets.datasets(self.service, name)
+
+    def dataset(self, ref: str) -> t.DatasetInfo:
+        """One dataset version (``name``: its latest, ``name:N``), with the adapter versions linked to it."""
+        from registry.operations import datasets
+
+        return datasets.dataset(self.service, ref)
+
+    def link_dataset(self, ref: str, dataset: str, *, role: str = "eval") -> t.AdapterVersion:
+        """Link dataset ``dataset`` to version ``ref`` as ``eval`` (or ``train`` / ``heldout``) data."""
+        from registry.operations import datasets
+
+        return datasets.link_dataset(self.service, ref, dataset, role=role)
+
+    def evaluate(self, ref: str, *, data: list[str] | None = None, max_length: int = 256, batch_size: int = 8,
+                 max_rows: int | None = 1000, idempotency_key: str | None = None,
+                 run_id: int | None = None) -> jobs.Job:
+        """Evaluate version ``ref`` and its bare base on catalog datasets ``data`` (default: its linked eval sets):
+        a job (GPU queue, CPU fallback) recording ``eval_loss``, ``perplexity``, ``token_accuracy`` and the base's
+        ``base_eval_loss``, ... as the version's metrics per dataset (``name:N``), with the job id."""
+        return self._bound(submit.evaluate(self.service, ref, data=data, max_length=max_length, batch_size=batch_size,
+                                           max_rows=max_rows, idempotency_key=idempotency_key, run_id=run_id))
+    # -- end datasets --
+
     # -- diff (issue 15) --
     def diff(self, a: str, b: str) -> t.VersionDiff:
         """What differs from version ``a`` to version ``b`` (references: ``name``, ``name:3``, ``name@alias``).

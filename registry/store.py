@@ -123,6 +123,13 @@ class ArtifactStore:
                              f"({', '.join(DATA_SUFFIXES)})")
         return self._inside(Path("data") / f"{sha256}{suffix}")
 
+    def put_data(self, file: Path, sha256: str, suffix: str) -> Path:
+        """Store a data file (already hashed to ``sha256``) content-addressed, as an upload is; idempotent."""
+        target = self.data_file(sha256, suffix)
+        if not target.is_file():
+            self._copy_blob(file, sha256, target)
+        return target
+
     @staticmethod
     def adapter_folder(sha256: str, config: dict[str, Any]) -> str:
         """The relative folder a version with these weights and this config is stored in."""
@@ -210,7 +217,7 @@ class ArtifactStore:
         return relative
 
 
-DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".text", ".parquet")
+DATA_SUFFIXES = (".jsonl", ".json", ".txt", ".text", ".parquet", ".csv")
 
 
 class IncomingBlob:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,8 @@ from registry.errors import RegistryError
 from registry.inspect import sha256_file
 from registry.jobs import DataSpec
 
-FORMATS = {".jsonl": "json", ".json": "json", ".txt": "text", ".text": "text", ".parquet": "parquet"}
+FORMATS = {".jsonl": "json", ".json": "json", ".txt": "text", ".text": "text", ".parquet": "parquet",
+           ".csv": "csv"}
 
 # The PEFT task types training supports, and those runtime validation supports.
 TRAINABLE_TASKS = ("CAUSAL_LM", "SEQ_CLS", "TOKEN_CLS", "SEQ_2_SEQ_LM")
@@ -406,14 +408,38 @@ def _strings(value: Any) -> Iterator[str | bytes]:
             stack.extend(item)
 
 
-_READERS = {"json": _json_rows, "text": _text_rows, "parquet": _parquet_rows}
+def _csv_rows(file: Path, max_line: int, max_rows: int) -> Iterator[tuple[str, Any]]:
+    """CSV with a header row, streamed by pyarrow in blocks (a row longer than a block is refused by it)."""
+    import pyarrow.csv as pcsv
+
+    index = 0
+    try:
+        reader = pcsv.open_csv(file, read_options=pcsv.ReadOptions(block_size=max(2 * max_line, 1 << 20)))
+        for batch in reader:
+            for row in batch.to_pylist():
+                index += 1
+                if index > max_rows:
+                    raise InvalidDataset(f"{file.name} has more than {max_rows} rows (ADREG_MAX_DATA_ROWS)")
+                size = sum(len(v) for v in _strings(row))
+                if size > max_line:
+                    raise InvalidDataset(f"{file.name} row {index} holds more than {max_line} bytes of text (the limit "
+                                         "per row, ADREG_MAX_DATA_LINE_BYTES)")
+                yield f"row {index}", row
+    except InvalidDataset:
+        raise
+    except Exception as exc:  # pyarrow raises several types for malformed files
+        raise InvalidDataset(f"cannot read {file.name} as CSV: {type(exc).__name__}: {exc}") from None
 
 
-def scan_rows(file: Path, fmt: str, task: str = "CAUSAL_LM") -> tuple[str, int]:
+_READERS = {"json": _json_rows, "text": _text_rows, "parquet": _parquet_rows, "csv": _csv_rows}
+
+
+def scan_rows(file: Path, fmt: str, task: str | None = "CAUSAL_LM") -> tuple[str | None, int]:
     """Stream the file once with bounded memory (see the module's limits), then return ``(fields, rows)``: the
     task's column layout (``fields_of``) and the number of rows. Refuses, naming the line or row and the field,
     a line too long, too many rows, bytes that are not UTF-8, a row that is not an object, and a row without
-    the fields its task reads or with a field of the wrong type."""
+    the fields its task reads or with a field of the wrong type. With no ``task`` (a dataset registered without a
+    task type) the rows are checked but not their columns, and the layout is ``None``."""
     max_line, max_rows = data_limits()
     columns: dict[str, None] = {}
     first_problem: dict[str, str] = {}  # layout -> the first row it cannot use
@@ -435,6 +461,8 @@ def scan_rows(file: Path, fmt: str, task: str = "CAUSAL_LM") -> tuple[str, int]:
                     first_problem[layout] = f"{file.name} {where}: {problem}"
     if rows == 0:
         raise InvalidDataset(f"data file {file} has no rows")
+    if task is None:
+        return None, rows
     fields = fields_of(list(columns), task)
     if fields in first_problem:
         raise InvalidDataset(first_problem[fields])
@@ -454,6 +482,10 @@ def _check_read_as_text(rows: Any, fields: str, file_name: str) -> None:
     for column in _TEXT_COLUMNS[fields]:
         if column not in schema.names:
             continue
+        if pa.types.is_integer(schema.field(column).type) or pa.types.is_floating(schema.field(column).type) \
+                or pa.types.is_boolean(schema.field(column).type):
+            raise InvalidDataset(f"{file_name}: every {column!r} value is a number or a boolean "
+                                 f"({schema.field(column).type}), which the reader does not hand over as text")
         types, temporal = [schema.field(column).type], False
         while types and not temporal:
             kind = types.pop()
@@ -469,13 +501,8 @@ def _check_read_as_text(rows: Any, fields: str, file_name: str) -> None:
                 "use a .txt or parquet file")
 
 
-def describe_dataset(path: str | Path, task_type: str = "CAUSAL_LM") -> DataSpec:
-    """Check a local data file for ``task_type`` and return its spec (format, fields, rows, labels, sha256).
-
-    The file is scanned first (bounded, streamed: :func:`scan_rows`), so ``datasets`` only ever reads a file
-    whose every row the job can use.
-    """
-    task = check_trainable_task(task_type)
+def _checked_file(path: str | Path) -> tuple[Path, str]:
+    """The file and its ``datasets`` format, refusing a missing, empty or unknown-extension file."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise InvalidDataset(f"data file {file} does not exist")
@@ -484,6 +511,28 @@ def describe_dataset(path: str | Path, task_type: str = "CAUSAL_LM") -> DataSpec
         raise InvalidDataset(f"{file.name}: unsupported extension; use one of {', '.join(sorted(FORMATS))}")
     if file.stat().st_size == 0:
         raise InvalidDataset(f"data file {file} is empty")
+    return file, fmt
+
+
+@dataclass(frozen=True)
+class CheckedData:
+    """A data file read and checked: what a job spec and a catalog dataset record of it."""
+
+    path: str
+    sha256: str
+    format: str
+    fields: str | None  # the task's column layout (None: read without a task)
+    rows: int
+    columns: list[str]
+    num_labels: int | None
+    size: int
+
+
+def read_checked(path: str | Path, task: str | None) -> CheckedData:
+    """Scan (bounded, streamed: :func:`scan_rows`), then read with ``datasets`` a data file whose every row the
+    task can use (any rows when ``task`` is None). One reader and one set of checks for training data and for
+    catalog datasets."""
+    file, fmt = _checked_file(path)
     try:
         fields, _ = scan_rows(file, fmt, task)
     except OSError as exc:
@@ -491,10 +540,23 @@ def describe_dataset(path: str | Path, task_type: str = "CAUSAL_LM") -> DataSpec
     rows = load_rows(file, fmt)
     if len(rows) == 0:
         raise InvalidDataset(f"data file {file} has no rows")
-    _check_read_as_text(rows, fields, file.name)
-    num_labels = count_labels(rows, fields, file.name) if task in CLASSIFICATION_TASKS else None
-    return DataSpec(path=str(file.resolve()), sha256=sha256_file(file), format=fmt, fields=fields, rows=len(rows),
-                    num_labels=num_labels)
+    if fields is not None:
+        _check_read_as_text(rows, fields, file.name)
+    num_labels = count_labels(rows, fields, file.name) if task in CLASSIFICATION_TASKS and fields else None
+    return CheckedData(path=str(file.resolve()), sha256=sha256_file(file), format=fmt, fields=fields,
+                       rows=len(rows), columns=list(rows.column_names), num_labels=num_labels,
+                       size=file.stat().st_size)
+
+
+def describe_dataset(path: str | Path, task_type: str = "CAUSAL_LM") -> DataSpec:
+    """Check a local data file for ``task_type`` and return its spec (format, fields, rows, labels, sha256).
+
+    The file is scanned first (bounded, streamed: :func:`scan_rows`), so ``datasets`` only ever reads a file
+    whose every row the job can use.
+    """
+    data = read_checked(path, check_trainable_task(task_type))
+    return DataSpec(path=data.path, sha256=data.sha256, format=data.format, fields=data.fields,  # type: ignore[arg-type]
+                    rows=data.rows, num_labels=data.num_labels)
 
 
 def base_head_labels(base_path: str | Path) -> int:

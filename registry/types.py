@@ -84,6 +84,37 @@ class MetricInfo(_Serializable):
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetInfo(_Serializable):
+    """One version of a catalog dataset: a data file pinned by its sha256 (``adreg data show``)."""
+
+    name: str
+    version: int
+    ref: str  # name:version
+    sha256: str
+    format: str  # json, text, parquet or csv (how ``datasets`` reads it)
+    rows: int
+    columns: list[str]
+    task_type: str | None  # the task its columns were checked for (None: not checked for one)
+    size_bytes: int
+    path: str  # the stored file
+    source_uri: str | None
+    created_at: datetime
+    created_by: str | None = None
+    versions: list[str] = dataclasses.field(default_factory=list)  # every version of this dataset name (show)
+    linked: list[dict[str, str]] = dataclasses.field(default_factory=list)  # versions using it: {ref, role} (show)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetLink(_Serializable):
+    """A dataset linked to an adapter version, with its role: ``train``, ``heldout`` or ``eval``."""
+
+    ref: str  # the dataset's name:version
+    role: str
+    sha256: str
+    rows: int
+
+
+@dataclasses.dataclass(frozen=True)
 class AdapterVersion(_Serializable):
     """One registered version of an adapter, with what a person wants to see at a glance."""
 
@@ -123,6 +154,7 @@ class AdapterVersion(_Serializable):
     status_reason: str | None = None  # why it was deprecated or deleted
     adapter_description: str | None = None  # the adapter's own description (``description`` is the version's)
     metrics: list[MetricInfo] = dataclasses.field(default_factory=list)
+    datasets: list[DatasetLink] = dataclasses.field(default_factory=list)  # train / heldout / eval sets
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,7 +31,7 @@ from typing import Any
 from registry.errors import InvalidName, RegistryError
 
 METRIC_NAME = re.compile(r"[a-z][a-z0-9_.\-]{0,63}")
-DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/]{0,254}")
+DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-/:]{0,254}")  # ':' for a catalog dataset's name:N
 MAX_CONDITIONS = 8
 SORT_PREFIX = "metric:"
 
@@ -115,7 +115,7 @@ def check_dataset(dataset: str | None) -> str:
         return ""
     if not isinstance(dataset, str) or not DATASET_NAME.fullmatch(dataset):
         raise InvalidName(f"dataset name {str(dataset)[:80]!r} is not allowed: use 1-255 letters, digits, '_', '-', "
-                          "'.' or '/', starting with a letter or digit (e.g. wiki, glue/sst2)")
+                          "'.', '/' or ':', starting with a letter or digit (e.g. wiki, glue/sst2, wiki:2)")
     return dataset
 
 
@@ -184,7 +184,7 @@ class _Parser:
             self.skip_space()
             found = self.match(DATASET_NAME)
             if found is None:
-                raise self.fail("expected a dataset name inside [ ] (letters, digits, '_', '-', '.', '/')")
+                raise self.fail("expected a dataset name inside [ ] (letters, digits, '_', '-', '.', '/', ':')")
             dataset = found
             self.skip_space()
             if not self.text.startswith("]", self.pos):

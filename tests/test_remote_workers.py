@@ -40,6 +40,14 @@ def test_merge_and_training_on_a_worker_without_the_catalog(deployment, tiny):
     data.write_text("\n".join(json.dumps({"text": f"the adapter registry, line {i}"}) for i in range(24)))
     trained = client.train("tone:1", data=data, steps=2, lr=1e-3, batch_size=4).wait(300)
     assert trained.status == "succeeded" and trained.result_ref == "tone:2"
+    # its train / held-out splits were uploaded by the worker and recorded on the server (issue 17)
+    splits = {d.role: d for d in client.get("tone:2").datasets}
+    assert set(splits) == {"train", "heldout"} and client.dataset("tone-heldout").sha256 == splits["heldout"].sha256
+    # an eval job on the worker fetches its dataset by sha256 (issue 17)
+    evaluated = client.evaluate("tone:2", data=["tone-heldout"]).wait(300)
+    assert evaluated.status == "succeeded", evaluated.error
+    assert {(x.name, x.job_id) for x in client.get("tone:2").metrics if x.dataset == "tone-heldout:1"} >= {
+        ("eval_loss", evaluated.id), ("base_eval_loss", evaluated.id)}
 
     # The versions live in the server's store, with their lineage and the submitting user.
     server_store = root / "server" / "artifacts"
@@ -48,7 +56,7 @@ def test_merge_and_training_on_a_worker_without_the_catalog(deployment, tiny):
         assert Path(version.path).is_relative_to(server_store) and Path(version.path).is_dir(), version.path
         assert version.created_by == "admin"
     # metrics (issue 15): the server's commit recorded each job's metrics from the report the worker sent
-    assert {(x.name, x.source, x.job_id) for x in client.get("tone:2").metrics} == {
+    assert {(x.name, x.source, x.job_id) for x in client.get("tone:2").metrics if x.source != "eval"} == {
         (name, "train", trained.id) for name in ("eval_loss", "eval_loss_before", "train_loss")}
     assert {x.name for x in client.get("mixed:1").metrics if x.job_id == merged.id} >= {"merge_max_rel_error"}
     edges = {(e.parent, e.relation, e.weight) for e in client.lineage("mixed:1").edges}

@@ -21,10 +21,12 @@ from registry import catalog
 from registry import models as m
 from registry.errors import RegistryError
 from registry.inspect import inspect_adapter, sha256_file, weights_path
-from registry.jobs import AnySpec, DataSpec, MergeSpec, PublishSpec, TrainSpec, ValidateSpec
+from registry.jobs import AnySpec, DataSpec, EvalSpec, MergeSpec, PublishSpec, TrainSpec, ValidateSpec
 from registry.manifest import AdapterManifest
+from registry.operations import datasets as datasets_ops
 from registry.operations.submit import submit
 from registry.service import Service
+from registry.trainset import CheckedData
 from workers.context import JobContext, complete
 from workers.job_metrics import record_job_metrics
 
@@ -72,12 +74,32 @@ class Output:
 
 
 @dataclass
+class DatasetOutput:
+    """A data file a job made (a training job's train / held-out split), to record as a catalog dataset and link
+    to every version the job registers, with ``role``."""
+
+    name: str
+    role: str
+    file: Path
+    sha256: str
+    format: str
+    rows: int
+    columns: list[str]
+    task_type: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "role": self.role, "sha256": self.sha256, "suffix": self.file.suffix,
+                "format": self.format, "rows": self.rows, "columns": self.columns, "task_type": self.task_type}
+
+
+@dataclass
 class Outcome:
     """What a job hands back: new versions, its report, and (validation) the evidence to record."""
 
     report: dict[str, Any]
     message: str
     outputs: list[Output] = field(default_factory=list)
+    datasets: list[DatasetOutput] = field(default_factory=list)  # recorded and linked to the outputs
     validated: tuple[int, int] | None = None  # (version id, base model id) the report validates
     result_version_id: int | None = None
 
@@ -156,6 +178,13 @@ def load_inputs(svc: Service, spec: AnySpec) -> JobInputs:
                 inputs.base = s.get(m.BaseModelRecord, spec.base_model_id)
                 if inputs.base is None:
                     raise InputChanged("the base model of this job was deleted from the catalog")
+        elif isinstance(spec, EvalSpec):
+            row = s.get(m.AdapterVersion, spec.version_id)
+            if row is None or row.purged_at is not None:
+                raise InputChanged(f"version {spec.ref} no longer exists")
+            inputs.versions[row.id] = row
+            inputs.refs[row.id] = spec.ref
+            inputs.base = s.get(m.BaseModelRecord, row.base_model_id) if row.base_model_id else None
         elif isinstance(spec, ValidateSpec):
             row = s.get(m.AdapterVersion, spec.version_id)
             if row is None:
@@ -188,6 +217,8 @@ def commit_outcome(svc: Service, ctx: JobContext, spec: AnySpec, outcome: Outcom
         manifest = inspect_adapter(output.folder)  # the same checks as any registration: layout, NaN/Inf, shapes
         storage = svc.store.put_adapter(weights_path(output.folder), manifest.weights_sha256, manifest.config)
         stored.append((output, manifest, storage))
+    for data in outcome.datasets:  # files first, like the weights: the transaction only records them
+        svc.store.put_data(data.file, data.sha256, data.file.suffix)
     results: list[tuple[int, str]] = []
     with svc.transaction() as s:
         for output, manifest, storage in stored:
@@ -197,6 +228,7 @@ def commit_outcome(svc: Service, ctx: JobContext, spec: AnySpec, outcome: Outcom
                 source_uri=f"job:{ctx.job_id}", description=output.description, parents=output.parents,
                 created_by=spec.submitted_by)
             results.append((row.id, f"{output.name}:{row.version}"))
+        _record_datasets(s, ctx.job_id, spec, outcome.datasets, [vid for vid, _ in results])
         if outcome.validated is not None:
             version_id, base_id = outcome.validated
             s.execute(delete(m.Compatibility).where(
@@ -211,6 +243,19 @@ def commit_outcome(svc: Service, ctx: JobContext, spec: AnySpec, outcome: Outcom
         complete(svc, ctx, s, result_version_id=result_id, report=outcome.report, progress_message=outcome.message)
     _follow_ups(svc, ctx.job_id, spec, results)
     return results
+
+
+def _record_datasets(s: Any, job_id: int, spec: AnySpec, outputs: list[DatasetOutput], version_ids: list[int]) -> None:
+    """Record each data file as a catalog dataset (same bytes, same version) and link it to the new versions."""
+    actor = spec.submitted_by or "unknown"
+    for data in outputs:
+        checked = CheckedData(path=str(data.file), sha256=data.sha256, format=data.format, fields=None,
+                              rows=data.rows, columns=list(data.columns), num_labels=None,
+                              size=data.file.stat().st_size)
+        row, _ = datasets_ops.record(s, checked, name=data.name, suffix=data.file.suffix, task_type=data.task_type,
+                                     source_uri=f"job:{job_id}", actor=actor)
+        for version_id in version_ids:
+            datasets_ops.link(s, s.get(m.AdapterVersion, version_id), row, data.role, actor)
 
 
 def _follow_ups(svc: Service, job_id: int, spec: AnySpec, results: list[tuple[int, str]]) -> None:

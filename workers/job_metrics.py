@@ -18,6 +18,9 @@ validate_base_distance     validate  max |logit difference| between base + adapt
 validate_parent_distance   validate  a merge's max |logit difference| from its nearest parent
 validate_exact_error       validate  exact merges (cat, full-rank svd): max |logit difference| from the parents'
                                      weighted sum
+eval_loss                  eval      per dataset (name:N): mean next-token loss of the version on its rows
+perplexity, token_accuracy eval      per dataset: exp(eval_loss); share of labelled tokens predicted (argmax)
+base_eval_loss, ...        eval      the same three for the bare base on the same rows
 =========================  ========  =============================================================================
 """
 
@@ -28,8 +31,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from registry.jobs import AnySpec, MergeSpec, TrainSpec, ValidateSpec
+from registry.jobs import AnySpec, EvalSpec, MergeSpec, TrainSpec, ValidateSpec
 from registry.operations.metrics import record
+from registry.where import check_dataset
 
 
 def _number(value: Any) -> float | None:
@@ -74,9 +78,30 @@ def metrics_of(spec: AnySpec, report: dict[str, Any]) -> tuple[str, dict[str, fl
     return source, {name: number for name, value in found.items() if (number := _number(value)) is not None}
 
 
+def eval_metrics(report: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """An eval job's metrics per dataset (``name:N``): the version's and the bare base's (``base_`` prefix)."""
+    found: dict[str, dict[str, float]] = {}
+    per_dataset = report.get("datasets")
+    for dataset, result in (per_dataset.items() if isinstance(per_dataset, dict) else []):
+        values: dict[str, float] = {}
+        for prefix, side in (("", "adapter"), ("base_", "base")):
+            for name in ("eval_loss", "perplexity", "token_accuracy"):
+                number = _number(_at(result, side, name))
+                if number is not None:
+                    values[prefix + name] = number
+        if values and isinstance(dataset, str):
+            found[dataset] = values
+    return found
+
+
 def record_job_metrics(session: Session, job_id: int, spec: AnySpec, report: dict[str, Any],
                        registered: list[int]) -> None:
     """Record the job's metrics on each version it registered (a validation: on the version it validated)."""
+    if isinstance(spec, EvalSpec):
+        for dataset, values in eval_metrics(report if isinstance(report, dict) else {}).items():
+            record(session, spec.version_id, values, dataset=check_dataset(dataset), source="eval", job_id=job_id,
+                   actor=spec.submitted_by)
+        return
     source, values = metrics_of(spec, report if isinstance(report, dict) else {})
     targets = [spec.version_id] if isinstance(spec, ValidateSpec) else registered
     if not values:

@@ -109,7 +109,8 @@ class RemoteHost:
         return self.cache.adapter(row.weights_sha256, config, weights)
 
     def data_file(self, data: DataSpec) -> Path:
-        blob = self.cache.blob(data.sha256, lambda: self._stream(f"/v1/worker/jobs/{self.job_id}/data"))
+        blob = self.cache.blob(data.sha256, lambda: self._stream(
+            f"/v1/worker/jobs/{self.job_id}/data?sha256={data.sha256}"))
         named = blob.with_name(blob.name + Path(data.path).suffix)  # the loader picks the format by suffix
         if not named.exists():
             with contextlib.suppress(FileExistsError):
@@ -130,8 +131,15 @@ class RemoteHost:
                 "description": output.description, "config": json.loads((output.folder / CONFIG_FILE).read_text()),
                 "parents": [{"parent_id": p.parent_id, "relation": p.relation, "weight": p.weight,
                              "position": p.position, "params": p.params} for p in output.parents]})
+        for data in outcome.datasets:  # uploaded like training data, by sha256; the server records them
+            with data.file.open("rb") as source:
+                _checked(self.client.put(f"/v1/data/{data.sha256}", params={"suffix": data.file.suffix},
+                                         content=iter(lambda: source.read(CHUNK), b""),
+                                         headers={"Content-Type": "application/octet-stream",
+                                                  "Content-Length": str(data.file.stat().st_size)}))
         answer = _checked(self.client.post(f"/v1/worker/jobs/{self.job_id}/complete", json={
             "attempt": self.attempt, "report": outcome.report, "message": outcome.message, "outputs": outputs,
+            "datasets": [data.to_dict() for data in outcome.datasets],
             "validated": list(outcome.validated) if outcome.validated else None,
             "result_version_id": outcome.result_version_id})).json()
         if answer.get("status") != "succeeded":

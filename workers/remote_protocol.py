@@ -22,7 +22,7 @@ from registry.errors import InvalidAdapter, RegistryError
 from registry.jobs import parse_spec
 from registry.service import Service
 from workers.context import JobCancelled, lease_seconds
-from workers.host import Outcome, Output, commit_outcome, load_inputs
+from workers.host import DatasetOutput, Outcome, Output, commit_outcome, load_inputs
 from workers.runners import advance_run_of, beat, claim, finish, run_job
 
 log = logging.getLogger("adreg.remote")
@@ -108,9 +108,20 @@ def complete_job(svc: Service, job_id: int, attempt: int, payload: dict[str, Any
                 parents=[catalog.ParentSpec(int(p["parent_id"]), str(p["relation"]), p.get("weight"),
                                             int(p.get("position", 0)), dict(p.get("params") or {}))
                          for p in item.get("parents") or []]))
+        datasets = []
+        for item in payload.get("datasets") or []:
+            sha, suffix = str(item["sha256"]), str(item["suffix"])
+            file = svc.store.data_file(sha, suffix)
+            if not file.is_file():
+                raise RegistryError(f"dataset {str(item['name'])[:64]!r}: no uploaded data file {sha[:12]}{suffix} "
+                                    f"(PUT /v1/data/{sha} first)")
+            datasets.append(DatasetOutput(
+                name=str(item["name"]), role=str(item["role"]), file=file, sha256=sha, format=str(item["format"]),
+                rows=int(item["rows"]), columns=[str(c) for c in item.get("columns") or []],
+                task_type=item.get("task_type")))
         validated = payload.get("validated")
         outcome = Outcome(report=dict(payload.get("report") or {}), message=str(payload.get("message") or "done"),
-                          outputs=outputs, validated=tuple(validated) if validated else None,  # type: ignore[arg-type]
+                          outputs=outputs, datasets=datasets, validated=tuple(validated) if validated else None,  # type: ignore[arg-type]
                           result_version_id=payload.get("result_version_id"))
         try:
             results = commit_outcome(svc, Held(job_id, attempt), spec, outcome)  # type: ignore[arg-type]
@@ -123,10 +134,16 @@ def complete_job(svc: Service, job_id: int, attempt: int, payload: dict[str, Any
     return {"status": "succeeded", "registered": [ref for _, ref in results]}
 
 
-def data_path(svc: Service, job_id: int) -> Path:
-    """The training-data file of a train job (a remote worker fetches it and checks its sha256)."""
+def data_path(svc: Service, job_id: int, sha256: str | None = None) -> Path:
+    """The training-data file of a train job, or the dataset with ``sha256`` of an eval job (a remote worker fetches
+    it and checks its sha256)."""
     with svc.sessions() as s:
         row = s.get(m.Job, job_id)
+        if row is not None and row.kind == "eval":
+            for data in row.spec.get("datasets") or []:
+                if data.get("sha256") == sha256:
+                    return Path(data["path"])
+            raise RegistryError(f"job {job_id} evaluates on no dataset with sha256 {str(sha256)[:12]}")
         if row is None or row.kind != "train":
-            raise RegistryError(f"job {job_id} is not a train job")
+            raise RegistryError(f"job {job_id} is not a train or eval job")
         return Path(row.spec["data"]["path"])

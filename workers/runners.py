@@ -79,12 +79,14 @@ JobFunction = Callable[[LocalHost, JobContext, Any], None]
 
 
 def job_functions() -> dict[str, JobFunction]:
+    from workers.evaluate import run_eval
     from workers.hub import run_publish
     from workers.merge_job import run_merge
     from workers.train import run_train
     from workers.validate import run_validate
 
-    return {"merge": run_merge, "validate": run_validate, "train": run_train, "publish": run_publish}
+    return {"merge": run_merge, "validate": run_validate, "train": run_train, "publish": run_publish,
+            "eval": run_eval}
 
 
 def run_job(svc: Service, job_id: int, on_progress: ProgressListener | None = None) -> str:

@@ -29,10 +29,11 @@ from typing import Any
 from registry import catalog
 from registry import models as m
 from registry.errors import RegistryError
+from registry.inspect import sha256_file
 from registry.jobs import TrainSpec
 from registry.trainset import CLASSIFICATION_TASKS, IGNORED_LABEL, load_rows
 from workers.context import JobCancelled, JobContext
-from workers.host import JobHost, Outcome, Output
+from workers.host import DatasetOutput, JobHost, Outcome, Output
 from workers.quiet import quiet_loading
 from workers.validate import (
     ADAPTER_PARAM_MARKERS,
@@ -98,7 +99,8 @@ def _word_labels(words: list[str], labels: list[int], encoding: Any) -> list[int
     return out
 
 
-def _tokenize(rows: Any, tokenizer: Any, fields: str, max_length: int) -> Any:
+def tokenize_rows(rows: Any, tokenizer: Any, fields: str, max_length: int) -> Any:
+    """Rows as model inputs and labels for the task layout ``fields`` (the training job's and the eval job's)."""
     eos = tokenizer.eos_token or ""
 
     def encode(example: dict[str, Any]) -> dict[str, Any]:
@@ -219,7 +221,7 @@ def _last_complete_checkpoint(folder: Path, names: list[str]) -> str | None:
     return None
 
 
-def _collator(task: str, tokenizer: Any) -> Any:
+def collator(task: str, tokenizer: Any) -> Any:
     from transformers import DataCollatorForSeq2Seq, DataCollatorForTokenClassification, DataCollatorWithPadding
 
     if task == "SEQ_CLS":
@@ -315,8 +317,8 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
         train_rows, eval_rows = split["train"], split["test"]
     else:
         train_rows, eval_rows = rows, rows
-    train_set = _tokenize(train_rows, tokenizer, spec.data.fields, spec.max_length)
-    eval_set = _tokenize(eval_rows, tokenizer, spec.data.fields, spec.max_length)
+    train_set = tokenize_rows(train_rows, tokenizer, spec.data.fields, spec.max_length)
+    eval_set = tokenize_rows(eval_rows, tokenizer, spec.data.fields, spec.max_length)
     if len(train_set) == 0:
         raise RegistryError("no training example is left after tokenisation (too short, or no label within "
                             f"max_length={spec.max_length})")
@@ -382,7 +384,7 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
     classify = task in CLASSIFICATION_TASKS
     trainer = AdapterTrainer(
         model=peft_model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-        data_collator=_collator(task, tokenizer), optimizers=(optimizer, None), callbacks=[callback],
+        data_collator=collator(task, tokenizer), optimizers=(optimizer, None), callbacks=[callback],
         compute_metrics=_accuracy if classify else None,
         preprocess_logits_for_metrics=_predicted_classes if classify else None,
     )
@@ -459,4 +461,26 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
         parents = ([catalog.ParentSpec(spec.sources[i].version_id, "finetune", None, 0, edge)]
                    if spec.sources else [])
         outputs.append(Output(spec.names[i], folder, spec.base_model_id, parents=parents))
-    host.commit(ctx, spec, Outcome(report=report, message="trained", outputs=outputs))
+    splits = _split_datasets(ctx.scratch / "splits", spec, train_rows, eval_rows)
+    report["dataset"]["split_datasets"] = {d.role: {"name": d.name, "sha256": d.sha256, "rows": d.rows}
+                                           for d in splits}
+    host.commit(ctx, spec, Outcome(report=report, message="trained", outputs=outputs, datasets=splits))
+
+
+def split_name(adapter: str, role: str) -> str:
+    """The catalog name of a training split: ``<adapter>-train`` / ``<adapter>-heldout`` (within 64 characters)."""
+    suffix = f"-{role}"
+    return adapter[: 64 - len(suffix)].rstrip("-._") + suffix
+
+
+def _split_datasets(folder: Path, spec: TrainSpec, train_rows: Any, eval_rows: Any) -> list[DatasetOutput]:
+    """The train and held-out rows as JSON Lines files, to record as datasets linked to the trained versions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for role, rows in (("train", train_rows), ("heldout", eval_rows)):
+        file = folder / f"{role}.jsonl"
+        rows.to_json(str(file), lines=True)
+        out.append(DatasetOutput(name=split_name(spec.names[0], role), role=role, file=file, sha256=sha256_file(file),
+                                 format="json", rows=len(rows), columns=list(rows.column_names),
+                                 task_type=spec.task_type))
+    return out

@@ -5,7 +5,7 @@ A remote worker holds an admin token (a worker acts for every submitter). The wo
 """
 
 # No `from __future__ import annotations`: FastAPI reads the routes' annotations, which name local objects.
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
 from fastapi import Path as PathParam
@@ -67,12 +67,27 @@ class JobOutput(BaseModel):
     parents: list[ParentEdge] = Field(default_factory=list, max_length=64)
 
 
+class JobDataset(BaseModel):
+    """A data file a remote job made (a training split), uploaded first with ``PUT /v1/data/{sha256}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(max_length=64)
+    role: Literal["train", "heldout", "eval"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    suffix: Literal[".jsonl", ".json", ".txt", ".text", ".parquet", ".csv"]
+    format: Literal["json", "text", "parquet", "csv"]
+    rows: Annotated[int, Field(strict=True, ge=1, le=1 << 40)]
+    columns: list[Annotated[str, Field(max_length=1024)]] = Field(default_factory=list, max_length=256)
+    task_type: str | None = Field(default=None, max_length=64)
+
+
 class CompleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     attempt: Attempt
     report: dict[str, Any] = Field(default_factory=dict)
     message: str = Field(default="done", max_length=200)
     outputs: list[JobOutput] = Field(default_factory=list, max_length=64)
+    datasets: list[JobDataset] = Field(default_factory=list, max_length=16)
     validated: list[Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]] | None = Field(
         default=None, min_length=2, max_length=2)
     result_version_id: Annotated[int, Field(strict=True, ge=1, le=MAX_ID)] | None = None
@@ -122,7 +137,7 @@ def add_routes(app: FastAPI, svc: Service, caller: Any) -> None:
     @app.get("/v1/worker/jobs/{job_id}/data", tags=["worker"], response_class=FileResponse,
              responses={200: {"content": {"application/octet-stream": {"schema": {
                  "type": "string", "format": "binary"}}}, "description": "the data file"}, **PROBLEM_RESPONSES})
-    def data(who: caller, job_id: JobId) -> FileResponse:
-        """The training data of a train job."""
+    def data(who: caller, job_id: JobId, sha256: str | None = None) -> FileResponse:
+        """The training data of a train job (or the dataset with ``sha256`` of an eval job)."""
         _worker(who)
-        return FileResponse(protocol.data_path(svc, job_id), media_type="application/octet-stream")
+        return FileResponse(protocol.data_path(svc, job_id, sha256), media_type="application/octet-stream")

@@ -102,6 +102,45 @@ def validate(svc: Service, ref: str, *, idempotency_key: str | None = None, run_
                        run_id=run_id)
 
 
+def evaluate(svc: Service, ref: str, *, data: list[str] | None = None, max_length: int = 256, batch_size: int = 8,
+             max_rows: int | None = 1000, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
+    """Queue an evaluation of version ``ref`` and of its bare base on catalog datasets ``data`` (names or
+    ``name:N``; default: the datasets linked to the version as ``eval``). Causal LMs: loss, perplexity and token
+    accuracy per dataset, recorded as the version's metrics (dataset ``name:N``, source ``eval``, the job id).
+    Every dataset must have causal-LM columns (``text``, ``prompt`` + ``completion`` or ``messages``)."""
+    from registry.operations.datasets import find
+    from registry.trainset import fields_of
+
+    with svc.transaction() as session:
+        row = catalog.resolve(session, parse_ref(ref))
+        exact = catalog.exact_ref(session, row)
+        if (row.task_type or "CAUSAL_LM") != "CAUSAL_LM":
+            raise RegistryError(f"{exact} is a {row.task_type} adapter; evaluation measures causal LMs (CAUSAL_LM) "
+                                "only for now")
+        if row.base_model_id is None:
+            raise RegistryError(f"{exact} has no base model recorded")
+        if data:
+            rows = [find(session, name) for name in dict.fromkeys(data)]
+        else:
+            rows = list(session.scalars(select(m.Dataset).join(m.VersionDataset, m.VersionDataset.dataset_id
+                                                               == m.Dataset.id)
+                                        .where(m.VersionDataset.version_id == row.id, m.VersionDataset.role == "eval")
+                                        .order_by(m.Dataset.name, m.Dataset.version)))
+            if not rows:
+                raise RegistryError(f"{exact} has no eval datasets linked; name them (data=[...], --data NAME) or link "
+                                    "one (adreg data link REF NAME)")
+        specs = [jobs.EvalData(
+            dataset_id=d.id, ref=f"{d.name}:{d.version}", path=str(svc.store.data_file(d.sha256, d.suffix)),
+            sha256=d.sha256, format=d.format, fields=fields_of(list(d.columns or []), "CAUSAL_LM"), rows=d.rows)
+            for d in rows]
+    try:
+        spec = jobs.EvalSpec(version_id=row.id, ref=exact, datasets=specs, max_length=max_length,
+                             batch_size=batch_size, max_rows=max_rows)
+    except ValidationError as exc:
+        raise _invalid("evaluation", exc) from None
+    return submit(svc, spec, idempotency_key=idempotency_key, run_id=run_id)
+
+
 def submit(
     svc: Service, spec: jobs.AnySpec, *, idempotency_key: str | None = None, parent_job_id: int | None = None,
     run_id: int | None = None,
