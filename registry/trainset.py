@@ -385,15 +385,19 @@ def _parquet_rows(file: Path, max_line: int, max_rows: int) -> Iterator[tuple[st
         for batch in batches:
             for row in batch.to_pylist():
                 index += 1
-                size = sum(len(v) for v in _strings(row))
-                if size > max_line:
-                    raise InvalidDataset(f"{file.name} row {index} holds more than {max_line} bytes of text (the limit "
-                                         "per row, ADREG_MAX_DATA_LINE_BYTES)")
+                _check_row_size(file, index, row, max_line)
                 yield f"row {index}", row
     except InvalidDataset:
         raise
     except Exception as exc:  # pyarrow raises several types for malformed files
         raise InvalidDataset(f"cannot read {file.name} as parquet: {type(exc).__name__}: {exc}") from None
+
+
+def _check_row_size(file: Path, index: int, row: Any, max_line: int) -> None:
+    """Refuse a parquet or CSV row holding more text than a JSONL line may."""
+    if sum(len(v) for v in _strings(row)) > max_line:
+        raise InvalidDataset(f"{file.name} row {index} holds more than {max_line} bytes of text (the limit per row, "
+                             "ADREG_MAX_DATA_LINE_BYTES)")
 
 
 def _strings(value: Any) -> Iterator[str | bytes]:
@@ -420,10 +424,7 @@ def _csv_rows(file: Path, max_line: int, max_rows: int) -> Iterator[tuple[str, A
                 index += 1
                 if index > max_rows:
                     raise InvalidDataset(f"{file.name} has more than {max_rows} rows (ADREG_MAX_DATA_ROWS)")
-                size = sum(len(v) for v in _strings(row))
-                if size > max_line:
-                    raise InvalidDataset(f"{file.name} row {index} holds more than {max_line} bytes of text (the limit "
-                                         "per row, ADREG_MAX_DATA_LINE_BYTES)")
+                _check_row_size(file, index, row, max_line)
                 yield f"row {index}", row
     except InvalidDataset:
         raise
