@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from typer.testing import CliRunner
 
 from registry import Registry
 from registry import models as m
-from registry.cli import app
 from registry.errors import DatasetNotFound, InvalidName, InvalidReference, RegistryError
 from registry.inspect import sha256_file
 from registry.trainset import InvalidDataset
@@ -150,15 +148,7 @@ def test_training_records_and_links_its_splits(registry, tiny, tmp_path) -> None
         assert s.scalar(select(func.count()).select_from(m.Dataset)) == 2
 
 
-def test_cli_data_commands_and_register_eval_data(db_url, tmp_path, tiny, files) -> None:  # type: ignore[no-untyped-def]
-    runner = CliRunner()
-
-    def adreg(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-
-    adreg("init")
+def test_cli_data_commands_and_register_eval_data(adreg, tiny, files) -> None:  # type: ignore[no-untyped-def]
     shown = json.loads(adreg("data", "register", str(files["csv"]), "--name", "sst", "--task-type", "SEQ_CLS",
                              "--json").stdout)
     assert shown["ref"] == "sst:1" and shown["rows"] == 2 and shown["format"] == "csv"
@@ -281,15 +271,7 @@ def test_eval_refusals(registry, tiny, tmp_path, files) -> None:  # type: ignore
         registry.evaluate("tone:1", data=["sst"], batch_size=0)
 
 
-def test_cli_eval(db_url, tmp_path, tiny, files) -> None:  # type: ignore[no-untyped-def]
-    runner = CliRunner()
-
-    def adreg(*args: str, code: int = 0):  # type: ignore[no-untyped-def]
-        result = runner.invoke(app, ["--db", db_url, "--home", str(tmp_path / "home"), *args])
-        assert result.exit_code == code, (result.stdout, result.stderr)
-        return result
-
-    adreg("init")
+def test_cli_eval(adreg, tiny, files) -> None:  # type: ignore[no-untyped-def]
     adreg("data", "register", str(files["jsonl"]), "--name", "wiki")
     adreg("register", str(tiny["tone"]), "--name", "tone", "--base-path", str(tiny["llama"]))
     job = json.loads(adreg("eval", "tone:1", "--data", "wiki", "--json").stdout)
