@@ -99,6 +99,35 @@ class MergeParams(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"] | None = None
 
 
+class DataSpec(BaseModel):
+    """A local dataset file, fingerprinted when the job was submitted."""
+
+    path: str
+    sha256: str
+    format: Literal["json", "text", "parquet", "csv"]
+    # text | prompt_completion | messages (CAUSAL_LM), text_label (SEQ_CLS), token_labels (TOKEN_CLS),
+    # text_target (SEQ_2_SEQ_LM); see registry.trainset
+    fields: Literal["text", "prompt_completion", "messages", "text_label", "token_labels", "text_target"]
+    rows: int = Field(gt=0)
+    num_labels: int | None = Field(default=None, gt=0)  # classification: the largest class id in the file + 1
+
+
+class EvalData(DataSpec):
+    """A catalog dataset to evaluate on, pinned by id and sha256 at submission."""
+
+    dataset_id: int
+    ref: str  # the dataset's name:version (the metrics' dataset)
+
+
+class ParentEval(BaseModel):
+    """A merge parent's held-out data (its ``eval`` datasets, else its ``heldout`` split), pinned at submission:
+    what retention is measured on and what learned weights are fitted to."""
+
+    version_id: int
+    ref: str
+    datasets: list[EvalData] = Field(min_length=1, max_length=16)
+
+
 class MergeSpec(BaseModel):
     """Merge ``sources`` with ``weights`` by ``method`` and register the result as ``name``."""
 
@@ -116,6 +145,7 @@ class MergeSpec(BaseModel):
     validate_after: bool = False
     publish_to: PublishTarget | None = None  # implies validate_after: publish only a validated merge
     warnings: list[str] = Field(default_factory=list)  # said at submission (a deprecated input), shown with the job
+    parent_evals: list[ParentEval] = Field(default_factory=list)  # the parents' held-out data, for retention
 
     @field_validator("weights")
     @classmethod
@@ -148,6 +178,7 @@ class ValidateSpec(BaseModel):
     probe_length: int = Field(default=16, ge=2, le=512)
     atol: float = Field(default=1e-3, gt=0)
     publish_after: PublishTarget | None = None  # publish only if every check passes
+    parent_evals: list[ParentEval] = Field(default_factory=list)  # a merge's parents' held-out data: retention
 
 
 class LoraSpec(BaseModel):
@@ -158,19 +189,6 @@ class LoraSpec(BaseModel):
     targets: list[str] = Field(min_length=1)
     dropout: float = Field(default=0.0, ge=0, lt=1)
     use_rslora: bool = False
-
-
-class DataSpec(BaseModel):
-    """A local dataset file, fingerprinted when the job was submitted."""
-
-    path: str
-    sha256: str
-    format: Literal["json", "text", "parquet", "csv"]
-    # text | prompt_completion | messages (CAUSAL_LM), text_label (SEQ_CLS), token_labels (TOKEN_CLS),
-    # text_target (SEQ_2_SEQ_LM); see registry.trainset
-    fields: Literal["text", "prompt_completion", "messages", "text_label", "token_labels", "text_target"]
-    rows: int = Field(gt=0)
-    num_labels: int | None = Field(default=None, gt=0)  # classification: the largest class id in the file + 1
 
 
 class TrainSpec(BaseModel):
@@ -201,13 +219,6 @@ class TrainSpec(BaseModel):
     tags: Tags = Field(default_factory=dict)
     validate_after: bool = False
     warnings: list[str] = Field(default_factory=list)  # said at submission (a deprecated input), shown with the job
-
-
-class EvalData(DataSpec):
-    """A catalog dataset to evaluate on, pinned by id and sha256 at submission."""
-
-    dataset_id: int
-    ref: str  # the dataset's name:version (the metrics' dataset)
 
 
 class EvalSpec(BaseModel):

@@ -226,7 +226,7 @@ def test_eval_job_measures_the_version_and_its_base_as_metrics(registry, tiny, t
     registry.register_dataset(_jsonl(tmp_path / "wiki.jsonl", [{"text": t} for t in texts]), name="wiki")
     registry.register_dataset(_jsonl(tmp_path / "qa.jsonl", [{"prompt": "q: one", "completion": " a: two"}] * 3),
                               name="qa")
-    with pytest.raises(RegistryError, match="no eval datasets linked"):
+    with pytest.raises(RegistryError, match="no eval datasets or held-out split linked"):
         registry.evaluate("tone:1")
     registry.link_dataset("tone:1", "wiki")
     job = registry.evaluate("tone:1", batch_size=4).wait(timeout=120)  # the linked eval set

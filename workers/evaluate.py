@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 from registry.errors import RegistryError
-from registry.jobs import EvalSpec
+from registry.jobs import EvalData, EvalSpec
 from registry.trainset import load_rows
 from workers.context import JobContext
 from workers.host import JobHost, Outcome
@@ -56,10 +56,33 @@ def measure(model: Any, batches: list[dict[str, Any]], dev: str) -> dict[str, fl
             "token_accuracy": total_right / total_tokens, "tokens": total_tokens}
 
 
-def _run_eval(host: JobHost, ctx: JobContext, spec: EvalSpec) -> None:
+def eval_batches(path: Any, data: EvalData, tokenizer: Any, collate: Any,
+                 spec: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """A dataset file's rows (its first ``spec.max_rows``) and their batches of ``spec.batch_size``, tokenised as
+    training tokenises them (up to ``spec.max_length`` tokens)."""
+    rows = load_rows(str(path), data.format)
+    if spec.max_rows and len(rows) > spec.max_rows:
+        rows = rows.select(range(spec.max_rows))
+    encoded = tokenize_rows(rows, tokenizer, data.fields, spec.max_length)
+    examples = [encoded[j] for j in range(len(encoded))]
+    return rows, [collate(examples[j:j + spec.batch_size]) for j in range(0, len(examples), spec.batch_size)]
+
+
+def causal_lm(base: Any) -> tuple[Any, Any]:
+    """The base record's causal LM in float32 and its tokenizer (padding with EOS when it has no pad token)."""
     import torch
-    from peft import PeftModel
     from transformers import AutoTokenizer
+
+    model = load_base_model(base, dtype=torch.float32, task_type="CAUSAL_LM")
+    tokenizer = AutoTokenizer.from_pretrained(base.local_path, local_files_only=True,
+                                              trust_remote_code=bool(base.trust_remote_code))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _run_eval(host: JobHost, ctx: JobContext, spec: EvalSpec) -> None:
+    from peft import PeftModel
 
     started = time.monotonic()
     ctx.progress(0.0, "checking inputs", force=True)
@@ -71,23 +94,14 @@ def _run_eval(host: JobHost, ctx: JobContext, spec: EvalSpec) -> None:
     folder = host.folder(row, spec.ref)
     dev = device()
     ctx.progress(0.05, "loading the base model", force=True)
-    model = load_base_model(base, dtype=torch.float32, task_type="CAUSAL_LM")
-    tokenizer = AutoTokenizer.from_pretrained(base.local_path, local_files_only=True,
-                                              trust_remote_code=bool(base.trust_remote_code))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    model, tokenizer = causal_lm(base)
     peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name="candidate").to(dev).eval()
     collate = collator("CAUSAL_LM", tokenizer)
     report: dict[str, Any] = {"ref": spec.ref, "device": dev, "max_length": spec.max_length, "datasets": {}}
     for i, (data, path) in enumerate(zip(spec.datasets, files, strict=True)):
         ctx.check_cancel()
         ctx.progress(0.1 + 0.9 * i / len(spec.datasets), f"evaluating on {data.ref}", force=True)
-        rows = load_rows(str(path), data.format)
-        if spec.max_rows and len(rows) > spec.max_rows:
-            rows = rows.select(range(spec.max_rows))
-        encoded = tokenize_rows(rows, tokenizer, data.fields, spec.max_length)
-        examples = [encoded[j] for j in range(len(encoded))]
-        batches = [collate(examples[j:j + spec.batch_size]) for j in range(0, len(examples), spec.batch_size)]
+        rows, batches = eval_batches(path, data, tokenizer, collate, spec)
         adapter = measure(peft_model, batches, dev)
         with peft_model.disable_adapter():
             bare = measure(peft_model, batches, dev)

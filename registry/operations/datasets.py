@@ -16,14 +16,14 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from registry import audit, catalog, queries
+from registry import audit, catalog, jobs, queries
 from registry import models as m
 from registry import types as t
 from registry.errors import ConflictError, DatasetNotFound, InvalidReference, RegistryError
 from registry.refs import check_slug, parse_ref
 from registry.service import Service
 from registry.store import ArtifactStore
-from registry.trainset import CheckedData, check_trainable_task, read_checked
+from registry.trainset import CheckedData, check_trainable_task, fields_of, read_checked
 
 ROLES = ("train", "heldout", "eval")
 
@@ -115,6 +115,39 @@ def link(session: Session, version: m.AdapterVersion, dataset: m.Dataset, role: 
     audit.record(session, actor, "dataset.link", adapter_name=exact.rpartition(":")[0], ref=exact,
                  after={"dataset": f"{dataset.name}:{dataset.version}", "role": role, "sha256": dataset.sha256})
     return True
+
+
+def linked(session: Session, version_id: int, role: str) -> list[m.Dataset]:
+    """The datasets linked to a version as ``role``, by name then version."""
+    return list(session.scalars(
+        select(m.Dataset).join(m.VersionDataset, m.VersionDataset.dataset_id == m.Dataset.id)
+        .where(m.VersionDataset.version_id == version_id, m.VersionDataset.role == role)
+        .order_by(m.Dataset.name, m.Dataset.version)))
+
+
+def held_out(session: Session, version_id: int) -> list[m.Dataset]:
+    """What a version is judged on: its ``eval`` datasets, else its ``heldout`` split (a training job's)."""
+    return linked(session, version_id, "eval") or linked(session, version_id, "heldout")
+
+
+def eval_specs(store: ArtifactStore, rows: list[m.Dataset], task_type: str = "CAUSAL_LM") -> list[jobs.EvalData]:
+    """Catalog datasets as job inputs pinned by id and sha256 (their columns checked for ``task_type``)."""
+    return [jobs.EvalData(dataset_id=d.id, ref=f"{d.name}:{d.version}", path=str(store.data_file(d.sha256, d.suffix)),
+                          sha256=d.sha256, format=d.format, fields=fields_of(list(d.columns or []), task_type),
+                          rows=d.rows) for d in rows]
+
+
+def parent_evals(session: Session, store: ArtifactStore, parents: list[tuple[int, str]]) -> list[jobs.ParentEval]:
+    """Each causal-LM parent ``(version_id, ref)`` with held-out data, with that data pinned (retention, learned
+    weights); parents without any, or of another task type, are left out."""
+    out = []
+    for version_id, ref in parents:
+        version = session.get(m.AdapterVersion, version_id)
+        rows = held_out(session, version_id) if version is not None and (version.task_type or "CAUSAL_LM") \
+            == "CAUSAL_LM" else []
+        if rows:
+            out.append(jobs.ParentEval(version_id=version_id, ref=ref, datasets=eval_specs(store, rows[:16])))
+    return out
 
 
 def register_dataset(svc: Service, path: str, *, name: str, task_type: str | None = None) -> t.DatasetInfo:

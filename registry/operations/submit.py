@@ -105,11 +105,11 @@ def validate(svc: Service, ref: str, *, idempotency_key: str | None = None, run_
 def evaluate(svc: Service, ref: str, *, data: list[str] | None = None, max_length: int = 256, batch_size: int = 8,
              max_rows: int | None = 1000, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
     """Queue an evaluation of version ``ref`` and of its bare base on catalog datasets ``data`` (names or
-    ``name:N``; default: the datasets linked to the version as ``eval``). Causal LMs: loss, perplexity and token
-    accuracy per dataset, recorded as the version's metrics (dataset ``name:N``, source ``eval``, the job id).
+    ``name:N``; default: the datasets linked to the version as ``eval``, else its training's ``heldout`` split).
+    Causal LMs: loss, perplexity and token accuracy per dataset, recorded as the version's metrics (dataset
+    ``name:N``, source ``eval``, the job id).
     Every dataset must have causal-LM columns (``text``, ``prompt`` + ``completion`` or ``messages``)."""
-    from registry.operations.datasets import find
-    from registry.trainset import fields_of
+    from registry.operations.datasets import eval_specs, find, held_out
 
     with svc.transaction() as session:
         row = catalog.resolve(session, parse_ref(ref))
@@ -119,20 +119,11 @@ def evaluate(svc: Service, ref: str, *, data: list[str] | None = None, max_lengt
                                 "only for now")
         if row.base_model_id is None:
             raise RegistryError(f"{exact} has no base model recorded")
-        if data:
-            rows = [find(session, name) for name in dict.fromkeys(data)]
-        else:
-            rows = list(session.scalars(select(m.Dataset).join(m.VersionDataset, m.VersionDataset.dataset_id
-                                                               == m.Dataset.id)
-                                        .where(m.VersionDataset.version_id == row.id, m.VersionDataset.role == "eval")
-                                        .order_by(m.Dataset.name, m.Dataset.version)))
-            if not rows:
-                raise RegistryError(f"{exact} has no eval datasets linked; name them (data=[...], --data NAME) or link "
-                                    "one (adreg data link REF NAME)")
-        specs = [jobs.EvalData(
-            dataset_id=d.id, ref=f"{d.name}:{d.version}", path=str(svc.store.data_file(d.sha256, d.suffix)),
-            sha256=d.sha256, format=d.format, fields=fields_of(list(d.columns or []), "CAUSAL_LM"), rows=d.rows)
-            for d in rows]
+        rows = [find(session, name) for name in dict.fromkeys(data)] if data else held_out(session, row.id)
+        if not rows:
+            raise RegistryError(f"{exact} has no eval datasets or held-out split linked; name them (data=[...], "
+                                "--data NAME) or link one (adreg data link REF NAME)")
+        specs = eval_specs(svc.store, rows)
     try:
         spec = jobs.EvalSpec(version_id=row.id, ref=exact, datasets=specs, max_length=max_length,
                              batch_size=batch_size, max_rows=max_rows)
