@@ -606,3 +606,12 @@ def manifest_of(session: Session, row: m.AdapterVersion) -> AdapterManifest:
         weights_sha256=row.weights_sha256, size_bytes=row.size_bytes, param_count=row.param_count,
         dtypes=list(row.dtypes or []),
     )
+
+
+def merge_parents(session: Session, version_id: int) -> list[tuple[int, float | None]]:
+    """The merge parents of a version with their weights, in order."""
+    e = m.LineageEdge
+    rows = session.execute(
+        select(e.parent_id, e.weight).where(e.child_id == version_id, e.relation == "merge").order_by(e.position)
+    ).all()
+    return [(pid, w) for pid, w in rows]

@@ -658,7 +658,8 @@ def merge(
                             publish_to=_registry().publish_target(publish, base_model_id=base_model_id)
                             if publish else None, idempotency_key=idempotency_key, **params)
     _warn_job(job)
-    return _follow_chain(job, 2 if publish else int(validate), wait, json_output, "merge")
+    return _follow_chain(job, 2 if publish else int(bool(job.spec.get("validate_after"))), wait, json_output,
+                         "merge")
 
 
 def _merge_folders(sources: list[str], weights: list[float], method: str, out: Path, dtype: str | None,

@@ -194,7 +194,7 @@ def load_inputs(svc: Service, spec: AnySpec) -> JobInputs:
             inputs.base = s.get(m.BaseModelRecord, row.base_model_id) if row.base_model_id else None
             if inputs.base is None:
                 raise RegistryError(f"{spec.ref} has no base model recorded")
-            inputs.parents = parent_versions(s, row.id)
+            inputs.parents = catalog.merge_parents(s, row.id)
             for pid, _w in inputs.parents:
                 parent = s.get(m.AdapterVersion, pid)
                 if parent is not None and parent.purged_at is None:  # a purged parent's files may be gone (gc)
@@ -262,7 +262,8 @@ def _follow_ups(svc: Service, job_id: int, spec: AnySpec, results: list[tuple[in
     if isinstance(spec, MergeSpec) and (spec.validate_after or spec.publish_to is not None):
         version_id, ref = results[0]
         submit(svc, ValidateSpec(version_id=version_id, ref=ref, publish_after=spec.publish_to,
-                                 submitted_by=spec.submitted_by), parent_job_id=job_id)
+                                 submitted_by=spec.submitted_by, parent_evals=spec.parent_evals),
+               parent_job_id=job_id)
     elif isinstance(spec, TrainSpec) and spec.validate_after:
         for version_id, ref in results:
             submit(svc, ValidateSpec(version_id=version_id, ref=ref, submitted_by=spec.submitted_by),
@@ -270,12 +271,3 @@ def _follow_ups(svc: Service, job_id: int, spec: AnySpec, results: list[tuple[in
     elif isinstance(spec, ValidateSpec) and spec.publish_after is not None:
         submit(svc, PublishSpec(version_id=spec.version_id, ref=spec.ref, target=spec.publish_after,
                                 submitted_by=spec.submitted_by), parent_job_id=job_id)
-
-
-def parent_versions(session, version_id: int) -> list[tuple[int, float | None]]:  # type: ignore[no-untyped-def]
-    """The merge parents of a version with their weights, in order."""
-    e = m.LineageEdge
-    rows = session.execute(
-        select(e.parent_id, e.weight).where(e.child_id == version_id, e.relation == "merge").order_by(e.position)
-    ).all()
-    return [(pid, w) for pid, w in rows]

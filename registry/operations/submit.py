@@ -55,13 +55,16 @@ def merge(
     """Merge catalog versions into a new version of ``name``; returns the job.
 
     ``validate`` chains a runtime validation job; ``publish_to`` (a Hub repo id) chains validation and
-    then a publish job that runs only if every check passed.
+    then a publish job that runs only if every check passed. A merge whose causal-LM parents have held-out data
+    (``eval`` datasets, else a training's ``heldout`` split) is always validated: the validation measures how much
+    of each parent's skill the merge keeps (retention) on that data, pinned here.
 
     Every static check runs first, on stored metadata only, and reports every problem at once
     (:class:`IncompatibleAdapters`); nothing is queued unless all pass. On the embedded default the
     job runs in-process before this returns; with a broker, a worker runs it (``job.wait()``).
     """
     from registry.merge_rules import check_merge
+    from registry.operations.datasets import parent_evals
 
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
               "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale,
@@ -73,6 +76,7 @@ def merge(
         refs = [catalog.exact_ref(session, r) for r in rows]
         manifests = [catalog.manifest_of(session, r) for r in rows]
         warnings = lifecycle.input_warnings(rows, refs)
+        evals = parent_evals(session, svc.store, [(r.id, ref) for r, ref in zip(rows, refs, strict=True)])
     check_merge(manifests, list(weights), method, {k: v for k, v in params.items() if v is not None},
                 allow_cross_base=allow_cross_base, labels=refs)
     if isinstance(publish_to, str):
@@ -85,8 +89,8 @@ def merge(
                                     storage_path=r.storage_path) for ref, r in zip(refs, rows, strict=True)],
             weights=list(weights), method=method, params=jobs.MergeParams(**params, dtype=dtype), name=name,
             tags=dict(tags or {}), description=description, allow_cross_base=allow_cross_base,
-            validate_after=validate or publish_to is not None,
-            publish_to=publish_to, warnings=warnings,
+            validate_after=validate or publish_to is not None or bool(evals),
+            publish_to=publish_to, warnings=warnings, parent_evals=evals,
         )
     except ValidationError as exc:
         raise _invalid("merge request", exc) from None
@@ -94,12 +98,18 @@ def merge(
 
 
 def validate(svc: Service, ref: str, *, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
-    """Queue a runtime validation of a version against its base model's real weights."""
+    """Queue a runtime validation of a version against its base model's real weights (for a merge whose parents
+    have held-out data, with the retention of each parent's skill on it)."""
+    from registry.operations.datasets import parent_evals
+
     with svc.transaction() as session:
         row = catalog.resolve(session, parse_ref(ref))
         exact = catalog.exact_ref(session, row)
-    return submit(svc, jobs.ValidateSpec(version_id=row.id, ref=exact), idempotency_key=idempotency_key,
-                       run_id=run_id)
+        parents = [session.get(m.AdapterVersion, pid) for pid, _w in catalog.merge_parents(session, row.id)]
+        evals = parent_evals(session, svc.store, [(p.id, catalog.exact_ref(session, p)) for p in parents
+                                                  if p is not None and p.status != "deleted"])
+    return submit(svc, jobs.ValidateSpec(version_id=row.id, ref=exact, parent_evals=evals),
+                  idempotency_key=idempotency_key, run_id=run_id)
 
 
 def evaluate(svc: Service, ref: str, *, data: list[str] | None = None, max_length: int = 256, batch_size: int = 8,
