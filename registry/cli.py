@@ -503,6 +503,19 @@ def _render_job(job: Any) -> None:
         _render_validation(job.report)
     if job.kind == "eval" and isinstance(job.report, dict) and isinstance(job.report.get("datasets"), dict):
         _render_eval(job.report)
+    if isinstance(job.report, dict) and isinstance(job.report.get("retention"), dict):
+        _render_retention(job.report["retention"])
+
+
+def _render_retention(measured: dict[str, Any]) -> None:
+    def number(x: Any) -> str:
+        return f"{x:.4g}" if isinstance(x, (int, float)) else "-"
+
+    rows = [[p.get("parent"), d.get("dataset"), *(number(d.get(k)) for k in
+                                                   ("base_loss", "parent_loss", "merged_loss", "retention"))]
+            for p in measured.get("parents", []) for d in p.get("datasets", [])]
+    table(f"retention: mean {number(measured.get('mean'))}, min {number(measured.get('min'))}",
+          ["parent", "dataset", "base loss", "parent loss", "merged loss", "retention"], rows)
 
 
 def _render_eval(report: dict[str, Any]) -> None:
@@ -633,7 +646,9 @@ def merge(
     name: str | None = typer.Option(None, "--name", "-n", help="Register the result as the next version of NAME."),
     tag: list[str] = typer.Option(None, "--tag", "-t", help="key=value on the new version; repeatable."),
     allow_cross_base: bool = typer.Option(False, "--allow-cross-base", help="Allow different base revisions."),
-    validate: bool = typer.Option(False, "--validate", help="Queue a runtime validation of the result."),
+    validate: bool | None = typer.Option(
+        None, "--validate/--no-validate", help="Validate the result at run time (default: when the parents have "
+                                               "held-out data, measuring retention on it)."),
     publish: str | None = typer.Option(None, "--publish", help="Hub repo to publish to once validation passes."),
     base_model_id: str | None = typer.Option(
         None, "--base-model-id", help="With --publish: the card's base_model when the base is a local folder."),

@@ -179,6 +179,10 @@ class ValidateSpec(BaseModel):
     atol: float = Field(default=1e-3, gt=0)
     publish_after: PublishTarget | None = None  # publish only if every check passes
     parent_evals: list[ParentEval] = Field(default_factory=list)  # a merge's parents' held-out data: retention
+    # how the held-out data is read for retention (as an eval job reads it)
+    max_length: int = Field(default=256, ge=8, le=8192)
+    batch_size: int = Field(default=8, ge=1, le=512)
+    max_rows: int | None = Field(default=200, ge=1)
 
 
 class LoraSpec(BaseModel):

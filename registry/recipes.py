@@ -108,6 +108,7 @@ class MergeStep(_Strict):
 class ValidateGates(_Strict):
     max_distance_from: dict[str, float] = Field(default_factory=dict)  # parent ref or @step -> max |logit diff|
     require_exact: bool = False
+    min_retention: float | None = None  # every parent's retention (measured on its held-out data) at least this
 
 
 class ValidateStep(_Strict):

@@ -201,13 +201,29 @@ def _check_gates(session: Session, run: m.Run, step: Step, job: m.Job) -> tuple[
                                 f"{distances[ref]:.4g} > {limit} (by {distances[ref] - limit:.4g})")
         if body.gates.require_exact and "exact_check" not in report:
             return target, f"gate require_exact of step {step.name} failed: the merge method is not exact"
+        if body.gates.min_retention is not None:
+            return target, _retention_gate(step.name, target, report.get("retention"), body.gates.min_retention)
     return target, None
 
 
+def _retention_gate(step: str, target: str, measured: Any, limit: float) -> str | None:
+    """The failure of a validate step's ``min_retention`` gate, or None when every parent kept enough."""
+    minimum = measured.get("min") if isinstance(measured, dict) else None
+    if not isinstance(minimum, (int, float)):
+        return (f"gate min_retention of step {step} failed: no retention was measured for {target} (it is not a "
+                "merge whose causal-LM parents have eval datasets or a held-out split; adreg data link REF NAME)")
+    if minimum >= limit:
+        return None
+    worst = min((p for p in measured.get("parents", []) if isinstance(p.get("retention"), (int, float))),
+                key=lambda p: p["retention"], default={"parent": "?"})
+    return (f"gate min_retention of step {step} failed: {target} keeps {minimum:.3f} of {worst['parent']}'s skill "
+            f"< {limit} (by {limit - minimum:.3f})")
+
+
 def gates_checked(steps: list[Step]) -> bool:
-    """Whether any of ``steps`` has a gate (a train step's ``max_eval_loss``, a validate step's ``max_distance_from``
-    or ``require_exact``). A run that reached the step after them passed every gate they have, so its promote
-    step may move a protected alias."""
+    """Whether any of ``steps`` has a gate (a train step's ``max_eval_loss``, a validate step's ``max_distance_from``,
+    ``require_exact`` or ``min_retention``). A run that reached the step after them passed every gate they
+    have, so its promote step may move a protected alias."""
     for step in steps:
         gates = getattr(step.body, "gates", None)
         if gates is not None and any(value not in (None, False, {}) for value in gates.model_dump().values()):
@@ -215,12 +231,16 @@ def gates_checked(steps: list[Step]) -> bool:
     return False
 
 
-def _submit_step(svc: Service, run: m.Run, step: Step) -> int:
-    """Submit the job of a job step; returns its id."""
+def _submit_step(svc: Service, run: m.Run, step: Step, steps: list[Step]) -> int:
+    """Submit the job of a job step of ``steps``; returns its id."""
     body = step.body
     if step.kind == "merge":
+        # a merge a later step validates is not validated twice (the merge alone would be when its parents have
+        # held-out data, to measure retention)
+        checked = any(s.kind == "validate" and s.body.target == f"@{step.name}" for s in steps)
         job = ops.merge(svc, [_ref(run, s) for s in body.sources], weights=body.weights, method=body.method,
-                        name=body.name, allow_cross_base=body.allow_cross_base, run_id=run.id, **body.params)
+                        name=body.name, allow_cross_base=body.allow_cross_base, run_id=run.id,
+                        validate=False if checked else None, **body.params)
     elif step.kind == "train":
         refs = [_ref(run, r) for r in [body.source, *body.joint_with] if r]
         job = ops.train(svc, refs[0] if refs else None, joint_with=refs[1:], data=body.data, steps=body.steps,
@@ -345,7 +365,7 @@ def _advance(svc: Service, run_id: int) -> None:
             _fail_run(svc, run_id, f"{where} failed: {reason}")
             return
         try:
-            job_id = _submit_step(svc, run, submit)
+            job_id = _submit_step(svc, run, submit, recipe.steps)
         except Exception as exc:
             if not isinstance(exc, RegistryError):
                 log.exception("run %s: step %s could not start", run_id, submit.name)

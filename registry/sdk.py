@@ -211,15 +211,18 @@ class Registry:
         tags: dict[str, str] | None = None,
         description: str | None = None,
         allow_cross_base: bool = False,
-        validate: bool = False,
+        validate: bool | None = None,
         publish_to: str | jobs.PublishTarget | None = None,
         idempotency_key: str | None = None,
         run_id: int | None = None,
     ) -> jobs.Job:
         """Merge catalog versions into a new version of ``name``; returns the job.
 
-        ``validate`` chains a runtime validation job; ``publish_to`` (a Hub repo id) chains validation and
-        then a publish job that runs only if every check passed.
+        ``validate`` chains a runtime validation job: True always, False never, None (the default) when the
+        causal-LM parents have held-out data (``eval`` datasets, else a training's ``heldout`` split), on which the
+        validation measures how much of each parent's skill the merge keeps (``report["retention"]``).
+        ``publish_to`` (a Hub repo id) chains validation and then a publish job that runs only if every check
+        passed.
 
         Every static check runs first, on stored metadata only, and reports every problem at once
         (:class:`IncompatibleAdapters`); nothing is queued unless all pass. On the embedded default the

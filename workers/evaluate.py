@@ -71,14 +71,19 @@ def eval_batches(path: Any, data: EvalData, tokenizer: Any, collate: Any,
 def causal_lm(base: Any) -> tuple[Any, Any]:
     """The base record's causal LM in float32 and its tokenizer (padding with EOS when it has no pad token)."""
     import torch
+
+    return load_base_model(base, dtype=torch.float32, task_type="CAUSAL_LM"), causal_tokenizer(base)
+
+
+def causal_tokenizer(base: Any) -> Any:
+    """The base record's tokenizer, padding with EOS when it has no pad token (as training pads)."""
     from transformers import AutoTokenizer
 
-    model = load_base_model(base, dtype=torch.float32, task_type="CAUSAL_LM")
     tokenizer = AutoTokenizer.from_pretrained(base.local_path, local_files_only=True,
                                               trust_remote_code=bool(base.trust_remote_code))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
 
 
 def _run_eval(host: JobHost, ctx: JobContext, spec: EvalSpec) -> None:

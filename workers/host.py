@@ -237,12 +237,22 @@ def commit_outcome(svc: Service, ctx: JobContext, spec: AnySpec, outcome: Outcom
             s.add(m.Compatibility(version_id=version_id, base_model_id=base_id, level="validated",
                                   evidence=outcome.report))
         record_job_metrics(s, ctx.job_id, spec, outcome.report, [vid for vid, _ in results])
+        if isinstance(spec, ValidateSpec) and "retention" in outcome.report:
+            _add_to_merge_report(s, ctx.job_id, outcome.report["retention"])
         if results:
             outcome.report.setdefault("registered", [ref for _, ref in results])
         result_id = results[0][0] if results else outcome.result_version_id
         complete(svc, ctx, s, result_version_id=result_id, report=outcome.report, progress_message=outcome.message)
     _follow_ups(svc, ctx.job_id, spec, results)
     return results
+
+
+def _add_to_merge_report(s: Any, job_id: int, retention: Any) -> None:
+    """Copy a merge validation's retention into the report of the merge job that queued it (one place to read it)."""
+    job = s.get(m.Job, job_id)
+    parent = s.get(m.Job, job.parent_job_id) if job is not None and job.parent_job_id else None
+    if parent is not None and parent.kind == "merge":
+        parent.report = {**(parent.report or {}), "retention": retention, "retention_job": job_id}
 
 
 def _record_datasets(s: Any, job_id: int, spec: AnySpec, outputs: list[DatasetOutput], version_ids: list[int]) -> None:

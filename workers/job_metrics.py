@@ -18,6 +18,8 @@ validate_base_distance     validate  max |logit difference| between base + adapt
 validate_parent_distance   validate  a merge's max |logit difference| from its nearest parent
 validate_exact_error       validate  exact merges (cat, full-rank svd): max |logit difference| from the parents'
                                      weighted sum
+retention                  validate  a merge, per parent dataset (name:N): (L_base - L_merged) / (L_base - L_parent)
+retention_mean, _min       validate  a merge: the mean and the minimum of its parents' retention
 eval_loss                  eval      per dataset (name:N): mean next-token loss of the version on its rows
 perplexity, token_accuracy eval      per dataset: exp(eval_loss); share of labelled tokens predicted (argmax)
 base_eval_loss, ...        eval      the same three for the bare base on the same rows
@@ -73,6 +75,8 @@ def metrics_of(spec: AnySpec, report: dict[str, Any]) -> tuple[str, dict[str, fl
             distances = [d for d in map(_number, parents.values()) if d is not None]
             found["validate_parent_distance"] = min(distances) if distances else None
         found["validate_exact_error"] = _at(report, "exact_check", "max_abs_diff")
+        found["retention_mean"] = _at(report, "retention", "mean")
+        found["retention_min"] = _at(report, "retention", "min")
     else:
         return "", {}
     return source, {name: number for name, value in found.items() if (number := _number(value)) is not None}
@@ -94,6 +98,19 @@ def eval_metrics(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     return found
 
 
+def retention_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """A validation's retention per parent dataset (``name:N``) from its report's ``retention`` section."""
+    found: dict[str, float] = {}
+    parents = _at(report, "retention", "parents")
+    for parent in parents if isinstance(parents, list) else []:
+        datasets = parent.get("datasets") if isinstance(parent, dict) else None
+        for data in datasets if isinstance(datasets, list) else []:
+            number = _number(data.get("retention")) if isinstance(data, dict) else None
+            if number is not None and isinstance(data.get("dataset"), str):
+                found[data["dataset"]] = number
+    return found
+
+
 def record_job_metrics(session: Session, job_id: int, spec: AnySpec, report: dict[str, Any],
                        registered: list[int]) -> None:
     """Record the job's metrics on each version it registered (a validation: on the version it validated)."""
@@ -102,6 +119,10 @@ def record_job_metrics(session: Session, job_id: int, spec: AnySpec, report: dic
             record(session, spec.version_id, values, dataset=check_dataset(dataset), source="eval", job_id=job_id,
                    actor=spec.submitted_by)
         return
+    if isinstance(spec, ValidateSpec):
+        for dataset, value in retention_metrics(report if isinstance(report, dict) else {}).items():
+            record(session, spec.version_id, {"retention": value}, dataset=check_dataset(dataset), source="validate",
+                   job_id=job_id, actor=spec.submitted_by)
     source, values = metrics_of(spec, report if isinstance(report, dict) else {})
     targets = [spec.version_id] if isinstance(spec, ValidateSpec) else registered
     if not values:

@@ -308,6 +308,13 @@ def _run_validate(host: JobHost, ctx: JobContext, spec: ValidateSpec) -> None:
             distances[refs[parent.id]] = float((logits(peft_model) - cand).abs().max())
             names.append(name)
         report["distance_from_parents"] = distances
+        if spec.parent_evals and task in (None, "CAUSAL_LM"):
+            from workers.evaluate import causal_tokenizer
+            from workers.retention import measure_retention
+
+            by_version = {parent.id: name for name, (parent, _w) in zip(names, parents, strict=True)}
+            report["retention"] = measure_retention(host, ctx, spec, peft_model, causal_tokenizer(base), CANDIDATE,
+                                                    by_version, dev)
         method = edge_params.get("method")
         rank_sum = sum(p.r for p, _ in parents)
         exact = method == "cat" or (method == "svd" and (edge_params.get("svd_rank") or 0) >= rank_sum)

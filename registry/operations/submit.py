@@ -47,17 +47,18 @@ def merge(
     tags: dict[str, str] | None = None,
     description: str | None = None,
     allow_cross_base: bool = False,
-    validate: bool = False,
+    validate: bool | None = None,
     publish_to: str | jobs.PublishTarget | None = None,
     idempotency_key: str | None = None,
     run_id: int | None = None,
 ) -> jobs.Job:
     """Merge catalog versions into a new version of ``name``; returns the job.
 
-    ``validate`` chains a runtime validation job; ``publish_to`` (a Hub repo id) chains validation and
-    then a publish job that runs only if every check passed. A merge whose causal-LM parents have held-out data
-    (``eval`` datasets, else a training's ``heldout`` split) is always validated: the validation measures how much
-    of each parent's skill the merge keeps (retention) on that data, pinned here.
+    ``validate`` chains a runtime validation job: True always, False never, None (the default) when the
+    causal-LM parents have held-out data (``eval`` datasets, else a training's ``heldout`` split), pinned here, on
+    which the validation measures how much of each parent's skill the merge keeps (retention, in the merge's
+    report). ``publish_to`` (a Hub repo id) chains validation and then a publish job that runs only if every
+    check passed.
 
     Every static check runs first, on stored metadata only, and reports every problem at once
     (:class:`IncompatibleAdapters`); nothing is queued unless all pass. On the embedded default the
@@ -89,7 +90,7 @@ def merge(
                                     storage_path=r.storage_path) for ref, r in zip(refs, rows, strict=True)],
             weights=list(weights), method=method, params=jobs.MergeParams(**params, dtype=dtype), name=name,
             tags=dict(tags or {}), description=description, allow_cross_base=allow_cross_base,
-            validate_after=validate or publish_to is not None or bool(evals),
+            validate_after=bool(validate or publish_to is not None or (validate is None and evals)),
             publish_to=publish_to, warnings=warnings, parent_evals=evals,
         )
     except ValidationError as exc:

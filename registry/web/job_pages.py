@@ -203,7 +203,22 @@ def report_view(job: job_specs.Job) -> dict[str, Any]:
                     warnings=[str(w) for w in report.get("warnings") or []])
     else:
         view.update(kind="other")
+    if isinstance(report.get("retention"), dict):
+        view["retention"] = _retention(report["retention"])
     return view
+
+
+def _retention(measured: dict[str, Any]) -> dict[str, Any]:
+    """A retention section (a merge's or its validation's) as table rows, one per parent dataset."""
+    rows = []
+    for parent in measured.get("parents") or []:
+        for data in (parent.get("datasets") or []) if isinstance(parent, dict) else []:
+            if isinstance(data, dict):
+                rows.append({"parent": _text(parent.get("parent")), "dataset": _text(data.get("dataset")),
+                             **{k: _text(data.get(k)) if data.get(k) is not None else "-"
+                                for k in ("base_loss", "parent_loss", "merged_loss", "retention")}})
+    return {"rows": rows, "mean": _text(measured.get("mean")) if measured.get("mean") is not None else "-",
+            "min": _text(measured.get("min")) if measured.get("min") is not None else "-"}
 
 
 def _pairs(report: dict[str, Any], keys: tuple[tuple[str, str], ...]) -> list[tuple[str, str]]:

@@ -181,7 +181,7 @@ def read_form(form: Any) -> MergeRequest:
     dtype = str(form.get("dtype") or "")
     if dtype:
         options["dtype"] = dtype
-    options["validate"] = form.get("validate") in ("1", "on")
+    options["validate"] = True if form.get("validate") in ("1", "on") else None  # None: when parents have held-out data
     options["allow_cross_base"] = form.get("allow_cross_base") in ("1", "on")
     return MergeRequest(sources=sources, weights=weights, options=options, problems=problems)
 
