@@ -181,3 +181,64 @@ def test_classification_eval_refusals(registry, models, tmp_path) -> None:  # ty
                                             "SEQ_CLS, TOKEN_CLS"):
         registry.evaluate("t5x:1", data=["wiki"])
     assert _jobs(registry) == before  # nothing was queued
+
+
+def _llama_classifier_adapter(base: Path, out: Path) -> Path:
+    """A SEQ_CLS LoRA on a causal tiny Llama loaded as LlamaForSequenceClassification (4 classes): PEFT stores the
+    new ``score`` head in modules_to_save."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(5)
+    model = LlamaForSequenceClassification.from_pretrained(base, num_labels=4, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                  task_type="SEQ_CLS"))
+    gen = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name or ".modules_to_save." in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_decoder_classifier_on_a_causal_base_reads_each_rows_last_token(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A Llama base switched to its SEQ_CLS class, the head from the adapter; rows of different lengths padded in one
+    batch score as each row alone (the last real token, not padding); the bare base's fresh head is the same on
+    every run."""
+    from transformers import LlamaForSequenceClassification
+
+    adapter = _llama_classifier_adapter(tiny["llama"], tmp_path / "llama-cls")
+    registry.register(adapter, name="lcls", base_path=tiny["llama"])
+    rows = [{"text": t, "label": y % 4} for t, y in TEXTS] + [{"text": "zz", "label": 3}]
+    registry.register_dataset(_jsonl(tmp_path / "four.jsonl", rows), name="four")
+    job = registry.evaluate("lcls:1", data=["four"], batch_size=8).wait(timeout=120)
+    assert job.status == "succeeded", job.error
+    assert job.report["num_labels"] == 4
+    result = job.report["datasets"]["four:1"]
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["llama"])
+    model = LlamaForSequenceClassification.from_pretrained(tiny["llama"], num_labels=4, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    peft_model = PeftModel.from_pretrained(model, str(adapter)).eval()
+    with torch.no_grad():
+        scored = [(peft_model(**tokenizer(r["text"], return_tensors="pt")).logits[0].float(), r["label"])
+                  for r in rows]
+    expected = _reference(scored)
+    for name in ("eval_loss", "accuracy", "f1"):
+        assert result["adapter"][name] == pytest.approx(expected[name], rel=1e-5, abs=1e-7), name
+    again = registry.evaluate("lcls:1", data=["four"], batch_size=3).wait(timeout=120)
+    assert again.status == "succeeded", again.error
+    assert again.report["datasets"]["four:1"]["base"] == pytest.approx(result["base"], rel=1e-5)
+    assert {x.name for x in registry.get("lcls:1").metrics if x.dataset == "four:1"} >= {"base_accuracy", "base_f1"}
+
+
+def test_cli_eval_shows_a_classifiers_accuracy_and_f1(adreg, models, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    adreg("register", str(models["seq"]), "--name", "cls", "--base-path", str(models["seq_base"]))
+    adreg("data", "register", str(_jsonl(tmp_path / "sst.jsonl", [{"text": t, "label": y} for t, y in TEXTS])),
+          "--name", "sst")
+    job = json.loads(adreg("eval", "cls:1", "--data", "sst", "--json").stdout)
+    assert job["status"] == "succeeded" and set(job["report"]["datasets"]["sst:1"]["adapter"]) == {
+        "eval_loss", "accuracy", "f1"}
+    human = adreg("job", str(job["id"])).stdout
+    assert "evaluation of cls:1" in human and "macro F1" in human and "perplexity" not in human

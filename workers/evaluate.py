@@ -146,8 +146,11 @@ def classifier(base: Any, task: str, num_labels: int | None) -> tuple[Any, Any]:
                                               trust_remote_code=bool(base.trust_remote_code))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if task == "SEQ_CLS" and model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id  # a decoder classifier reads the last non-pad token
+    if task == "SEQ_CLS":
+        # a decoder classifier reads each row's last token that is not the config's pad id: that must be the id the
+        # collator pads with, or a row shorter than its batch is scored on padding (load_base_model fills a missing
+        # pad id with EOS, which need not be the tokenizer's pad token)
+        model.config.pad_token_id = tokenizer.pad_token_id
     if task == "TOKEN_CLS" and not tokenizer.is_fast:
         raise RegistryError("token classification aligns word labels to tokens with a fast tokenizer's word_ids(); "
                             f"the tokenizer of {base.name!r} is not a fast one")
