@@ -242,3 +242,21 @@ def test_cli_eval_shows_a_classifiers_accuracy_and_f1(adreg, models, tmp_path) -
         "eval_loss", "accuracy", "f1"}
     human = adreg("job", str(job["id"])).stdout
     assert "evaluation of cls:1" in human and "macro F1" in human and "perplexity" not in human
+
+
+def test_a_trained_classifier_evaluates_on_its_heldout_split_as_training_measured_it(registry, models,
+                                                                                     tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No --data: the training's held-out split (recorded as a dataset); the numbers agree with the training job's own
+    held-out evaluation (Trainer), the same rows through the same weights."""
+    rows = [{"text": t, "label": y} for t, y in TEXTS] * 3
+    registry.add_base("bert-cls", path=models["seq_base"])
+    job = registry.train(new={"r": 4, "alpha": 8, "targets": BERT_TARGETS}, base="bert-cls",
+                         name="sentiment", data=_jsonl(tmp_path / "train.jsonl", rows), steps=6, lr=1e-2,
+                         batch_size=8, eval_rows=9)
+    assert job.status == "succeeded", job.error
+    evaluated = registry.evaluate("sentiment:1", batch_size=4).wait(timeout=120)
+    assert evaluated.status == "succeeded", evaluated.error
+    [(ref, result)] = evaluated.report["datasets"].items()
+    assert ref == "sentiment-heldout:1" and result["examples"] == 9
+    assert result["adapter"]["accuracy"] == pytest.approx(job.report["eval_accuracy_after"], abs=1e-9)
+    assert result["adapter"]["eval_loss"] == pytest.approx(job.report["eval_loss_after"], rel=1e-4)
