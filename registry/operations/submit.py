@@ -115,6 +115,9 @@ def validate(svc: Service, ref: str, *, idempotency_key: str | None = None, run_
                   idempotency_key=idempotency_key, run_id=run_id)
 
 
+EVALUATED_TASKS = ("CAUSAL_LM", *CLASSIFICATION_TASKS)  # what an eval job measures (seq2seq, embeddings: not yet)
+
+
 def evaluate(svc: Service, ref: str, *, data: list[str] | None = None, max_length: int = 256, batch_size: int = 8,
              max_rows: int | None = 1000, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
     """Queue an evaluation of version ``ref`` and of its bare base on catalog datasets ``data`` (names or
@@ -150,9 +153,6 @@ def evaluate(svc: Service, ref: str, *, data: list[str] | None = None, max_lengt
     except ValidationError as exc:
         raise _invalid("evaluation", exc) from None
     return submit(svc, spec, idempotency_key=idempotency_key, run_id=run_id)
-
-
-EVALUATED_TASKS = ("CAUSAL_LM", *CLASSIFICATION_TASKS)
 
 
 def _head_size(session: Session, row: m.AdapterVersion, exact: str, task: str) -> tuple[int | None, str]:
