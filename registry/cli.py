@@ -519,15 +519,19 @@ def _render_retention(measured: dict[str, Any]) -> None:
 
 
 def _render_eval(report: dict[str, Any]) -> None:
+    classifier = report.get("task_type") in ("SEQ_CLS", "TOKEN_CLS")
+    names, counted = (("eval_loss", "accuracy", "f1"), "examples") if classifier else (
+        ("eval_loss", "perplexity", "token_accuracy"), "tokens")
     rows = []
     for ref, result in report["datasets"].items():
         for side in ("base", "adapter"):
             values = result.get(side) or {}
             rows.append([ref, "base" if side == "base" else report.get("ref", ""), result.get("rows"),
-                         result.get("tokens"), *(f"{values[k]:.4g}" if isinstance(values.get(k), float) else "-"
-                                                 for k in ("eval_loss", "perplexity", "token_accuracy"))])
+                         result.get(counted), *(f"{values[k]:.4g}" if isinstance(values.get(k), float) else "-"
+                                                for k in names)])
+    columns = ["loss", "accuracy", "macro F1"] if classifier else ["loss", "perplexity", "token acc"]
     table(f"evaluation of {report.get('ref', '')} on {report.get('device', '?')}",
-          ["dataset", "model", "rows", "tokens", "loss", "perplexity", "token acc"], rows)
+          ["dataset", "model", "rows", counted, *columns], rows)
 
 
 def _render_validation(report: dict[str, Any]) -> None:
@@ -797,7 +801,8 @@ def eval_cmd(
     idempotency_key: str | None = IDEMPOTENCY,
     json_output: bool = JSON,
 ) -> Any:
-    """Evaluate a version and its base on datasets: loss, perplexity, token accuracy (causal LMs), as metrics."""
+    """Evaluate a version and its base on datasets: loss, perplexity, token accuracy (causal LMs) or loss,
+    accuracy, macro-F1 (classifiers), as metrics."""
     job = _registry().evaluate(ref, data=list(data) if data else None, max_length=max_length, batch_size=batch_size,
                                max_rows=max_rows, idempotency_key=idempotency_key)
     return _follow(job, wait, json_output, "evaluation")

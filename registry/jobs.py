@@ -226,7 +226,8 @@ class TrainSpec(BaseModel):
 
 
 class EvalSpec(BaseModel):
-    """Measure a version and its bare base on catalog datasets (causal LMs: loss, perplexity, token accuracy)."""
+    """Measure a version and its bare base on catalog datasets (causal LMs: loss, perplexity, token accuracy;
+    classifiers: loss, accuracy, macro-F1)."""
 
     kind: Literal["eval"] = "eval"
     spec_version: Literal[1] = 1

@@ -503,8 +503,9 @@ class Registry:
                  max_rows: int | None = 1000, idempotency_key: str | None = None,
                  run_id: int | None = None) -> jobs.Job:
         """Evaluate version ``ref`` and its bare base on catalog datasets ``data`` (default: its linked eval sets):
-        a job (GPU queue, CPU fallback) recording ``eval_loss``, ``perplexity``, ``token_accuracy`` and the base's
-        ``base_eval_loss``, ... as the version's metrics per dataset (``name:N``), with the job id."""
+        a job (GPU queue, CPU fallback) recording ``eval_loss``, ``perplexity``, ``token_accuracy`` (causal LMs) or
+        ``eval_loss``, ``accuracy``, ``f1`` (SEQ_CLS, TOKEN_CLS) and the base's ``base_eval_loss``, ... as the
+        version's metrics per dataset (``name:N``), with the job id."""
         return self._bound(submit.evaluate(self.service, ref, data=data, max_length=max_length, batch_size=batch_size,
                                            max_rows=max_rows, idempotency_key=idempotency_key, run_id=run_id))
     # -- end datasets --

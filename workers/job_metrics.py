@@ -21,8 +21,11 @@ validate_exact_error       validate  exact merges (cat, full-rank svd): max |log
 retention                  validate  a merge, per parent dataset (name:N): (L_base - L_merged) / (L_base - L_parent)
 retention_mean, _min       validate  a merge: the mean and the minimum of its parents' retention
 eval_loss                  eval      per dataset (name:N): mean next-token loss of the version on its rows
-perplexity, token_accuracy eval      per dataset: exp(eval_loss); share of labelled tokens predicted (argmax)
-base_eval_loss, ...        eval      the same three for the bare base on the same rows
+                                     (classifiers: mean cross-entropy over labelled sequences / tokens)
+perplexity, token_accuracy eval      causal LMs, per dataset: exp(eval_loss); share of labelled tokens predicted
+accuracy, f1               eval      classifiers (SEQ_CLS, TOKEN_CLS), per dataset: share of labelled examples whose
+                                     argmax class is the label; macro-F1 over the classes seen in labels or predictions
+base_eval_loss, ...        eval      the same for the bare base on the same rows (base_accuracy, base_f1, ...)
 =========================  ========  =============================================================================
 """
 
@@ -82,6 +85,9 @@ def metrics_of(spec: AnySpec, report: dict[str, Any]) -> tuple[str, dict[str, fl
     return source, {name: number for name, value in found.items() if (number := _number(value)) is not None}
 
 
+EVAL_METRICS = ("eval_loss", "perplexity", "token_accuracy", "accuracy", "f1")  # causal LMs' three, classifiers'
+
+
 def eval_metrics(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     """An eval job's metrics per dataset (``name:N``): the version's and the bare base's (``base_`` prefix)."""
     found: dict[str, dict[str, float]] = {}
@@ -89,7 +95,7 @@ def eval_metrics(report: dict[str, Any]) -> dict[str, dict[str, float]]:
     for dataset, result in (per_dataset.items() if isinstance(per_dataset, dict) else []):
         values: dict[str, float] = {}
         for prefix, side in (("", "adapter"), ("base_", "base")):
-            for name in ("eval_loss", "perplexity", "token_accuracy"):
+            for name in EVAL_METRICS:
                 number = _number(_at(result, side, name))
                 if number is not None:
                     values[prefix + name] = number

@@ -23,7 +23,15 @@ from registry.errors import ConflictError, DatasetNotFound, InvalidReference, Re
 from registry.refs import check_slug, parse_ref
 from registry.service import Service
 from registry.store import ArtifactStore
-from registry.trainset import CheckedData, check_trainable_task, fields_of, read_checked
+from registry.trainset import (
+    CheckedData,
+    InvalidDataset,
+    check_trainable_task,
+    fields_of,
+    label_column,
+    load_rows,
+    read_checked,
+)
 
 ROLES = ("train", "heldout", "eval")
 
@@ -135,6 +143,36 @@ def eval_specs(store: ArtifactStore, rows: list[m.Dataset], task_type: str = "CA
     return [jobs.EvalData(dataset_id=d.id, ref=f"{d.name}:{d.version}", path=str(store.data_file(d.sha256, d.suffix)),
                           sha256=d.sha256, format=d.format, fields=fields_of(list(d.columns or []), task_type),
                           rows=d.rows) for d in rows]
+
+
+def check_class_labels(data: list[jobs.EvalData], task_type: str, classes: int | None,
+                       owner: str) -> list[jobs.EvalData]:
+    """Classification eval data (``SEQ_CLS``, ``TOKEN_CLS``) read and checked row by row as training data is (every
+    label a class id, one per word), every class id below ``classes`` (the size of the head that will score them,
+    ``owner`` in the message; None: unknown here, the job checks). Returns the specs with their ``num_labels``."""
+    out = []
+    for spec in data:
+        try:
+            checked = read_checked(spec.path, task_type)
+        except InvalidDataset as exc:
+            raise InvalidDataset(f"dataset {spec.ref}: {exc}") from None
+        if classes is not None and checked.num_labels is not None and checked.num_labels > classes:
+            where, label = _first_label_from(load_rows(spec.path, spec.format), classes)
+            raise InvalidDataset(f"dataset {spec.ref} {where} has label {label}, but {owner} has {classes} "
+                                 f"class(es): 0..{classes - 1}")
+        out.append(spec.model_copy(update={"num_labels": checked.num_labels}))
+    return out
+
+
+def _first_label_from(rows: object, classes: int) -> tuple[str, int]:
+    """Where the first class id at or above ``classes`` is in already checked classification rows, and that id."""
+    column = label_column(list(rows.column_names))  # type: ignore[attr-defined]
+    for i, row in enumerate(rows):  # type: ignore[attr-defined]
+        labels = row[column] if isinstance(row[column], list) else [row[column]]
+        for label in labels:
+            if label >= classes:
+                return f"row {i + 1}", int(label)
+    raise AssertionError("no label out of range")  # the caller saw one
 
 
 def parent_evals(session: Session, store: ArtifactStore, parents: list[tuple[int, str]]) -> list[jobs.ParentEval]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from registry import audit, catalog, jobs, queries
 from registry import models as m
@@ -19,6 +20,8 @@ from registry.inspect import inspect_adapter
 from registry.operations import lifecycle
 from registry.refs import parse_ref
 from registry.service import Service
+from registry.targets import head_labels
+from registry.trainset import CLASSIFICATION_TASKS, base_head_labels, task_for_architecture
 
 
 def _invalid(what: str, exc: ValidationError) -> RegistryError:
@@ -113,34 +116,62 @@ def validate(svc: Service, ref: str, *, idempotency_key: str | None = None, run_
                   idempotency_key=idempotency_key, run_id=run_id)
 
 
+EVALUATED_TASKS = ("CAUSAL_LM", *CLASSIFICATION_TASKS)  # what an eval job measures (seq2seq, embeddings: not yet)
+
+
 def evaluate(svc: Service, ref: str, *, data: list[str] | None = None, max_length: int = 256, batch_size: int = 8,
              max_rows: int | None = 1000, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
     """Queue an evaluation of version ``ref`` and of its bare base on catalog datasets ``data`` (names or
-    ``name:N``; default: the datasets linked to the version as ``eval``, else its training's ``heldout`` split).
-    Causal LMs: loss, perplexity and token accuracy per dataset, recorded as the version's metrics (dataset
-    ``name:N``, source ``eval``, the job id).
-    Every dataset must have causal-LM columns (``text``, ``prompt`` + ``completion`` or ``messages``)."""
-    from registry.operations.datasets import eval_specs, find, held_out
+    ``name:N``; default: the datasets linked to the version as ``eval``, else its training's ``heldout`` split),
+    recorded as the version's metrics (dataset ``name:N``, source ``eval``, the job id; the base's prefixed
+    ``base_``). Causal LMs: loss, perplexity and token accuracy per dataset; every dataset must have causal-LM
+    columns (``text``, ``prompt`` + ``completion`` or ``messages``). Classifiers (SEQ_CLS: ``text`` + ``label``;
+    TOKEN_CLS: ``labels`` per word with ``tokens`` or ``text``): loss, accuracy and macro-F1, every label a class of
+    the adapter's head. SEQ_2_SEQ_LM and FEATURE_EXTRACTION adapters are refused."""
+    from registry.operations.datasets import check_class_labels, eval_specs, find, held_out
 
     with svc.transaction() as session:
         row = catalog.resolve(session, parse_ref(ref))
         exact = catalog.exact_ref(session, row)
-        if (row.task_type or "CAUSAL_LM") != "CAUSAL_LM":
-            raise RegistryError(f"{exact} is a {row.task_type} adapter; evaluation measures causal LMs (CAUSAL_LM) "
-                                "only for now")
+        task = (row.task_type or "CAUSAL_LM").upper()
+        if task not in EVALUATED_TASKS:
+            raise RegistryError(f"{exact} is a {task} adapter; evaluation measures {', '.join(EVALUATED_TASKS)} "
+                                "adapters only (no loss or accuracy is defined here for its outputs)",
+                                hint=f"`adreg validate {exact}` checks it on its base")
         if row.base_model_id is None:
             raise RegistryError(f"{exact} has no base model recorded")
+        classes, owner = (_head_size(session, row, exact, task) if task in CLASSIFICATION_TASKS else (None, ""))
         rows = [find(session, name) for name in dict.fromkeys(data)] if data else held_out(session, row.id)
         if not rows:
             raise RegistryError(f"{exact} has no eval datasets or held-out split linked; name them (data=[...], "
                                 "--data NAME) or link one (adreg data link REF NAME)")
-        specs = eval_specs(svc.store, rows)
+        specs = eval_specs(svc.store, rows, task)
+    if task in CLASSIFICATION_TASKS:
+        specs = check_class_labels(specs, task, classes, owner)
     try:
         spec = jobs.EvalSpec(version_id=row.id, ref=exact, datasets=specs, max_length=max_length,
                              batch_size=batch_size, max_rows=max_rows)
     except ValidationError as exc:
         raise _invalid("evaluation", exc) from None
     return submit(svc, spec, idempotency_key=idempotency_key, run_id=run_id)
+
+
+def _head_size(session: Session, row: m.AdapterVersion, exact: str, task: str) -> tuple[int | None, str]:
+    """The number of classes of the head a classification version is scored with, and whose head it is: the one the
+    adapter stores (``modules_to_save``), else its base's own head of this task (None when the base's files are not
+    here to read). A version with neither is refused: only a random head would score it."""
+    classes = head_labels(row.extra_tensors or {})
+    if classes is not None:
+        return classes, f"{exact}'s classification head"
+    base = session.get(m.BaseModelRecord, row.base_model_id)
+    if base is None or task_for_architecture(base.architecture, base.model_type) != task:
+        raise RegistryError(f"{exact} is a {task} adapter that stores no classification head (no 'classifier' or "
+                            f"'score' in its modules_to_save) and its base "
+                            f"({base.architecture if base is not None else 'unknown'}) has none either: only a "
+                            "random head would be evaluated")
+    path = base.local_path
+    return (base_head_labels(path) if path and Path(path).is_dir() else None,
+            f"the base's classification head ({base.architecture})")
 
 
 def submit(
