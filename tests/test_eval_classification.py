@@ -260,3 +260,20 @@ def test_a_trained_classifier_evaluates_on_its_heldout_split_as_training_measure
     assert ref == "sentiment-heldout:1" and result["examples"] == 9
     assert result["adapter"]["accuracy"] == pytest.approx(job.report["eval_accuracy_after"], abs=1e-9)
     assert result["adapter"]["eval_loss"] == pytest.approx(job.report["eval_loss_after"], rel=1e-4)
+
+
+def test_a_decoder_classifier_trains_on_each_rows_last_real_token(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Training a SEQ_CLS adapter on a Llama base whose pad token (0) is not its EOS (2): the classifier must read
+    the last real token of each padded row, so the training job's held-out loss equals the eval job's (which scores
+    as each row alone, checked above). Before the fix training left pad_token_id at EOS and read padding."""
+    rows = [{"text": t, "label": y % 3} for t, y in TEXTS] * 3 + [{"text": "a much longer sentence here", "label": 1}]
+    registry.add_base("llama-cls", path=tiny["llama"])
+    job = registry.train(new={"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}, base="llama-cls",
+                         task_type="SEQ_CLS", name="dcls", data=_jsonl(tmp_path / "train.jsonl", rows), steps=4,
+                         lr=1e-2, batch_size=8, eval_rows=9, seed=0)
+    assert job.status == "succeeded", job.error
+    evaluated = registry.evaluate("dcls:1", batch_size=9).wait(timeout=120)
+    assert evaluated.status == "succeeded", evaluated.error
+    [(_ref, result)] = evaluated.report["datasets"].items()
+    assert result["adapter"]["eval_loss"] == pytest.approx(job.report["eval_loss_after"], rel=1e-4)
+    assert result["adapter"]["accuracy"] == pytest.approx(job.report["eval_accuracy_after"], abs=1e-9)

@@ -277,8 +277,10 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
                                               trust_remote_code=bool(base.trust_remote_code))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if task == "SEQ_CLS" and model.config.pad_token_id is None:
-        model.config.pad_token_id = tokenizer.pad_token_id  # a decoder classifier reads the last non-pad token
+    if task == "SEQ_CLS":
+        # A decoder classifier reads each row's last non-pad token: the pad id must be the one the collator pads
+        # with (load_base_model may have set EOS, which differs from the tokenizer's pad on e.g. Llama).
+        model.config.pad_token_id = tokenizer.pad_token_id
     if task == "TOKEN_CLS" and not tokenizer.is_fast:
         raise RegistryError("token classification aligns word labels to tokens with a fast tokenizer's word_ids(); "
                             f"the tokenizer of {base.name!r} is not a fast one")
