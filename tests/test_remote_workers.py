@@ -29,6 +29,16 @@ def deployment(pg_schema_url, broker_url, tmp_path, start_server):  # type: igno
     worker.stop()
 
 
+def wait_for_children(client, job_id: int, timeout: float = 30.0) -> list:  # type: ignore[no-untyped-def]
+    """The jobs ``job_id`` queued (its follow-ups are submitted right after it is marked succeeded)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (children := client.jobs(parent_job_id=job_id)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return children
+
+
 def test_merge_and_training_on_a_worker_without_the_catalog(deployment, tiny):
     server, worker, client, root = deployment
     client.register(tiny["tone"], name="tone", base_path=tiny["llama"])
@@ -48,6 +58,17 @@ def test_merge_and_training_on_a_worker_without_the_catalog(deployment, tiny):
     assert evaluated.status == "succeeded", evaluated.error
     assert {(x.name, x.job_id) for x in client.get("tone:2").metrics if x.dataset == "tone-heldout:1"} >= {
         ("eval_loss", evaluated.id), ("base_eval_loss", evaluated.id)}
+
+    # a merge with a parent that has held-out data is validated on the worker, which measures that parent's
+    # retention on the data it fetched; the server copies it into the merge's report (issue 17)
+    kept = client.merge(["tone:2", "style:1"], weights=[0.5, 0.5], method="cat", name="kept").wait(120)
+    assert kept.status == "succeeded", kept.error
+    follow_ups = wait_for_children(client, kept.id)
+    check = follow_ups[0].wait(300)
+    assert check.status == "succeeded", check.error
+    assert [p["parent"] for p in check.report["retention"]["parents"]] == ["tone:2"]  # style:1 has no held-out data
+    assert client.job(kept.id).report["retention"] == check.report["retention"]
+    assert ("retention", "tone-heldout:1") in {(x.name, x.dataset) for x in client.get("kept:1").metrics}
 
     # The versions live in the server's store, with their lineage and the submitting user.
     server_store = root / "server" / "artifacts"
