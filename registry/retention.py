@@ -7,13 +7,17 @@ For a merge of parents ``1..n`` and parent ``i``'s held-out data,
 where ``L_base,i`` is the base model's loss on that data, ``L_parent_i,i`` parent ``i``'s and ``L_merged,i`` the
 merged adapter's. It is 1 when the merge does as well as the parent, 0 when it does no better than the base,
 negative when it does worse than the base, and above 1 when it beats the parent (another parent helped).
-``benchmarks/merge_quality.py`` uses it; a merge report with evaluation data can too.
+A merge's validation measures it on each parent's held-out data (``workers/retention.py``);
+``benchmarks/merge_quality.py`` uses it too.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+#: The task types whose merges get retention: their eval jobs measure a loss (next-token, or the classifier's).
+RETAINED_TASKS = ("CAUSAL_LM", "SEQ_CLS", "TOKEN_CLS")
 
 
 def retention(base_loss: float, parent_loss: float, merged_loss: float) -> float | None:

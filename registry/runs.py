@@ -211,7 +211,7 @@ def _retention_gate(step: str, target: str, measured: Any, limit: float) -> str 
     minimum = measured.get("min") if isinstance(measured, dict) else None
     if not isinstance(minimum, (int, float)):
         return (f"gate min_retention of step {step} failed: no retention was measured for {target} (it is not a "
-                "merge whose causal-LM parents have eval datasets or a held-out split; adreg data link REF NAME)")
+                "merge whose parents have eval datasets or a held-out split; adreg data link REF NAME)")
     if minimum >= limit:
         return None
     worst = min((p for p in measured.get("parents", []) if isinstance(p.get("retention"), (int, float))),

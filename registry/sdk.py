@@ -219,7 +219,7 @@ class Registry:
         """Merge catalog versions into a new version of ``name``; returns the job.
 
         ``validate`` chains a runtime validation job: True always, False never, None (the default) when the
-        causal-LM parents have held-out data (``eval`` datasets, else a training's ``heldout`` split), on which the
+        parents have held-out data (``eval`` datasets, else a training's ``heldout`` split), on which the
         validation measures how much of each parent's skill the merge keeps (``report["retention"]``).
         ``publish_to`` (a Hub repo id) chains validation and then a publish job that runs only if every check
         passed.
@@ -236,7 +236,8 @@ class Registry:
             validate=validate, publish_to=publish_to, idempotency_key=idempotency_key, run_id=run_id))
 
     def validate(self, ref: str, *, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
-        """Queue a runtime validation of a version against its base model's real weights."""
+        """Queue a runtime validation of a version against its base model's real weights (for a merge whose parents
+        have held-out data, with each parent's retention on it: ``report["retention"]``)."""
         return self._bound(submit.validate(self.service, ref, idempotency_key=idempotency_key, run_id=run_id))
 
     def submit(

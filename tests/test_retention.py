@@ -180,3 +180,33 @@ def test_cli_merge_prints_retention_per_parent(adreg, tiny, tmp_path) -> None:  
     skipped = json.loads(adreg("merge", "reply:2", "clause:2", "--weights", "1", "1", "--method", "linear",
                                "--name", "plain", "--no-validate", "--json").stdout)
     assert skipped["kind"] == "merge" and not skipped["spec"]["validate_after"] and "follow_ups" not in skipped
+
+
+def test_a_merge_of_classifiers_reports_retention_on_their_held_out_rows(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SEQ_CLS parents on a Llama base: retention from the classifiers' cross-entropy, the losses equal to the eval
+    jobs' (the base with the eval job's seeded head, each padded row read at its last real token)."""
+    registry.add_base("llama-cls", path=tiny["llama"])
+    words = [("good", 0), ("bad", 1), ("great day", 0), ("awful!", 1), ("fine", 0), ("so bad", 1)]
+    tasks = {"polarity": [{"text": w, "label": y} for w, y in words] * 4,
+             "length": [{"text": w, "label": int(len(w) > 4)} for w, _ in words] * 4}
+    for name, rows in tasks.items():
+        job = registry.train(new={"r": 4, "alpha": 8, "targets": ["q_proj", "v_proj"]}, base="llama-cls",
+                             task_type="SEQ_CLS", name=name, data=_jsonl(tmp_path / f"{name}.jsonl", rows), steps=15,
+                             lr=1e-2, batch_size=8, eval_rows=6, seed=0)
+        assert job.status == "succeeded", job.error
+    job = registry.merge(["polarity:1", "length:1"], weights=[0.5, 0.5], method="cat", name="both")
+    assert job.status == "succeeded", job.error
+    measured = registry.job(job.id).report["retention"]
+    assert measured["task_type"] == "SEQ_CLS" and [p["parent"] for p in measured["parents"]] == [
+        "polarity:1", "length:1"]
+    for parent in measured["parents"]:
+        [numbers] = parent["datasets"]
+        data = numbers["dataset"]
+        alone = registry.evaluate(parent["parent"], data=[data]).wait(timeout=120).report["datasets"][data]
+        merged = registry.evaluate("both:1", data=[data]).wait(timeout=120).report["datasets"][data]
+        assert numbers["examples"] == alone["examples"] == 6
+        assert numbers["base_loss"] == pytest.approx(alone["base"]["eval_loss"], rel=1e-4)
+        assert numbers["parent_loss"] == pytest.approx(alone["adapter"]["eval_loss"], rel=1e-4)
+        assert numbers["merged_loss"] == pytest.approx(merged["adapter"]["eval_loss"], rel=1e-4)
+        assert parent["retention"] == pytest.approx(retention(numbers["base_loss"], numbers["parent_loss"],
+                                                              numbers["merged_loss"]))

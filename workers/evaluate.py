@@ -30,7 +30,7 @@ from registry.trainset import CLASSIFICATION_TASKS, IGNORED_LABEL, load_rows
 from workers.context import JobContext
 from workers.host import JobHost, Outcome
 from workers.quiet import quiet_loading
-from workers.train import collator, tokenize_rows
+from workers.train import collator, tokenize_rows, tokenizer_for
 from workers.validate import device, load_base_model
 
 
@@ -81,18 +81,7 @@ def causal_lm(base: Any) -> tuple[Any, Any]:
     """The base record's causal LM in float32 and its tokenizer (padding with EOS when it has no pad token)."""
     import torch
 
-    return load_base_model(base, dtype=torch.float32, task_type="CAUSAL_LM"), causal_tokenizer(base)
-
-
-def causal_tokenizer(base: Any) -> Any:
-    """The base record's tokenizer, padding with EOS when it has no pad token (as training pads)."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(base.local_path, local_files_only=True,
-                                              trust_remote_code=bool(base.trust_remote_code))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load_base_model(base, dtype=torch.float32, task_type="CAUSAL_LM"), tokenizer_for(base)
 
 
 def macro_f1(predicted: Any, labels: Any) -> float:
@@ -143,22 +132,15 @@ def classifier(base: Any, task: str, num_labels: int | None) -> tuple[Any, Any]:
     initialised from a fixed seed) and its tokenizer, set up as training sets them up."""
     import torch
     import transformers
-    from transformers import AutoTokenizer
 
     transformers.set_seed(0)  # a head the base lacks is random: the same one on every run
     model = load_base_model(base, dtype=torch.float32, task_type=task, num_labels=num_labels)
-    tokenizer = AutoTokenizer.from_pretrained(base.local_path, local_files_only=True,
-                                              trust_remote_code=bool(base.trust_remote_code))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = tokenizer_for(base, task)
     if task == "SEQ_CLS":
         # a decoder classifier reads each row's last token that is not the config's pad id: that must be the id the
         # collator pads with, or a row shorter than its batch is scored on padding (load_base_model fills a missing
         # pad id with EOS, which need not be the tokenizer's pad token)
         model.config.pad_token_id = tokenizer.pad_token_id
-    if task == "TOKEN_CLS" and not tokenizer.is_fast:
-        raise RegistryError("token classification aligns word labels to tokens with a fast tokenizer's word_ids(); "
-                            f"the tokenizer of {base.name!r} is not a fast one")
     return model, tokenizer
 
 

@@ -99,6 +99,21 @@ def _word_labels(words: list[str], labels: list[int], encoding: Any) -> list[int
     return out
 
 
+def tokenizer_for(base: Any, task: str = "CAUSAL_LM") -> Any:
+    """The base record's tokenizer as training sets it up: padding with EOS when it has no pad token; a fast one for
+    token classification (word labels are aligned with ``word_ids()``)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base.local_path, local_files_only=True,
+                                              trust_remote_code=bool(base.trust_remote_code))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if task == "TOKEN_CLS" and not tokenizer.is_fast:
+        raise RegistryError("token classification aligns word labels to tokens with a fast tokenizer's word_ids(); "
+                            f"the tokenizer of {base.name!r} is not a fast one")
+    return tokenizer
+
+
 def tokenize_rows(rows: Any, tokenizer: Any, fields: str, max_length: int) -> Any:
     """Rows as model inputs and labels for the task layout ``fields`` (the training job's and the eval job's)."""
     eos = tokenizer.eos_token or ""
@@ -253,7 +268,7 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
     import transformers
     from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
     started = time.monotonic()
@@ -273,17 +288,11 @@ def _run_train(host: JobHost, ctx: JobContext, spec: TrainSpec) -> None:
                             num_labels=spec.num_labels)
     if isinstance(model, PeftModel) or getattr(model, "peft_config", None):
         raise RegistryError(f"the base model at {base.local_path} already carries an adapter; refusing to stack")
-    tokenizer = AutoTokenizer.from_pretrained(base.local_path, local_files_only=True,
-                                              trust_remote_code=bool(base.trust_remote_code))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = tokenizer_for(base, task)
     if task == "SEQ_CLS":
         # A decoder classifier reads each row's last non-pad token: the pad id must be the one the collator pads
         # with (load_base_model may have set EOS, which differs from the tokenizer's pad on e.g. Llama).
         model.config.pad_token_id = tokenizer.pad_token_id
-    if task == "TOKEN_CLS" and not tokenizer.is_fast:
-        raise RegistryError("token classification aligns word labels to tokens with a fast tokenizer's word_ids(); "
-                            f"the tokenizer of {base.name!r} is not a fast one")
     if task in CLASSIFICATION_TASKS and spec.data.num_labels and spec.data.num_labels > model.config.num_labels:
         raise RegistryError(f"the data has class ids up to {spec.data.num_labels - 1} but the model's head has "
                             f"{model.config.num_labels} classes")

@@ -26,6 +26,7 @@ from registry import models as m
 from registry.errors import RegistryError
 from registry.inspect import WEIGHTS_FILE, lora_internals
 from registry.jobs import ValidateSpec
+from registry.retention import RETAINED_TASKS
 from registry.targets import head_labels, saved_modules
 from registry.trainset import CLASSIFICATION_TASKS, VALIDATED_TASKS
 from workers.context import JobContext
@@ -266,6 +267,10 @@ def _run_validate(host: JobHost, ctx: JobContext, spec: ValidateSpec) -> None:
 
     ctx.progress(0.05, "loading the base model", force=True)
     num_labels = head_labels(row.extra_tensors or {}) if task in CLASSIFICATION_TASKS else None
+    if task in CLASSIFICATION_TASKS:
+        import transformers
+
+        transformers.set_seed(0)  # a head the base lacks is random: the eval job's, so base losses agree
     model = load_base_model(base, task_type=task, num_labels=num_labels).to(dev).eval()
     report["model_class"] = type(model).__name__
     vocab = int(getattr(model.config, "vocab_size", 0) or base.vocab_size or 2)
@@ -308,27 +313,34 @@ def _run_validate(host: JobHost, ctx: JobContext, spec: ValidateSpec) -> None:
             distances[refs[parent.id]] = float((logits(peft_model) - cand).abs().max())
             names.append(name)
         report["distance_from_parents"] = distances
-        if spec.parent_evals and task in (None, "CAUSAL_LM"):
-            from workers.evaluate import causal_tokenizer
+        if spec.parent_evals and (task or "CAUSAL_LM") in RETAINED_TASKS:
             from workers.retention import measure_retention
 
             by_version = {parent.id: name for name, (parent, _w) in zip(names, parents, strict=True)}
-            report["retention"] = measure_retention(host, ctx, spec, peft_model, causal_tokenizer(base), CANDIDATE,
-                                                    by_version, dev)
+            report["retention"] = measure_retention(host, ctx, spec, peft_model, task or "CAUSAL_LM", base,
+                                                    CANDIDATE, by_version, dev)
         method = edge_params.get("method")
         rank_sum = sum(p.r for p, _ in parents)
         exact = method == "cat" or (method == "svd" and (edge_params.get("svd_rank") or 0) >= rank_sum)
         if exact:
             from peft.tuners.lora import LoraLayer
+            from peft.utils.other import AuxiliaryTrainingWrapper
 
+            saved = False
             for module in peft_model.modules():
                 if isinstance(module, LoraLayer):
                     for name, (_parent, weight) in zip(names, parents, strict=True):
                         module.set_scale(name, float(weight if weight is not None else 1.0))
-            peft_model.base_model.set_adapter(names)
+                    module.set_adapter(names)
+                elif isinstance(module, AuxiliaryTrainingWrapper):
+                    # a fully trained module (classifier head) has one active copy: the merge's own
+                    module.set_adapter(CANDIDATE)
+                    saved = True
             reference = logits(peft_model)
             err = float((reference - cand).abs().max())
             report["exact_check"] = {"method": method, "max_abs_diff": err, "atol": spec.atol}
+            if saved:
+                report["exact_check"]["saved_modules"] = "the merge's own copies (the LoRA layers are checked)"
             if err > spec.atol:
                 failures.append(f"exact {method} merge differs from its parents' weighted sum by {err:.3g}")
 

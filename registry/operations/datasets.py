@@ -176,15 +176,21 @@ def _first_label_from(rows: object, classes: int) -> tuple[str, int]:
 
 
 def parent_evals(session: Session, store: ArtifactStore, parents: list[tuple[int, str]]) -> list[jobs.ParentEval]:
-    """Each causal-LM parent ``(version_id, ref)`` with held-out data, with that data pinned (retention, learned
-    weights); parents without any, or of another task type, are left out."""
+    """Each parent ``(version_id, ref)`` with held-out data that fits its task (causal LM, sequence or token
+    classification), with that data pinned (retention, learned weights); other parents are left out."""
+    from registry.retention import RETAINED_TASKS
+
     out = []
     for version_id, ref in parents:
         version = session.get(m.AdapterVersion, version_id)
-        rows = held_out(session, version_id) if version is not None and (version.task_type or "CAUSAL_LM") \
-            == "CAUSAL_LM" else []
-        if rows:
-            out.append(jobs.ParentEval(version_id=version_id, ref=ref, datasets=eval_specs(store, rows[:16])))
+        task = (version.task_type or "CAUSAL_LM").upper() if version is not None else None
+        rows = held_out(session, version_id) if task in RETAINED_TASKS else []
+        try:
+            specs = eval_specs(store, rows[:16], task) if rows else []
+        except InvalidDataset:  # its data's columns do not fit its task: nothing to measure it on
+            specs = []
+        if specs:
+            out.append(jobs.ParentEval(version_id=version_id, ref=ref, datasets=specs))
     return out
 
 

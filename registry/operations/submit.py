@@ -58,7 +58,7 @@ def merge(
     """Merge catalog versions into a new version of ``name``; returns the job.
 
     ``validate`` chains a runtime validation job: True always, False never, None (the default) when the
-    causal-LM parents have held-out data (``eval`` datasets, else a training's ``heldout`` split), pinned here, on
+    parents have held-out data (``eval`` datasets, else a training's ``heldout`` split), pinned here, on
     which the validation measures how much of each parent's skill the merge keeps (retention, in the merge's
     report). ``publish_to`` (a Hub repo id) chains validation and then a publish job that runs only if every
     check passed.
