@@ -295,6 +295,11 @@ def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank:
             # One parent alone on every task, as a retention (its own task: 1): how much it harms the others.
             alone = {p: {t: retention(base_loss[t], parent_loss[t], loss) for t, loss in row.items()}
                      for p, row in cross.items()}
+            log(f"seed {seed}: adapters trained ({time.perf_counter() - t0:.1f} s): parent loss "
+                + ", ".join(f"{k} {v:.3f}" for k, v in parent_loss.items()))
+            log(f"seed {seed}: each parent alone, retention on every task: "
+                + "; ".join(f"{p}: " + " ".join(f"{r:.2f}" if r is not None else "-" for r in row.values())
+                            for p, row in alone.items()))
             learned = None
             if any(w == "learned" for _m, w in results):
                 before = _peak_reset()
@@ -307,11 +312,6 @@ def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank:
             parents.append({"seed": seed, "loss": parent_loss, "alone": alone,
                             "learned": {k: learned[k] for k in ("weights", "objective_initial", "objective_final",
                                                                 "best_step", "seconds")} if learned else None})
-            log(f"seed {seed}: adapters trained ({time.perf_counter() - t0:.1f} s): parent loss "
-                + ", ".join(f"{k} {v:.3f}" for k, v in parent_loss.items()))
-            log(f"seed {seed}: each parent alone, retention on every task: "
-                + "; ".join(f"{p}: " + " ".join(f"{r:.2f}" if r is not None else "-" for r in row.values())
-                            for p, row in alone.items()))
             for (method, weighting), res in results.items():
                 if res.refused:
                     continue
