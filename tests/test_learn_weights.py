@@ -144,6 +144,13 @@ def test_refusals_queue_nothing(registry, tiny, tmp_path) -> None:  # type: igno
         registry.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True, learn_examples=0)
     with pytest.raises(RegistryError, match="1 weight"):
         registry.merge(["tone:1", "tone2:1"], weights=[1.0], method="cat", name="m", learn_weights=True)
+    from workers.tinymodels import build_adapter
+
+    head = build_adapter(tiny["llama"], tmp_path / "head", modules_to_save=["lm_head"], seed=5)
+    registry.register(head, name="head", base_path=tiny["llama"])
+    registry.link_dataset("head:1", "rev")
+    with pytest.raises(RegistryError, match="head:1 has fully trained modules"):
+        registry.merge(["tone:1", "head:1"], weights=[0.5, 0.5], method="cat", name="m", learn_weights=True)
     assert registry.jobs() == []
 
 

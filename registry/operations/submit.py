@@ -16,6 +16,7 @@ from registry import models as m
 from registry.base_identity import card_base_model
 from registry.errors import ConflictError, RegistryError, field_problems
 from registry.inspect import inspect_adapter
+from registry.manifest import AdapterManifest
 from registry.operations import lifecycle
 from registry.refs import parse_ref
 from registry.service import Service
@@ -87,7 +88,8 @@ def merge(
         manifests = [catalog.manifest_of(session, r) for r in rows]
         warnings = lifecycle.input_warnings(rows, refs)
         evals = parent_evals(session, svc.store, [(r.id, ref) for r, ref in zip(rows, refs, strict=True)])
-        learn = _learn_spec(rows, refs, evals, learn_examples, learn_budget, seed) if learn_weights else None
+        learn = _learn_spec(rows, refs, manifests, evals, learn_examples, learn_budget, seed) if learn_weights \
+            else None
     if learn is not None:
         from registry.merge_rules import METHODS
 
@@ -118,17 +120,20 @@ def merge(
     return submit(svc, spec, idempotency_key=idempotency_key, run_id=run_id)
 
 
-def _learn_spec(rows: list[m.AdapterVersion], refs: list[str], evals: list[jobs.ParentEval], examples: int,
-                budget: int, seed: int | None) -> jobs.LearnWeights:
+def _learn_spec(rows: list[m.AdapterVersion], refs: list[str], manifests: list[AdapterManifest],
+                evals: list[jobs.ParentEval], examples: int, budget: int, seed: int | None) -> jobs.LearnWeights:
     """The search of a merge that learns its weights, once every source can take part in it (else every problem,
     naming each source)."""
     with_data = {e.version_id for e in evals}
     problems = []
-    for row, ref in zip(rows, refs, strict=True):
+    for row, ref, manifest in zip(rows, refs, manifests, strict=True):
         if (row.task_type or "CAUSAL_LM") != "CAUSAL_LM":
             problems.append(f"{ref} is a {row.task_type} adapter: learned weights need causal LMs (CAUSAL_LM)")
         elif row.base_model_id is None:
             problems.append(f"{ref} has no base model recorded")
+        elif manifest.extra_tensors:
+            problems.append(f"{ref} has fully trained modules or trainable tokens (modules_to_save, "
+                            "trainable_token_indices), which the search of the LoRA mixture cannot weight")
     missing = [ref for row, ref in zip(rows, refs, strict=True)
                if row.id not in with_data and (row.task_type or "CAUSAL_LM") == "CAUSAL_LM"]
     if missing:
