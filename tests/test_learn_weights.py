@@ -182,3 +182,22 @@ def test_cli_learn_weights_json(adreg, tiny, tmp_path) -> None:  # type: ignore[
     assert [p["weight"] for p in shown["parents"]] == pytest.approx(learned["weights"])
     human = adreg("job", str(merge["id"])).stdout
     assert "learned weights" in human and "objective" in human
+
+
+def test_remote_merge_learns_weights_through_a_server(server, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from registry import Registry
+
+    with Registry(server.url, token=server.admin_token) as reg:
+        reg.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+        reg.register(tiny["tone2"], name="tone2", base_path=tiny["llama"])
+        with pytest.raises(RegistryError, match="no held-out data for tone:1, tone2:1"):
+            reg.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True)
+        reg.register_dataset(_jsonl(tmp_path / "rev.jsonl", _task_rows("rev", 6)), name="rev")
+        reg.link_dataset("tone:1", "rev")
+        reg.link_dataset("tone2:1", "rev")
+        job = reg.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True, learn_examples=4,
+                        learn_budget=2).wait(timeout=120)
+        assert job.status == "succeeded", job.error
+        learned = job.report["learned_weights"]
+        assert len(learned["trace"]) == 3 and job.spec["learn"]["examples"] == 4
+        assert [p.weight for p in reg.get("m:1").parents] == pytest.approx(learned["weights"])
