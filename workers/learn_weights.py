@@ -17,6 +17,7 @@ and inputs give the same weights, bit for bit on one device.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -130,6 +131,9 @@ def fit_weights(model: Any, names: Sequence[str], batches: Sequence[Sequence[dic
             on_step(step, budget)
         optimizer.zero_grad(set_to_none=True)
         value, losses = objective(model, layers, names, w, batches, l1, dev, grad=True)
+        if not math.isfinite(value):
+            raise RegistryError(f"the weight search's objective is {value} at step {step} (weights "
+                                f"{w.detach().cpu().tolist()}): lower the learning rate or check the data")
         if step == 0:
             start_losses = losses
         trace.append({"step": step, "weights": w.detach().cpu().tolist(), "objective": value})
