@@ -154,6 +154,24 @@ def test_refusals_queue_nothing(registry, tiny, tmp_path) -> None:  # type: igno
     assert registry.jobs() == []
 
 
+def test_gpu_fallback_runs_a_learning_merge_on_the_cpu_queue(registry, db_url, tiny, tmp_path,  # type: ignore[no-untyped-def]
+                                                            monkeypatch) -> None:
+    from registry import Registry
+
+    registry.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    registry.register(tiny["tone2"], name="tone2", base_path=tiny["llama"])
+    registry.register_dataset(_jsonl(tmp_path / "rev.jsonl", _task_rows("rev", 4)), name="rev")
+    for ref in ("tone:1", "tone2:1"):
+        registry.link_dataset(ref, "rev")
+    monkeypatch.setenv("ADREG_GPU_FALLBACK_TO_CPU", "1")
+    with Registry(db_url, home=tmp_path / "home") as fallback:
+        job = fallback.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True, learn_examples=2,
+                             learn_budget=1).wait(timeout=120)
+    assert job.status == "succeeded", job.error
+    assert job.queue == "cpu" and job.message == "merged with learned weights"
+    assert len(job.report["learned_weights"]["trace"]) == 2
+
+
 def test_queue_for_a_learning_merge() -> None:
     spec = jobs.MergeSpec(sources=[jobs.SourceRef(ref="a:1", version_id=1, weights_sha256="0" * 64,
                                                   storage_path="x")], weights=[1.0], method="cat", name="m")
