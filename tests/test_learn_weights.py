@@ -115,6 +115,9 @@ def test_merge_learns_weights_records_them_and_reproduces(registry, tiny, tmp_pa
         ("rev:1", pytest.approx(learned["weights"][0])), ("up:1", pytest.approx(learned["weights"][1]))]
     edges = registry.lineage("both:1").edges
     assert {e.params.get("weights") for e in edges if e.relation == "merge"} == {"learned"}
+    chained = registry.jobs(parent_job_id=job.id)  # parents with held-out data: a validation always follows
+    assert [j.kind for j in chained] == ["validate"] and chained[0].status == "succeeded", chained[0].error
+    assert chained[0].report["exact_check"]["max_abs_diff"] < 1e-4  # the edges' weights are the merged ones
 
     again = registry.merge(["rev:1", "up:1"], method="cat", name="both", learn_weights=True, learn_examples=6,
                            learn_budget=8).wait(timeout=300)
