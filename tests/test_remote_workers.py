@@ -91,3 +91,25 @@ def test_cancelling_a_job_running_on_a_remote_worker(deployment, tiny):
     assert client.cancel(job.id) == "cancelling"
     wait_for_status(job, "cancelled", timeout=60)
     assert [v.ref for v in client.versions_of("tone")] == ["tone:1"]  # nothing registered
+
+
+def test_learning_merge_on_a_remote_worker(deployment, tiny):
+    """A merge that learns its weights (issue 17 item 4) on a worker without the catalog: it fetches the parents'
+    held-out data by sha256, and the server records the learned weights on the edges."""
+    server, worker, client, root = deployment
+    client.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    client.register(tiny["tone2"], name="style")
+    data = root / "rev.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"rev {w}=", "completion": w[::-1]})
+                              for w in ("abc", "hello", "adapter", "merge", "weights", "lora")))
+    client.register_dataset(data, name="rev")
+    for ref in ("tone:1", "style:1"):
+        client.link_dataset(ref, "rev")
+    job = client.merge(["tone:1", "style:1"], method="cat", name="learned", learn_weights=True, learn_examples=4,
+                       learn_budget=3).wait(300)
+    assert job.status == "succeeded", job.error
+    assert job.queue == "gpu" and "Task adreg.run_job" in worker.log.read_text()
+    learned = job.report["learned_weights"]
+    assert [d["rows"] for d in learned["data"]] == [4, 4] and len(learned["trace"]) == 4
+    edges = {e.parent: e.weight for e in client.lineage("learned:1").edges}
+    assert [edges["tone:1"], edges["style:1"]] == pytest.approx(learned["weights"])
