@@ -13,10 +13,17 @@ held-out set (answer-token loss), and per task
 is reported with its mean and minimum over the tasks, the merge time and the merge's peak RSS increase, as the
 mean and spread (max - min) over seeds (each seed trains its own four adapters on the same base).
 
+Learned weights (weighting ``learned``, issue 17 item 4): ``workers.learn_weights.fit_weights`` (Adam on the
+mixture coefficients of the exact weighted sum, from 1/n each, LoraHub-style objective: the mean answer-token loss
+over the tasks plus ``0.05 * sum |w|``) on ``--learn-examples`` fresh examples per task, drawn apart from the
+held-out sets the retention is measured on; then ``cat`` (exact) and ``svd`` merge at the learned weights. Their
+``merge s`` and peak RSS include the search.
+
     python benchmarks/merge_quality.py                      # 4 tasks, 3 seeds (a few minutes on 2 cores)
     python benchmarks/merge_quality.py --seeds 1 --steps 100
     python benchmarks/merge_quality.py --quick              # 2 tasks, 1 seed, few steps: a smoke run
     python benchmarks/merge_quality.py --json out.json      # also write every number
+    python benchmarks/merge_quality.py --weights mean,sum   # without the learned weights
 """
 
 from __future__ import annotations
@@ -51,6 +58,8 @@ PEFT_METHODS = ("svd", "linear", "cat", "ties", "ties_svd", "dare_linear", "dare
 # Parameters given to the methods that accept them (PEFT's docs use density 0.5 in their examples).
 METHOD_PARAMS: dict[str, Any] = {"density": 0.5, "seed": 0}
 TRAIN_LR = 1e-2  # the adapters'
+LEARNED_METHODS = ("cat", "svd")  # the methods merging at the learned weights (cat: exactly the searched mixture)
+LEARN = {"budget": 40, "l1": 0.05, "lr": 0.05}  # workers.learn_weights' defaults (registry.jobs.LearnWeights)
 BASE_LR = 3e-3  # the base's copy task
 
 
@@ -174,6 +183,29 @@ class MethodResult:
     refused: str | None = None
 
 
+def learn_weights(base: Any, folders: list[Path], tasks: list[Task], held_prompts: dict[str, set[tuple[int, ...]]],
+                  examples: int, budget: int, seed: int) -> dict[str, Any]:
+    """``workers.learn_weights.fit_weights`` on the four adapters loaded together on ``base``, fitted on
+    ``examples`` fresh examples per task (none of them in the held-out sets), from 1/n each; with ``seconds``."""
+    from workers.learn_weights import fit_weights, load_parents
+
+    start = time.perf_counter()
+    rng = random.Random(10_000 + seed)
+    batches = []
+    for task in tasks:
+        drawn: list[tuple[list[int], list[int]]] = []
+        while len(drawn) < examples:
+            prompt, answer = sample(task, rng)
+            if tuple(prompt) not in held_prompts[task.name]:
+                drawn.append((prompt, answer))
+        batches.append([batch(drawn[j:j + 8]) for j in range(0, len(drawn), 8)])
+    model, names = load_parents(copy.deepcopy(base), folders)
+    result = fit_weights(model, names, batches, initial=[1.0 / len(folders)] * len(folders), budget=budget,
+                         l1=LEARN["l1"], lr=LEARN["lr"], seed=seed)
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
 def _peak_reset() -> float | None:
     """Reset the process's peak RSS (Linux: /proc/self/clear_refs) and return the RSS now, in MB."""
     try:
@@ -207,7 +239,8 @@ def merge_one(sources: list[Path], weights: list[float], method: str, out: Path)
 
 def run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank: int, batch_size: int,
         held_out_size: int, weightings: list[str], methods: list[str] | None = None, lr: float = TRAIN_LR,
-        log: Callable[[str], None] = print) -> dict[str, Any]:
+        log: Callable[[str], None] = print, learn_examples: int = 32,
+        learn_budget: int = LEARN["budget"]) -> dict[str, Any]:
     """The whole benchmark; returns every number (``rows``: one per method and weighting)."""
     import torch
 
@@ -219,20 +252,21 @@ def run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank: 
     try:
         with quiet_loading():
             return _run(tasks, seeds, steps, base_steps, rank, batch_size, held_out_size, weightings,
-                        methods or list(METHODS), lr, log)
+                        methods or list(METHODS), lr, log, learn_examples, learn_budget)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank: int, batch_size: int,
          held_out_size: int, weightings: list[str], methods: list[str], lr: float,
-         log: Callable[[str], None]) -> dict[str, Any]:
+         log: Callable[[str], None], learn_examples: int, learn_budget: int) -> dict[str, Any]:
     from peft import PeftModel
 
     from registry.errors import RegistryError
     from registry.merge_rules import METHODS, check_params
 
-    results: dict[tuple[str, str], MethodResult] = {(m, w): MethodResult() for m in methods for w in weightings}
+    results: dict[tuple[str, str], MethodResult] = {(m, w): MethodResult() for m in methods for w in weightings
+                                                    if w != "learned" or m in LEARNED_METHODS}
     parents: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="merge-quality-") as tmp:
@@ -261,16 +295,28 @@ def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank:
             # One parent alone on every task, as a retention (its own task: 1): how much it harms the others.
             alone = {p: {t: retention(base_loss[t], parent_loss[t], loss) for t, loss in row.items()}
                      for p, row in cross.items()}
-            parents.append({"seed": seed, "loss": parent_loss, "alone": alone})
             log(f"seed {seed}: adapters trained ({time.perf_counter() - t0:.1f} s): parent loss "
                 + ", ".join(f"{k} {v:.3f}" for k, v in parent_loss.items()))
             log(f"seed {seed}: each parent alone, retention on every task: "
                 + "; ".join(f"{p}: " + " ".join(f"{r:.2f}" if r is not None else "-" for r in row.values())
                             for p, row in alone.items()))
+            learned = None
+            if any(w == "learned" for _m, w in results):
+                before = _peak_reset()
+                learned = learn_weights(base, folders, tasks, held_prompts, learn_examples, learn_budget, seed)
+                learned["peak_mb"] = _status_mb("VmHWM") - before if before is not None else None
+                log(f"seed {seed}: learned weights "
+                    + " ".join(f"{t.name} {w:.3f}" for t, w in zip(tasks, learned["weights"], strict=True))
+                    + f" (objective {learned['objective_initial']:.3f} -> {learned['objective_final']:.3f}, "
+                      f"{learned['seconds']:.1f} s)")
+            parents.append({"seed": seed, "loss": parent_loss, "alone": alone,
+                            "learned": {k: learned[k] for k in ("weights", "objective_initial", "objective_final",
+                                                                "best_step", "seconds")} if learned else None})
             for (method, weighting), res in results.items():
                 if res.refused:
                     continue
-                weight = 1.0 / len(tasks) if weighting == "mean" else 1.0
+                weights = ([1.0 / len(tasks)] * len(tasks) if weighting == "mean" else [1.0] * len(tasks)
+                           if weighting == "sum" else list(learned["weights"]) if learned else [])
                 out = root / f"seed{seed}" / "merged" / f"{method}-{weighting}"
                 problems = check_params(method, {k: v for k, v in METHOD_PARAMS.items()
                                                  if k in METHODS[method].accepts})
@@ -278,7 +324,7 @@ def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank:
                     res.refused = "; ".join(problems)
                     continue
                 try:
-                    seconds, peak = merge_one(folders, [weight] * len(tasks), method, out)
+                    seconds, peak = merge_one(folders, weights, method, out)
                 except RegistryError as exc:
                     res.refused = str(exc)
                     continue
@@ -286,6 +332,10 @@ def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank:
                 res.retentions.append([
                     retention(base_loss[t.name], parent_loss[t.name], answer_loss(merged, data[t.name]))
                     for t in tasks])
+                if weighting == "learned" and learned is not None:  # the search is part of this merge's cost
+                    seconds += learned["seconds"]
+                    peak = max(peak, learned["peak_mb"]) if peak is not None and learned["peak_mb"] is not None \
+                        else peak
                 res.seconds.append(seconds)
                 if peak is not None:
                     res.peak_mb.append(peak)
@@ -309,7 +359,8 @@ def _row(method: str, weighting: str, res: MethodResult, tasks: list[Task]) -> d
     mins = [s["min"] for s in per_seed if s["min"] is not None]
     per_task = {t.name: _spread([r[i] for r in res.retentions if r[i] is not None]) for i, t in enumerate(tasks)}
     mean, low = _spread(means), _spread(mins)  # type: ignore[arg-type]
-    return {"method": method, "weighting": weighting, "peft": method in PEFT_METHODS, "refused": res.refused,
+    return {"method": method, "weighting": weighting, "peft": method in PEFT_METHODS and weighting != "learned",
+            "refused": res.refused,
             "mean": mean["mean"] if mean else None, "mean_spread": mean["spread"] if mean else None,
             "min": low["mean"] if low else None, "min_spread": low["spread"] if low else None,
             "per_task": per_task, "seconds": _spread(res.seconds), "peak_mb": _spread(res.peak_mb)}
@@ -334,7 +385,7 @@ def table(result: dict[str, Any]) -> str:
         name = f"`{row['method']}`" + ("" if row["peft"] else " *")
         mean = {"mean": row["mean"], "spread": row["mean_spread"]}
         low = {"mean": row["min"], "spread": row["min_spread"]}
-        cells = [name, "1/n" if row["weighting"] == "mean" else "1",
+        cells = [name, {"mean": "1/n", "sum": "1"}.get(row["weighting"], row["weighting"]),
                  *(_pm(row["per_task"][t]) for t in tasks), _pm(mean), _pm(low),
                  _pm(row["seconds"], "{:.3f}"), _pm(row["peak_mb"], "{:.1f}")]
         lines.append("| " + " | ".join(cells) + " |")
@@ -360,6 +411,14 @@ def verdict(result: dict[str, Any]) -> str:
         f"{top_min['method']} ({top_min['weighting']}) {top_min['min']:.3f} "
         f"({'beats' if top_min['min'] > best_min['min'] else 'does not beat'} PEFT's best)",
     ]
+    learned = [r for r in others if r["weighting"] == "learned"]
+    if learned:
+        top, low = max(learned, key=lambda r: r["mean"]), max(learned, key=lambda r: r["min"])
+        lines.append(
+            f"learned weights: best mean {top['method']} {top['mean']:.3f} "
+            f"({'beats' if top['mean'] > best_mean['mean'] else 'does not beat'} PEFT's best); best minimum "
+            f"{low['method']} {low['min']:.3f} ({'beats' if low['min'] > best_min['min'] else 'does not beat'} "
+            "PEFT's best)")
     return "\n".join(lines)
 
 
@@ -374,13 +433,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--held-out", type=int, default=128, help="held-out examples per task")
     parser.add_argument("--tasks", default=",".join(t.name for t in TASKS))
     parser.add_argument("--methods", default="", help="comma-separated (default: every method of METHODS)")
-    parser.add_argument("--weights", default="mean,sum", help="mean (1/n each), sum (1 each), or both")
+    parser.add_argument("--weights", default="mean,sum,learned",
+                        help="mean (1/n each), sum (1 each), learned (workers.learn_weights, cat and svd); "
+                             "comma-separated, default all three")
+    parser.add_argument("--learn-examples", type=int, default=32,
+                        help="examples per task the learned weights are fitted on (apart from the held-out sets)")
+    parser.add_argument("--learn-budget", type=int, default=LEARN["budget"], help="the weight search's Adam steps")
     parser.add_argument("--quick", action="store_true", help="2 tasks, 1 seed, 30 steps: a smoke run")
     parser.add_argument("--json", type=Path, help="write every number to this file")
     args = parser.parse_args(argv)
     names = args.tasks.split(",")
     if args.quick:
         names, args.seeds, args.steps, args.base_steps, args.held_out = names[:2], 1, 30, 30, 32
+        args.learn_examples, args.learn_budget = 8, 5
     by_name = {t.name: t for t in TASKS}
     unknown = [n for n in names if n not in by_name]
     if unknown:
@@ -391,10 +456,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if set(methods) - set(METHODS):
         parser.error(f"unknown method(s) {', '.join(sorted(set(methods) - set(METHODS)))}")
     weightings = args.weights.split(",")
-    if not set(weightings) <= {"mean", "sum"}:
-        parser.error("--weights takes mean, sum or mean,sum")
+    if not set(weightings) <= {"mean", "sum", "learned"}:
+        parser.error("--weights takes mean, sum, learned or a comma-separated list of them")
     result = run([by_name[n] for n in names], list(range(args.seeds)), args.steps, args.base_steps, args.rank,
-                 args.batch, args.held_out, weightings, methods or None, args.lr)
+                 args.batch, args.held_out, weightings, methods or None, args.lr,
+                 learn_examples=args.learn_examples, learn_budget=args.learn_budget)
     print()
     print(table(result))
     print()

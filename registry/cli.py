@@ -487,6 +487,14 @@ def _render_job(job: Any) -> None:
     if overall:
         rows.append(["merge error", ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in overall.items())])
+    learned = job.report.get("learned_weights") if isinstance(job.report, dict) else None
+    if isinstance(learned, dict) and learned.get("weights"):
+        objectives = [t["objective"] for t in learned.get("trace") or []]
+        rows.append(["learned weights", " ".join(f"{w:.4g}" for w in learned["weights"])
+                     + f"  (from {' '.join(f'{w:.4g}' for w in learned.get('initial') or [])})"])
+        rows.append(["objective", f"{learned['objective_initial']:.4f} {sparkline(objectives)} "
+                     f"{learned['objective_final']:.4f}  ({learned.get('budget')} steps, "
+                     f"{learned.get('examples')} rows per source, seed {learned.get('seed')})"])
     curve = job.report.get("loss_curve") if isinstance(job.report, dict) else None
     if curve:
         rows.append(["loss", f"{curve[0][1]:.4f} {sparkline([v for _, v in curve])} {curve[-1][1]:.4f}"
@@ -629,13 +637,16 @@ def _merge_report_render(data: Any) -> None:
 @emits(_merge_report_render)
 def merge(
     sources: list[str] = typer.Argument(..., help="Catalog references (name:2, name@alias) or adapter folders."),
-    weights: str = typer.Option(..., "--weights", "-w", help="One weight per source: 0.5 0.3 0.2 (or 0.5,0.3,0.2)."),
+    weights: str | None = typer.Option(
+        None, "--weights", "-w", help="One weight per source: 0.5 0.3 0.2 (or 0.5,0.3,0.2); with --learn-weights "
+                                      "the starting point (default 1/n each)."),
     method: str = typer.Option("svd", "--method", "-m", help="Combination type (see docs/merge.md)."),
     density: float | None = typer.Option(None, "--density", help="Kept fraction for ties/dare/magnitude_prune."),
     svd_rank: int | None = typer.Option(None, "--svd-rank", help="Output rank for the *svd methods."),
     svd_clamp: float | None = typer.Option(None, "--svd-clamp", help="Quantile clamp for the *svd methods."),
     majority_sign_method: str = typer.Option("total", "--majority-sign-method", help="total or frequency."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed for dare_* (reproducible runs)."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Seed for dare_* and for --learn-weights' row sampling (reproducible runs)."),
     scale: float | None = typer.Option(None, "--scale", help="The papers' alpha: iso_c, tsv_m, iso_cts (default 1)."),
     tsv_fraction: float | None = typer.Option(
         None, "--tsv-fraction", help="Fraction of each task's rank tsv_m keeps (default 1/number of inputs)."),
@@ -656,26 +667,39 @@ def merge(
     publish: str | None = typer.Option(None, "--publish", help="Hub repo to publish to once validation passes."),
     base_model_id: str | None = typer.Option(
         None, "--base-model-id", help="With --publish: the card's base_model when the base is a local folder."),
+    learn_weights: bool = typer.Option(
+        False, "--learn-weights", help="Learn the weights on the sources' held-out data first (catalog mode; "
+                                       "docs/merge.md, Learned weights)."),
+    examples: int = typer.Option(32, "--examples", help="With --learn-weights: held-out rows per source."),
+    budget: int = typer.Option(40, "--budget", help="With --learn-weights: optimiser steps."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the job (catalog mode)."),
     idempotency_key: str | None = IDEMPOTENCY,
     json_output: bool = JSON,
 ) -> Any:
-    """Merge adapters: folders into --out, or catalog versions into a new version --name."""
+    """Merge adapters: folders into --out, or catalog versions into a new version --name (--learn-weights: with
+    weights learned on the sources' held-out data)."""
     from registry.errors import RegistryError
 
-    weight_list = _floats(weights)
     if (out is None) == (name is None):
         raise RegistryError("give exactly one of --out (merge folders) or --name (merge catalog versions)")
+    if learn_weights and out is not None:
+        raise RegistryError("--learn-weights needs catalog versions and --name (their held-out data is in the "
+                            "catalog), not --out")
+    if weights is None and not learn_weights:
+        raise RegistryError("give --weights (one per source), or --learn-weights to learn them")
+    weight_list = _floats(weights) if weights is not None else None
     params = dict(density=density, svd_rank=svd_rank, svd_clamp=svd_clamp,
                   majority_sign_method=majority_sign_method, seed=seed, scale=scale,
                   tsv_fraction=tsv_fraction, common_fraction=common_fraction, knots_inner=knots_inner,
                   core_inner=core_inner)
     if out is not None:
-        return _merge_folders(sources, weight_list, method, out, dtype, params, allow_cross_base=allow_cross_base)
+        return _merge_folders(sources, weight_list or [], method, out, dtype, params,
+                              allow_cross_base=allow_cross_base)
+    learn = dict(learn_weights=True, learn_examples=examples, learn_budget=budget) if learn_weights else {}
     job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,
                             tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate,
                             publish_to=_registry().publish_target(publish, base_model_id=base_model_id)
-                            if publish else None, idempotency_key=idempotency_key, **params)
+                            if publish else None, idempotency_key=idempotency_key, **learn, **params)
     _warn_job(job)
     return _follow_chain(job, 2 if publish else int(bool(job.spec.get("validate_after"))), wait, json_output,
                          "merge")

@@ -128,8 +128,22 @@ class ParentEval(BaseModel):
     datasets: list[EvalData] = Field(min_length=1, max_length=16)
 
 
+class LearnWeights(BaseModel):
+    """Learn a merge's weights first (LoraHub-style, ``workers.learn_weights``): Adam for ``budget`` steps on the
+    mixture coefficients, minimising the mean loss on ``examples`` rows of each parent's held-out data plus
+    ``l1 * sum |w|``; the merge's ``weights`` are the starting point; ``seed`` draws the rows."""
+
+    examples: int = Field(default=32, ge=1, le=4096)  # rows per parent
+    budget: int = Field(default=40, ge=1, le=2000)  # optimiser steps
+    seed: int = 0
+    l1: float = Field(default=0.05, ge=0, allow_inf_nan=False)
+    lr: float = Field(default=0.05, gt=0, le=10, allow_inf_nan=False)
+    max_length: int = Field(default=256, ge=8, le=8192)
+
+
 class MergeSpec(BaseModel):
-    """Merge ``sources`` with ``weights`` by ``method`` and register the result as ``name``."""
+    """Merge ``sources`` with ``weights`` by ``method`` and register the result as ``name`` (with ``learn``: the
+    weights are learned first, from ``weights``, and the learned ones are used and recorded)."""
 
     kind: Literal["merge"] = "merge"
     spec_version: Literal[1] = 1
@@ -146,6 +160,7 @@ class MergeSpec(BaseModel):
     publish_to: PublishTarget | None = None  # implies validate_after: publish only a validated merge
     warnings: list[str] = Field(default_factory=list)  # said at submission (a deprecated input), shown with the job
     parent_evals: list[ParentEval] = Field(default_factory=list)  # the parents' held-out data, for retention
+    learn: LearnWeights | None = None  # learn the weights on parent_evals first (weights: the starting point)
 
     @field_validator("weights")
     @classmethod
@@ -244,6 +259,14 @@ AnySpec = MergeSpec | ValidateSpec | TrainSpec | PublishSpec | EvalSpec
 JobSpec = Annotated[AnySpec, Field(discriminator="kind")]
 _SPEC = TypeAdapter(JobSpec)
 DEFAULT_QUEUE = {"merge": "cpu", "validate": "gpu", "train": "gpu", "publish": "cpu", "eval": "gpu"}
+
+
+def queue_for(spec: AnySpec) -> str:
+    """The queue a job goes to: its kind's (``DEFAULT_QUEUE``), the GPU's for a merge that learns its weights
+    (it runs the base model)."""
+    if isinstance(spec, MergeSpec) and spec.learn is not None:
+        return "gpu"
+    return DEFAULT_QUEUE[spec.kind]
 
 
 def written_names(spec: AnySpec) -> list[str]:

@@ -194,7 +194,7 @@ class Registry:
         self,
         sources: list[str],
         *,
-        weights: list[float],
+        weights: list[float] | None = None,
         method: str = "svd",
         name: str,
         density: float | None = None,
@@ -215,14 +215,24 @@ class Registry:
         publish_to: str | jobs.PublishTarget | None = None,
         idempotency_key: str | None = None,
         run_id: int | None = None,
+        learn_weights: bool = False,
+        learn_examples: int = 32,
+        learn_budget: int = 40,
     ) -> jobs.Job:
         """Merge catalog versions into a new version of ``name``; returns the job.
 
-        ``validate`` chains a runtime validation job: True always, False never, None (the default) when the
-        parents have held-out data (``eval`` datasets, else a training's ``heldout`` split), on which the
-        validation measures how much of each parent's skill the merge keeps (``report["retention"]``).
+        ``weights``: one per source. ``validate`` chains a runtime validation job: True always, False never, None
+        (the default) when the parents have held-out data (``eval`` datasets, else a training's ``heldout``
+        split), on which the validation measures how much of each parent's skill the merge keeps
+        (``report["retention"]``).
         ``publish_to`` (a Hub repo id) chains validation and then a publish job that runs only if every check
         passed.
+
+        ``learn_weights`` learns the weights first (LoraHub-style, docs/merge.md "Learned weights"):
+        ``learn_budget`` Adam steps on the mixture coefficients, minimising the mean loss on ``learn_examples``
+        rows of each source's held-out data plus an L1 term, from ``weights`` (default 1/n each), the rows drawn
+        with ``seed`` (default 0). The learned weights are merged by ``method`` and recorded on the lineage
+        edges; the job's ``report["learned_weights"]`` has the search's trace. Every source needs held-out data.
 
         Every static check runs first, on stored metadata only, and reports every problem at once
         (:class:`IncompatibleAdapters`); nothing is queued unless all pass. On the embedded default the
@@ -233,7 +243,8 @@ class Registry:
             seed=seed, scale=scale, tsv_fraction=tsv_fraction, common_fraction=common_fraction,
             knots_inner=knots_inner, core_inner=core_inner,
             dtype=dtype, tags=tags, description=description, allow_cross_base=allow_cross_base,
-            validate=validate, publish_to=publish_to, idempotency_key=idempotency_key, run_id=run_id))
+            validate=validate, publish_to=publish_to, idempotency_key=idempotency_key, run_id=run_id,
+            learn_weights=learn_weights, learn_examples=learn_examples, learn_budget=learn_budget))
 
     def validate(self, ref: str, *, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
         """Queue a runtime validation of a version against its base model's real weights (for a merge whose parents

@@ -46,7 +46,10 @@ def test_quick_mode_runs_end_to_end(capsys: pytest.CaptureFixture[str], monkeypa
     out = capsys.readouterr().out
     assert result["tasks"] == ["reverse", "upper"] and result["seeds"] == [0]
     rows = {(r["method"], r["weighting"]): r for r in result["rows"]}
-    assert set(rows) == {("cat", "mean"), ("cat", "sum"), ("iso_c", "mean"), ("iso_c", "sum")}
+    assert set(rows) == {("cat", "mean"), ("cat", "sum"), ("iso_c", "mean"), ("iso_c", "sum"), ("cat", "learned")}
+    assert not rows[("cat", "learned")]["peft"]  # learned weights are beyond PEFT's eleven
+    learned = result["parents"][0]["learned"]  # workers.learn_weights on the benchmark's adapters
+    assert len(learned["weights"]) == 2 and learned["objective_final"] <= learned["objective_initial"]
     for row in rows.values():
         assert row["refused"] is None
         assert math.isfinite(row["mean"]) and row["min"] <= row["mean"]
@@ -54,3 +57,4 @@ def test_quick_mode_runs_end_to_end(capsys: pytest.CaptureFixture[str], monkeypa
     alone = result["parents"][0]["alone"]  # each parent alone on every task; on its own task retention is 1
     assert set(alone) == {"reverse", "upper"} and all(alone[t][t] in (None, pytest.approx(1.0)) for t in alone)
     assert "| `cat` |" in out and "| `iso_c` * |" in out and "best of PEFT's eleven" in out
+    assert "| `cat` * | learned |" in out and "learned weights: best mean cat" in out

@@ -53,14 +53,8 @@ def test_merge_and_training_on_a_worker_without_the_catalog(deployment, tiny):
     # its train / held-out splits were uploaded by the worker and recorded on the server (issue 17)
     splits = {d.role: d for d in client.get("tone:2").datasets}
     assert set(splits) == {"train", "heldout"} and client.dataset("tone-heldout").sha256 == splits["heldout"].sha256
-    # an eval job on the worker fetches its dataset by sha256 (issue 17)
-    evaluated = client.evaluate("tone:2", data=["tone-heldout"]).wait(300)
-    assert evaluated.status == "succeeded", evaluated.error
-    assert {(x.name, x.job_id) for x in client.get("tone:2").metrics if x.dataset == "tone-heldout:1"} >= {
-        ("eval_loss", evaluated.id), ("base_eval_loss", evaluated.id)}
-
     # a merge with a parent that has held-out data is validated on the worker, which measures that parent's
-    # retention on the data it fetched; the server copies it into the merge's report (issue 17)
+    # retention on the data it fetches (nothing cached yet); the server copies it into the merge's report (issue 17)
     kept = client.merge(["tone:2", "style:1"], weights=[0.5, 0.5], method="cat", name="kept").wait(120)
     assert kept.status == "succeeded", kept.error
     follow_ups = wait_for_children(client, kept.id)
@@ -69,6 +63,12 @@ def test_merge_and_training_on_a_worker_without_the_catalog(deployment, tiny):
     assert [p["parent"] for p in check.report["retention"]["parents"]] == ["tone:2"]  # style:1 has no held-out data
     assert client.job(kept.id).report["retention"] == check.report["retention"]
     assert ("retention", "tone-heldout:1") in {(x.name, x.dataset) for x in client.get("kept:1").metrics}
+
+    # an eval job on the worker fetches its dataset by sha256 (issue 17)
+    evaluated = client.evaluate("tone:2", data=["tone-heldout"]).wait(300)
+    assert evaluated.status == "succeeded", evaluated.error
+    assert {(x.name, x.job_id) for x in client.get("tone:2").metrics if x.dataset == "tone-heldout:1"} >= {
+        ("eval_loss", evaluated.id), ("base_eval_loss", evaluated.id)}
 
     # The versions live in the server's store, with their lineage and the submitting user.
     server_store = root / "server" / "artifacts"
@@ -112,3 +112,25 @@ def test_cancelling_a_job_running_on_a_remote_worker(deployment, tiny):
     assert client.cancel(job.id) == "cancelling"
     wait_for_status(job, "cancelled", timeout=60)
     assert [v.ref for v in client.versions_of("tone")] == ["tone:1"]  # nothing registered
+
+
+def test_learning_merge_on_a_remote_worker(deployment, tiny):
+    """A merge that learns its weights (issue 17 item 4) on a worker without the catalog: it fetches the parents'
+    held-out data by sha256, and the server records the learned weights on the edges."""
+    server, worker, client, root = deployment
+    client.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    client.register(tiny["tone2"], name="style")
+    data = root / "rev.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"rev {w}=", "completion": w[::-1]})
+                              for w in ("abc", "hello", "adapter", "merge", "weights", "lora")))
+    client.register_dataset(data, name="rev")
+    for ref in ("tone:1", "style:1"):
+        client.link_dataset(ref, "rev")
+    job = client.merge(["tone:1", "style:1"], method="cat", name="learned", learn_weights=True, learn_examples=4,
+                       learn_budget=3).wait(300)
+    assert job.status == "succeeded", job.error
+    assert job.queue == "gpu" and "Task adreg.run_job" in worker.log.read_text()
+    learned = job.report["learned_weights"]
+    assert [d["rows"] for d in learned["data"]] == [4, 4] and len(learned["trace"]) == 4
+    edges = {e.parent: e.weight for e in client.lineage("learned:1").edges}
+    assert [edges["tone:1"], edges["style:1"]] == pytest.approx(learned["weights"])

@@ -135,15 +135,17 @@ def complete_job(svc: Service, job_id: int, attempt: int, payload: dict[str, Any
 
 
 def data_path(svc: Service, job_id: int, sha256: str | None = None) -> Path:
-    """The training-data file of a train job, or the dataset with ``sha256`` of an eval job (a remote worker fetches
-    it and checks its sha256)."""
+    """The training-data file of a train job, or a dataset with ``sha256`` the job pinned: an eval job's, or a merge
+    or validation's parents' held-out data (``parent_evals``). A remote worker fetches it and checks its sha256."""
     with svc.sessions() as s:
         row = s.get(m.Job, job_id)
-        if row is not None and row.kind == "eval":
-            for data in row.spec.get("datasets") or []:
+        if row is not None and row.kind in ("eval", "merge", "validate"):
+            pinned = list(row.spec.get("datasets") or []) + [
+                data for parent in row.spec.get("parent_evals") or [] for data in parent.get("datasets") or []]
+            for data in pinned:
                 if data.get("sha256") == sha256:
                     return Path(data["path"])
-            raise RegistryError(f"job {job_id} evaluates on no dataset with sha256 {str(sha256)[:12]}")
+            raise RegistryError(f"job {job_id} pinned no dataset with sha256 {str(sha256)[:12]}")
         if row is None or row.kind != "train":
             raise RegistryError(f"job {job_id} is not a train or eval job")
         return Path(row.spec["data"]["path"])

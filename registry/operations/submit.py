@@ -17,6 +17,7 @@ from registry import models as m
 from registry.base_identity import card_base_model
 from registry.errors import ConflictError, RegistryError, field_problems
 from registry.inspect import inspect_adapter
+from registry.manifest import AdapterManifest
 from registry.operations import lifecycle
 from registry.refs import parse_ref
 from registry.service import Service
@@ -33,7 +34,7 @@ def merge(
     svc: Service,
     sources: list[str],
     *,
-    weights: list[float],
+    weights: list[float] | None = None,
     method: str = "svd",
     name: str,
     density: float | None = None,
@@ -54,8 +55,18 @@ def merge(
     publish_to: str | jobs.PublishTarget | None = None,
     idempotency_key: str | None = None,
     run_id: int | None = None,
+    learn_weights: bool = False,
+    learn_examples: int = 32,
+    learn_budget: int = 40,
 ) -> jobs.Job:
     """Merge catalog versions into a new version of ``name``; returns the job.
+
+    ``weights``: one per source. With ``learn_weights`` they are learned first (LoraHub-style, docs/merge.md
+    "Learned weights"): ``learn_budget`` Adam steps on the mixture coefficients, minimising the mean loss on
+    ``learn_examples`` rows of each source's held-out data (pinned here) plus an L1 term, from ``weights``
+    (default 1/n each), the rows drawn with ``seed`` (default 0); the learned weights are merged with ``method``
+    and go on the lineage edges, the search's trace in the job's report. Every source must be a causal LM with a
+    base and held-out data (``eval`` datasets or a training's ``heldout`` split); the job runs on the GPU queue.
 
     ``validate`` chains a runtime validation job: True always, False never, None (the default) when the
     parents have held-out data (``eval`` datasets, else a training's ``heldout`` split), pinned here, on
@@ -81,6 +92,18 @@ def merge(
         manifests = [catalog.manifest_of(session, r) for r in rows]
         warnings = lifecycle.input_warnings(rows, refs)
         evals = parent_evals(session, svc.store, [(r.id, ref) for r, ref in zip(rows, refs, strict=True)])
+        learn = _learn_spec(rows, refs, manifests, evals, learn_examples, learn_budget, seed) if learn_weights \
+            else None
+    if learn is not None:
+        from registry.merge_rules import METHODS
+
+        if weights is None:
+            weights = [1.0 / len(sources)] * len(sources)
+        if method in METHODS and "seed" not in METHODS[method].accepts:
+            params["seed"] = None  # the search's seed only
+    elif weights is None:
+        raise RegistryError("give one weight per source (weights=[...], --weights 0.5 0.5), or learn them "
+                            "(learn_weights=True, --learn-weights)")
     check_merge(manifests, list(weights), method, {k: v for k, v in params.items() if v is not None},
                 allow_cross_base=allow_cross_base, labels=refs)
     if isinstance(publish_to, str):
@@ -94,11 +117,39 @@ def merge(
             weights=list(weights), method=method, params=jobs.MergeParams(**params, dtype=dtype), name=name,
             tags=dict(tags or {}), description=description, allow_cross_base=allow_cross_base,
             validate_after=bool(validate or publish_to is not None or (validate is None and evals)),
-            publish_to=publish_to, warnings=warnings, parent_evals=evals,
+            publish_to=publish_to, warnings=warnings, parent_evals=evals, learn=learn,
         )
     except ValidationError as exc:
         raise _invalid("merge request", exc) from None
     return submit(svc, spec, idempotency_key=idempotency_key, run_id=run_id)
+
+
+def _learn_spec(rows: list[m.AdapterVersion], refs: list[str], manifests: list[AdapterManifest],
+                evals: list[jobs.ParentEval], examples: int, budget: int, seed: int | None) -> jobs.LearnWeights:
+    """The search of a merge that learns its weights, once every source can take part in it (else every problem,
+    naming each source)."""
+    with_data = {e.version_id for e in evals}
+    problems = []
+    for row, ref, manifest in zip(rows, refs, manifests, strict=True):
+        if (row.task_type or "CAUSAL_LM") != "CAUSAL_LM":
+            problems.append(f"{ref} is a {row.task_type} adapter: learned weights need causal LMs (CAUSAL_LM)")
+        elif row.base_model_id is None:
+            problems.append(f"{ref} has no base model recorded")
+        elif manifest.extra_tensors:
+            problems.append(f"{ref} has fully trained modules or trainable tokens (modules_to_save, "
+                            "trainable_token_indices), which the search of the LoRA mixture cannot weight")
+    missing = [ref for row, ref in zip(rows, refs, strict=True)
+               if row.id not in with_data and (row.task_type or "CAUSAL_LM") == "CAUSAL_LM"]
+    if missing:
+        problems.append(f"no held-out data for {', '.join(missing)}: learned weights are fitted to each source's "
+                        "eval datasets (else its training's heldout split); link one with `adreg data link REF NAME` "
+                        "(Registry.link_dataset)")
+    if problems:
+        raise RegistryError("cannot learn the merge weights: " + "; ".join(problems))
+    try:
+        return jobs.LearnWeights(examples=examples, budget=budget, seed=0 if seed is None else seed)
+    except ValidationError as exc:
+        raise _invalid("learned weights", exc) from None
 
 
 def validate(svc: Service, ref: str, *, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
@@ -184,7 +235,7 @@ def submit(
     after a lost answer or an unreachable broker is safe). A broker that cannot be reached raises
     :class:`~registry.errors.BrokerUnavailable`: the job exists and the recovery sweep sends it later.
     """
-    queue = jobs.DEFAULT_QUEUE[spec.kind]
+    queue = jobs.queue_for(spec)
     if queue == "gpu" and svc.settings.gpu_queue_fallback:
         queue = "cpu"
     if spec.submitted_by is None:

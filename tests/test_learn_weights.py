@@ -1,0 +1,224 @@
+"""Learned merge weights (issue 17 item 4): LoraHub-style search of the mixture coefficients on the parents' held-out
+data, its gradient, the merge job that uses it, the lineage and report it leaves, and its refusals; SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from registry import jobs
+from registry.errors import RegistryError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _task_rows(kind: str, count: int) -> list[dict]:
+    letters = "abcdefghij"
+    out = []
+    for i in range(count):
+        word = "".join(letters[(i * 7 + k * 3) % 10] for k in range(3 + i % 3))
+        answer = word[::-1] if kind == "rev" else word.upper()
+        out.append({"prompt": f"{kind} {word}=", "completion": answer})
+    return out
+
+
+def _trained_pair(registry, tiny, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """rev:1 and up:1: tone:1 trained a few steps on two different tasks; each has its held-out split linked."""
+    registry.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    for kind in ("rev", "up"):
+        data = _jsonl(tmp_path / f"{kind}.jsonl", _task_rows(kind, 24))
+        job = registry.train("tone:1", data=data, steps=3, lr=1e-2, name=kind, eval_rows=12, batch_size=4)
+        assert job.status == "succeeded", job.error
+
+
+def _batches(count: int, seed: int):  # type: ignore[no-untyped-def]
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(5, 100, (3, 10), generator=gen)
+        labels = ids.clone()
+        labels[:, :4] = -100
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    return out
+
+
+def test_gradient_matches_finite_difference_and_the_cat_merge(tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from peft import PeftModel
+
+    from workers.learn_weights import answer_loss_sum, fit_weights, load_parents, lora_layers, objective
+    from workers.merge import merge_adapters
+    from workers.tinymodels import load_base
+
+    folders = [tiny["tone"], tiny["tone2"]]
+    model, names = load_parents(load_base(tiny["llama"]), folders)
+    batches = [_batches(2, 0), _batches(1, 1)]
+    layers = lora_layers(model)
+    w = torch.tensor([0.3, 0.7], requires_grad=True)
+    value, _ = objective(model, layers, names, w, batches, 0.05, "cpu", grad=True)
+    assert w.grad is not None and float(w.grad.abs().sum()) > 0
+    for i in range(2):
+        eps = 1e-3
+        up, down = w.detach().clone(), w.detach().clone()
+        up[i] += eps
+        down[i] -= eps
+        f_up, _ = objective(model, layers, names, up, batches, 0.05, "cpu", grad=False)
+        f_down, _ = objective(model, layers, names, down, batches, 0.05, "cpu", grad=False)
+        assert float(w.grad[i]) == pytest.approx((f_up - f_down) / (2 * eps), rel=2e-2, abs=1e-4)
+    # with the mixture at 0 the model is the bare base: PEFT's disable_adapter gives the same loss
+    zero, losses = objective(model, layers, names, torch.zeros(2), batches, 0.0, "cpu", grad=False)
+    with model.disable_adapter(), torch.no_grad():
+        bare = [answer_loss_sum(model, b, "cpu") for b in batches[0]]
+    assert losses[0] == pytest.approx(sum(float(x) for x, _ in bare) / sum(n for _, n in bare), rel=1e-5)
+
+    result = fit_weights(model, names, batches, initial=[0.5, 0.5], budget=15, l1=0.05, lr=0.05)
+    assert result["objective_final"] < result["objective_initial"]
+    assert len(result["trace"]) == 16 and result["trace"][0]["weights"] == [0.5, 0.5]
+    assert fit_weights(model, names, batches, initial=[0.5, 0.5], budget=15, l1=0.05, lr=0.05)["weights"] \
+        == result["weights"]  # deterministic
+    # the mixture is exactly what `cat` merges at those weights: PEFT on the merged folder gives the same losses
+    merge_adapters(folders, result["weights"], "cat", out=tmp_path / "cat")
+    merged = PeftModel.from_pretrained(load_base(tiny["llama"]), str(tmp_path / "cat")).eval()
+    with torch.no_grad():
+        for parent_batches, expected in zip(batches, result["losses_final"], strict=True):
+            sums = [answer_loss_sum(merged, b, "cpu") for b in parent_batches]
+            assert sum(float(x) for x, _ in sums) / sum(n for _, n in sums) == pytest.approx(expected, rel=1e-5)
+
+
+def test_merge_learns_weights_records_them_and_reproduces(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    _trained_pair(registry, tiny, tmp_path)
+    job = registry.merge(["rev:1", "up:1"], method="cat", name="both", learn_weights=True, learn_examples=6,
+                         learn_budget=8).wait(timeout=300)
+    assert job.status == "succeeded", job.error
+    assert job.queue == "gpu" and job.spec["learn"]["seed"] == 0 and job.spec["weights"] == [0.5, 0.5]
+    learned = job.report["learned_weights"]
+    assert learned["initial"] == [0.5, 0.5] and (learned["examples"], learned["budget"]) == (6, 8)
+    assert learned["optimizer"] == "adam on the exact weighted sum" and learned["l1"] == 0.05
+    assert [t["step"] for t in learned["trace"]] == list(range(9))
+    assert learned["objective_final"] < learned["objective_initial"]
+    assert learned["objective_final"] == min(t["objective"] for t in learned["trace"])
+    assert [d["rows"] for d in learned["data"]] == [6, 6]
+    assert [d["datasets"] for d in learned["data"]] == [["rev-heldout:1"], ["up-heldout:1"]]
+    assert job.report["weights"] == learned["weights"] != [0.5, 0.5]  # the merge used the learned weights
+    merged = registry.get("both:1")
+    assert [(p.ref, p.weight) for p in merged.parents] == [
+        ("rev:1", pytest.approx(learned["weights"][0])), ("up:1", pytest.approx(learned["weights"][1]))]
+    edges = registry.lineage("both:1").edges
+    assert {e.params.get("weights") for e in edges if e.relation == "merge"} == {"learned"}
+    chained = registry.jobs(parent_job_id=job.id)  # parents with held-out data: a validation always follows
+    assert [j.kind for j in chained] == ["validate"] and chained[0].status == "succeeded", chained[0].error
+    assert chained[0].report["exact_check"]["max_abs_diff"] < 1e-4  # the edges' weights are the merged ones
+
+    again = registry.merge(["rev:1", "up:1"], method="cat", name="both", learn_weights=True, learn_examples=6,
+                           learn_budget=8).wait(timeout=300)
+    assert again.report["learned_weights"]["weights"] == learned["weights"]  # the same seed: the same weights
+    other = registry.merge(["rev:1", "up:1"], weights=[1.0, 0.2], method="svd", name="both", seed=3,
+                           learn_weights=True, learn_examples=6, learn_budget=8).wait(timeout=300)
+    searched = other.report["learned_weights"]
+    assert searched["initial"] == [1.0, 0.2] and searched["seed"] == 3
+    assert searched["weights"] != learned["weights"]
+    assert "seed" not in other.spec["params"] or other.spec["params"]["seed"] is None  # svd takes no seed
+
+
+def test_refusals_queue_nothing(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    registry.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    registry.register(tiny["tone2"], name="tone2", base_path=tiny["llama"])
+    registry.register(tiny["legal"], name="legal", base_path=tiny["llama"])
+    registry.register_dataset(_jsonl(tmp_path / "rev.jsonl", _task_rows("rev", 4)), name="rev")
+    registry.link_dataset("tone:1", "rev")
+    with pytest.raises(RegistryError) as info:
+        registry.merge(["tone:1", "tone2:1", "legal:1"], method="cat", name="m", learn_weights=True)
+    text = str(info.value)
+    assert "no held-out data for tone2:1, legal:1" in text and "adreg data link REF NAME" in text
+    with pytest.raises(RegistryError, match="give one weight per source"):
+        registry.merge(["tone:1", "tone2:1"], method="cat", name="m")
+    registry.link_dataset("tone2:1", "rev")
+    with pytest.raises(RegistryError, match="invalid learned weights.*examples"):
+        registry.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True, learn_examples=0)
+    with pytest.raises(RegistryError, match="1 weight"):
+        registry.merge(["tone:1", "tone2:1"], weights=[1.0], method="cat", name="m", learn_weights=True)
+    from workers.tinymodels import build_adapter
+
+    head = build_adapter(tiny["llama"], tmp_path / "head", modules_to_save=["lm_head"], seed=5)
+    registry.register(head, name="head", base_path=tiny["llama"])
+    registry.link_dataset("head:1", "rev")
+    with pytest.raises(RegistryError, match="head:1 has fully trained modules"):
+        registry.merge(["tone:1", "head:1"], weights=[0.5, 0.5], method="cat", name="m", learn_weights=True)
+    assert registry.jobs() == []
+
+
+def test_gpu_fallback_runs_a_learning_merge_on_the_cpu_queue(registry, db_url, tiny, tmp_path,  # type: ignore[no-untyped-def]
+                                                            monkeypatch) -> None:
+    from registry import Registry
+
+    registry.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+    registry.register(tiny["tone2"], name="tone2", base_path=tiny["llama"])
+    registry.register_dataset(_jsonl(tmp_path / "rev.jsonl", _task_rows("rev", 4)), name="rev")
+    for ref in ("tone:1", "tone2:1"):
+        registry.link_dataset(ref, "rev")
+    monkeypatch.setenv("ADREG_GPU_FALLBACK_TO_CPU", "1")
+    with Registry(db_url, home=tmp_path / "home") as fallback:
+        job = fallback.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True, learn_examples=2,
+                             learn_budget=1).wait(timeout=120)
+    assert job.status == "succeeded", job.error
+    assert job.queue == "cpu" and job.message == "merged with learned weights"
+    assert len(job.report["learned_weights"]["trace"]) == 2
+
+
+def test_queue_for_a_learning_merge() -> None:
+    spec = jobs.MergeSpec(sources=[jobs.SourceRef(ref="a:1", version_id=1, weights_sha256="0" * 64,
+                                                  storage_path="x")], weights=[1.0], method="cat", name="m")
+    assert jobs.queue_for(spec) == "cpu"
+    assert jobs.queue_for(spec.model_copy(update={"learn": jobs.LearnWeights()})) == "gpu"
+
+
+def test_cli_learn_weights_json(adreg, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    adreg("register", str(tiny["tone"]), "--name", "tone", "--base-path", str(tiny["llama"]))
+    adreg("register", str(tiny["tone2"]), "--name", "tone2", "--base-path", str(tiny["llama"]))
+    adreg("data", "register", str(_jsonl(tmp_path / "rev.jsonl", _task_rows("rev", 8))), "--name", "rev")
+    adreg("data", "register", str(_jsonl(tmp_path / "up.jsonl", _task_rows("up", 8))), "--name", "up")
+    bad = adreg("merge", "tone:1", "tone2:1", "--method", "cat", "--name", "m", code=1)
+    assert "--learn-weights" in bad.stderr
+    refused = adreg("merge", "tone:1", "tone2:1", "--learn-weights", "--method", "cat", "--name", "m", code=1)
+    assert "no held-out data for tone:1, tone2:1" in refused.stderr
+    adreg("data", "link", "tone:1", "rev")
+    adreg("data", "link", "tone2:1", "up")
+    out = adreg("merge", "tone:1", "tone2:1", "--learn-weights", "--examples", "4", "--budget", "3", "--seed", "1",
+                "--method", "cat", "--name", "m", "--json").stdout
+    data = json.loads(out)
+    merge = data["jobs"][0] if "jobs" in data else data
+    learned = merge["report"]["learned_weights"]
+    assert (learned["examples"], learned["budget"], learned["seed"]) == (4, 3, 1) and len(learned["trace"]) == 4
+    shown = json.loads(adreg("show", "m:1", "--json").stdout)
+    assert [p["weight"] for p in shown["parents"]] == pytest.approx(learned["weights"])
+    human = adreg("job", str(merge["id"])).stdout
+    assert "learned weights" in human and "objective" in human
+
+
+def test_remote_merge_learns_weights_through_a_server(server, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from registry import Registry
+
+    with Registry(server.url, token=server.admin_token) as reg:
+        reg.register(tiny["tone"], name="tone", base_path=tiny["llama"])
+        reg.register(tiny["tone2"], name="tone2", base_path=tiny["llama"])
+        with pytest.raises(RegistryError, match="no held-out data for tone:1, tone2:1"):
+            reg.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True)
+        reg.register_dataset(_jsonl(tmp_path / "rev.jsonl", _task_rows("rev", 6)), name="rev")
+        reg.link_dataset("tone:1", "rev")
+        reg.link_dataset("tone2:1", "rev")
+        job = reg.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True, learn_examples=4,
+                        learn_budget=2).wait(timeout=120)
+        assert job.status == "succeeded", job.error
+        learned = job.report["learned_weights"]
+        assert len(learned["trace"]) == 3 and job.spec["learn"]["examples"] == 4
+        assert [p.weight for p in reg.get("m:1").parents] == pytest.approx(learned["weights"])

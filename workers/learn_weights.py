@@ -1,0 +1,222 @@
+"""Learned merge weights: fit the mixture coefficients of a merge to its parents' held-out data (LoraHub-style).
+
+LoraHub (Huang et al., 2023, "LoraHub: Efficient Cross-Task Generalization via Dynamic LoRA Composition") searches
+the coefficients ``w`` of a weighted sum of LoRA modules on a few examples, minimising their loss plus an L1 term.
+Here the parents are loaded together on the base with PEFT, all active, and each LoRA layer's scale for parent
+``i`` is ``w_i * lora_alpha_i / r_i`` with ``w`` one leaf tensor: the model then computes exactly
+``W + sum_i w_i s_i B_i A_i``, the weighted sum that ``cat`` (and full-rank ``svd``) reproduce, and its loss is
+differentiable in ``w``. The objective is
+
+    J(w) = mean_i L_i(w) + l1 * sum_i |w_i|
+
+with ``L_i`` the mean next-token cross-entropy over the labelled tokens (the answer tokens of prompt/completion
+rows) of ``examples`` rows sampled, seeded, from parent ``i``'s held-out data. Adam takes ``budget`` steps on
+``w``; the weights with the lowest objective seen (the last step's included) are the result. The same data, seed
+and inputs give the same weights, bit for bit on one device.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from registry.errors import RegistryError
+from registry.jobs import MergeSpec
+from workers.context import JobContext
+from workers.host import JobHost
+
+OPTIMIZER = "adam on the exact weighted sum"
+BATCH_SIZE = 8
+
+
+def load_parents(model: Any, folders: Sequence[str | Path]) -> tuple[Any, list[str]]:
+    """``model`` with every parent adapter loaded (named ``p0``, ``p1``, ...) and all of them active, every
+    parameter frozen: the mixture whose scales :func:`set_mixture` sets."""
+    from peft import PeftModel
+
+    names = [f"p{i}" for i in range(len(folders))]
+    peft_model = PeftModel.from_pretrained(model, str(folders[0]), adapter_name=names[0])
+    for name, folder in zip(names[1:], folders[1:], strict=True):
+        peft_model.load_adapter(str(folder), adapter_name=name)
+    peft_model.base_model.set_adapter(names)
+    for param in peft_model.parameters():
+        param.requires_grad_(False)
+    return peft_model.eval(), names
+
+
+def lora_layers(peft_model: Any) -> list[Any]:
+    from peft.tuners.lora import LoraLayer
+
+    return [module for module in peft_model.modules() if isinstance(module, LoraLayer)]
+
+
+def set_mixture(layers: Sequence[Any], names: Sequence[str], w: Any) -> None:
+    """Each layer's scale for adapter ``names[i]``: ``w[i]`` times its own ``lora_alpha / r`` (PEFT's
+    ``LoraLayer.set_scale``; a tensor ``w`` keeps the forward pass differentiable in it). Call it before each
+    forward pass that builds a graph (a backward pass frees the previous one)."""
+    for layer in layers:
+        for i, name in enumerate(names):
+            layer.set_scale(name, w[i])
+
+
+def answer_loss_sum(model: Any, batch: dict[str, Any], dev: str) -> tuple[Any, int]:
+    """The summed next-token cross-entropy over ``batch``'s labelled tokens, and how many there are."""
+    import torch
+
+    ids = batch["input_ids"].to(dev)
+    mask = batch["attention_mask"].to(dev)
+    labels = batch["labels"].to(dev)
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    shifted, targets = logits[:, :-1, :], labels[:, 1:]
+    keep = targets != -100
+    if not bool(keep.any()):
+        return logits.sum() * 0.0, 0
+    return torch.nn.functional.cross_entropy(shifted[keep], targets[keep], reduction="sum"), int(keep.sum())
+
+
+def objective(model: Any, layers: Sequence[Any], names: Sequence[str], w: Any,
+              batches: Sequence[Sequence[dict[str, Any]]], l1: float, dev: str, *,
+              grad: bool) -> tuple[float, list[float]]:
+    """``J(w)`` and each parent's loss ``L_i``; with ``grad`` the gradient of ``J`` accumulates in ``w.grad``
+    (one backward pass per batch, so memory is one batch's)."""
+    import torch
+
+    losses = []
+    for parent_batches in batches:
+        tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in parent_batches)
+        if tokens == 0:
+            raise RegistryError("a parent's sampled rows have no labelled token (rows too short, or no completion "
+                                "within max_length)")
+        total = 0.0
+        for batch in parent_batches:
+            with torch.set_grad_enabled(grad):
+                set_mixture(layers, names, w)
+                loss, _count = answer_loss_sum(model, batch, dev)
+                if grad:
+                    (loss / (tokens * len(batches))).backward()
+            total += float(loss.detach())
+        losses.append(total / tokens)
+    with torch.set_grad_enabled(grad):
+        penalty = l1 * w.abs().sum()
+        if grad and l1:
+            penalty.backward()
+    return sum(losses) / len(losses) + float(penalty.detach()), losses
+
+
+def fit_weights(model: Any, names: Sequence[str], batches: Sequence[Sequence[dict[str, Any]]], *,
+                initial: Sequence[float], budget: int, l1: float, lr: float, seed: int = 0, dev: str = "cpu",
+                on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Adam on the mixture coefficients of ``model`` (adapters ``names`` all active, see :func:`load_parents`),
+    minimising ``mean_i L_i + l1 * sum |w|`` on ``batches[i]`` (parent ``i``'s), from ``initial``, ``budget``
+    steps. Returns ``initial``, ``weights`` (the lowest objective seen), ``objective_initial``,
+    ``objective_final`` (at ``weights``), ``best_step``, ``losses_initial`` / ``losses_final`` (each parent's
+    ``L_i``) and the ``trace`` (per step: the weights and the objective there, before the step).
+    ``on_step(k, budget)`` runs before each step (progress, cancellation)."""
+    import torch
+
+    if len(batches) != len(names) or len(initial) != len(names):
+        raise RegistryError(f"{len(names)} adapter(s), {len(batches)} data set(s), {len(initial)} initial weight(s)")
+    torch.manual_seed(seed)
+    layers = lora_layers(model)
+    w = torch.tensor([float(x) for x in initial], dtype=torch.float32, device=dev, requires_grad=True)
+    optimizer = torch.optim.Adam([w], lr=lr)
+    trace: list[dict[str, Any]] = []
+    start_losses: list[float] = []
+    for step in range(budget):
+        if on_step is not None:
+            on_step(step, budget)
+        optimizer.zero_grad(set_to_none=True)
+        value, losses = objective(model, layers, names, w, batches, l1, dev, grad=True)
+        if not math.isfinite(value):
+            raise RegistryError(f"the weight search's objective is {value} at step {step} (weights "
+                                f"{w.detach().cpu().tolist()}): lower the learning rate or check the data")
+        if step == 0:
+            start_losses = losses
+        trace.append({"step": step, "weights": w.detach().cpu().tolist(), "objective": value})
+        optimizer.step()
+    final = w.detach().cpu().tolist()
+    value, losses = objective(model, layers, names, w.detach(), batches, l1, dev, grad=False)
+    if not trace:
+        start_losses = losses
+    trace.append({"step": budget, "weights": final, "objective": value})
+    best = min(trace, key=lambda t: t["objective"])  # the first of equals: the earliest step
+    set_mixture(layers, names, [1.0] * len(names))  # leave the model with plain (float) scales
+    best_losses = losses if best["step"] == budget else None
+    if best_losses is None:
+        _v, best_losses = objective(model, layers, names,
+                                    torch.tensor(best["weights"], device=dev), batches, l1, dev, grad=False)
+        set_mixture(layers, names, [1.0] * len(names))
+    return {"initial": [float(x) for x in initial], "weights": list(best["weights"]),
+            "objective_initial": trace[0]["objective"], "objective_final": best["objective"],
+            "best_step": best["step"], "losses_initial": start_losses, "losses_final": best_losses,
+            "budget": budget, "l1": l1, "lr": lr, "seed": seed, "optimizer": OPTIMIZER, "trace": trace}
+
+
+def sample_batches(files: Sequence[tuple[Path, Any]], tokenizer: Any, examples: int, max_length: int,
+                   rng: random.Random, batch_size: int = BATCH_SIZE) -> tuple[list[dict[str, Any]], int]:
+    """``examples`` rows drawn without replacement (all of them when there are fewer) from one parent's
+    held-out data files ``(path, EvalData)``, tokenised as training tokenises them, in collated batches; and how
+    many rows were drawn."""
+    from registry.trainset import load_rows
+    from workers.train import collator, tokenize_rows
+
+    tables = [(load_rows(str(path), data.format), data) for path, data in files]
+    pool = [(t, j) for t, (rows, _d) in enumerate(tables) for j in range(len(rows))]
+    chosen = sorted(rng.sample(pool, min(examples, len(pool))))
+    encoded: list[dict[str, Any]] = []
+    for t, (rows, data) in enumerate(tables):
+        picked = [j for tt, j in chosen if tt == t]
+        if picked:
+            part = tokenize_rows(rows.select(picked), tokenizer, data.fields, max_length)
+            encoded += [part[k] for k in range(len(part))]
+    collate = collator("CAUSAL_LM", tokenizer)
+    return [collate(encoded[j:j + batch_size]) for j in range(0, len(encoded), batch_size)], len(chosen)
+
+
+def learn_for_merge(host: JobHost, ctx: JobContext, spec: MergeSpec, base: Any, folders: Sequence[Path],
+                    span: tuple[float, float] = (0.02, 0.6)) -> dict[str, Any]:
+    """The ``learned_weights`` section of a merge job's report: the search of ``spec.learn`` on the parents'
+    pinned held-out data (``spec.parent_evals``), from ``spec.weights``."""
+    from workers.evaluate import causal_lm
+    from workers.quiet import quiet_loading
+    from workers.validate import device
+
+    learn = spec.learn
+    if learn is None:
+        raise RegistryError("this merge does not learn its weights")
+    started = time.monotonic()
+    by_version = {p.version_id: p for p in spec.parent_evals}
+    missing = [src.ref for src in spec.sources if src.version_id not in by_version]
+    if missing:
+        raise RegistryError(f"no held-out data pinned for {', '.join(missing)}")
+    if base is None:
+        raise RegistryError("the merge's sources have no base model recorded")
+    lo, hi = span
+    ctx.progress(lo, "learning weights: loading the base and the parents", force=True)
+    dev = device()
+    with quiet_loading():
+        model, tokenizer = causal_lm(base)
+        peft_model, names = load_parents(model, folders)
+    peft_model.to(dev)
+    rng = random.Random(learn.seed)
+    batches, drawn = [], []
+    for src in spec.sources:
+        evals = by_version[src.version_id]
+        files = [(host.data_file(data), data) for data in evals.datasets]
+        parent_batches, count = sample_batches(files, tokenizer, learn.examples, learn.max_length, rng)
+        batches.append(parent_batches)
+        drawn.append({"ref": src.ref, "datasets": [d.ref for d in evals.datasets], "rows": count})
+
+    def on_step(k: int, n: int) -> None:
+        ctx.check_cancel()
+        ctx.progress(lo + (hi - lo) * k / max(n, 1), f"learning weights: step {k + 1}/{n}")
+
+    result = fit_weights(peft_model, names, batches, initial=spec.weights, budget=learn.budget, l1=learn.l1,
+                         lr=learn.lr, seed=learn.seed, dev=dev, on_step=on_step)
+    ctx.check_cancel()
+    result.update(examples=learn.examples, data=drawn, device=dev, seconds=round(time.monotonic() - started, 3))
+    return result
