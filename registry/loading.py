@@ -47,7 +47,7 @@ def load_versions(versions: list[t.AdapterVersion], folders: list[Path], base: t
 
 def _recorded_base(version: t.AdapterVersion, base: t.BaseModelInfo | None) -> Any:
     from registry import models as m
-    from workers.validate import load_base_model
+    from workers.base_model import load_base_model
 
     if base is None:
         raise RegistryError(f"{version.ref} has no base model recorded: pass base_model=")

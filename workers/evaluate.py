@@ -27,11 +27,11 @@ from registry.errors import RegistryError
 from registry.jobs import EvalData, EvalSpec
 from registry.targets import head_labels
 from registry.trainset import CLASSIFICATION_TASKS, IGNORED_LABEL, load_rows
+from workers.base_model import device, load_base_model
 from workers.context import JobContext
 from workers.host import JobHost, Outcome
 from workers.quiet import quiet_loading
 from workers.train import collator, tokenize_rows, tokenizer_for
-from workers.validate import device, load_base_model
 
 
 def run_eval(host: JobHost, ctx: JobContext, spec: EvalSpec) -> None:

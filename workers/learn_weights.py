@@ -181,9 +181,9 @@ def learn_for_merge(host: JobHost, ctx: JobContext, spec: MergeSpec, base: Any, 
                     span: tuple[float, float] = (0.02, 0.6)) -> dict[str, Any]:
     """The ``learned_weights`` section of a merge job's report: the search of ``spec.learn`` on the parents'
     pinned held-out data (``spec.parent_evals``), from ``spec.weights``."""
+    from workers.base_model import device
     from workers.evaluate import causal_lm
     from workers.quiet import quiet_loading
-    from workers.validate import device
 
     learn = spec.learn
     if learn is None:

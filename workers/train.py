@@ -6,7 +6,7 @@
   activated together with ``base_model.set_adapter([...])``.
 * New: ``get_peft_model`` on the bare base with explicit target module names and the job's task type
   (a classification head is trained in full through ``modules_to_save``, as PEFT does by default).
-* The base is loaded with the task's model class (``AutoModelFor...``; see ``workers.validate.model_class``):
+* The base is loaded with the task's model class (``AutoModelFor...``; see ``workers.base_model.model_class``):
   CAUSAL_LM, SEQ_CLS, TOKEN_CLS and SEQ_2_SEQ_LM train; FEATURE_EXTRACTION is refused before a job exists.
 * Before the first step: only the chosen adapters' parameters (LoRA matrices, ``modules_to_save`` copies,
   trainable tokens) require grad, their counts match the catalog, and ``get_layer_status()`` shows each
@@ -32,19 +32,19 @@ from registry.errors import RegistryError
 from registry.inspect import sha256_file
 from registry.jobs import TrainSpec
 from registry.trainset import CLASSIFICATION_TASKS, IGNORED_LABEL, load_rows
+from workers.base_model import load_base_model
 from workers.context import JobCancelled, JobContext
 from workers.host import DatasetOutput, JobHost, Outcome, Output
-from workers.quiet import quiet_loading
-from workers.validate import (
+from workers.peft_checks import (
     ADAPTER_PARAM_MARKERS,
     adapter_modules,
     adapter_param_owner,
     expected_saved_modules,
     is_saved_module,
-    load_base_model,
     loaded_match_stored,
     nested_layers,
 )
+from workers.quiet import quiet_loading
 
 # The held-out set is a tenth of the rows, at most this many: evaluated twice, it must stay small next to training.
 DEFAULT_MAX_EVAL_ROWS = 200

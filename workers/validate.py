@@ -19,37 +19,26 @@ in the job's report; a ``validated`` compatibility record is written when all pa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
-from registry import models as m
 from registry.errors import RegistryError
-from registry.inspect import WEIGHTS_FILE, lora_internals
 from registry.jobs import ValidateSpec
 from registry.retention import RETAINED_TASKS
-from registry.targets import head_labels, saved_modules
+from registry.targets import head_labels
 from registry.trainset import CLASSIFICATION_TASKS, VALIDATED_TASKS
+from workers.base_model import device, load_base_model
 from workers.context import JobContext
 from workers.host import JobHost, Outcome
+from workers.peft_checks import (
+    adapter_modules,
+    expected_saved_modules,
+    is_saved_module,
+    loaded_match_stored,
+    nested_layers,
+)
 from workers.quiet import quiet_loading
 
 CANDIDATE = "candidate"
-
-# The model class for each PEFT task type, and transformers' table of the architectures that already are one.
-TASK_MODELS = {
-    "CAUSAL_LM": ("AutoModelForCausalLM", "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"),
-    "SEQ_CLS": ("AutoModelForSequenceClassification", "MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES"),
-    "TOKEN_CLS": ("AutoModelForTokenClassification", "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES"),
-    "SEQ_2_SEQ_LM": ("AutoModelForSeq2SeqLM", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
-    "FEATURE_EXTRACTION": ("AutoModel", "MODEL_MAPPING_NAMES"),
-}
-# Parameter-name segments that mark an adapter's own parameters; the adapter's name is the next segment
-# (``lora_A.<name>.weight``, ``modules_to_save.<name>.weight``, ``trainable_tokens_delta.<name>``).
-ADAPTER_PARAM_MARKERS = {
-    "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "modules_to_save",
-    "trainable_tokens_delta",
-}
-
 
 class ValidationFailed(RegistryError):
     """One or more runtime checks failed; ``report`` holds every check's outcome."""
@@ -57,129 +46,6 @@ class ValidationFailed(RegistryError):
     def __init__(self, ref: str, failures: list[str], report: dict[str, Any]) -> None:
         self.report = report
         super().__init__(f"{ref} failed runtime validation: " + "; ".join(failures))
-
-
-def device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def model_class(architecture: str | None, task_type: str | None) -> tuple[Any, bool]:
-    """The class to load a base with for ``task_type``, and whether it differs from the base's own architecture.
-
-    The base's architecture when it already is a model of that task (``BertForSequenceClassification`` for
-    SEQ_CLS), else the task's ``AutoModelFor...`` class (a ``LlamaForCausalLM`` base for a SEQ_CLS adapter
-    loads as ``LlamaForSequenceClassification``). Without a task type: the base's own architecture.
-    """
-    import transformers
-    from transformers.models.auto import modeling_auto
-
-    own = getattr(transformers, architecture or "", None)
-    if task_type is None:
-        return own or transformers.AutoModelForCausalLM, False
-    if task_type not in TASK_MODELS:
-        raise RegistryError(f"task type {task_type!r} is not supported; supported task types: "
-                            f"{', '.join(VALIDATED_TASKS)}")
-    auto_name, table = TASK_MODELS[task_type]
-    names: set[str] = set()
-    for value in getattr(modeling_auto, table).values():
-        names |= {value} if isinstance(value, str) else set(value)
-    if own is not None and own.__name__ in names:
-        return own, False
-    return getattr(transformers, auto_name), True
-
-
-def load_base_model(base: m.BaseModelRecord, dtype: Any = None, task_type: str | None = None,
-                    num_labels: int | None = None):  # type: ignore[no-untyped-def]
-    """The base model's weights from its recorded local folder (safetensors only, no remote code by default),
-    as a model of ``task_type`` (see :func:`model_class`); a classification head the base does not have is
-    created with ``num_labels`` classes. Library noise is silenced unless ``ADREG_VERBOSE=1``."""
-    import torch
-
-    path = base.local_path or _from_hub_cache(base)
-    cls, switched = model_class(base.architecture, task_type)
-    extra = {"num_labels": num_labels} if switched and num_labels and task_type in CLASSIFICATION_TASKS else {}
-    try:
-        with quiet_loading():
-            model = cls.from_pretrained(
-                path, dtype=dtype or torch.float32, local_files_only=True, use_safetensors=True,
-                trust_remote_code=bool(base.trust_remote_code), **extra,
-            )
-    except OSError as exc:
-        raise RegistryError(f"cannot load base model {base.name!r} from {base.local_path}: {exc}") from None
-    if task_type == "SEQ_CLS" and getattr(model.config, "pad_token_id", None) is None:
-        # decoder classifiers read the last non-padding token; without a pad id they refuse batches > 1
-        model.config.pad_token_id = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
-    return model
-
-
-def _from_hub_cache(base: m.BaseModelRecord) -> str:
-    """A Hub base's snapshot from the local HF cache; downloaded only with ADREG_ALLOW_DOWNLOADS=1."""
-    import os
-
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
-    try:
-        return snapshot_download(base.name, revision=base.revision, allow_patterns=patterns, local_files_only=True)
-    except (LocalEntryNotFoundError, OSError, ValueError):
-        pass
-    if os.environ.get("ADREG_ALLOW_DOWNLOADS", "").lower() not in ("1", "true", "yes"):
-        raise RegistryError(
-            f"base model {base.name!r} has no local weights: no local path is recorded and it is not in the HF cache",
-            hint="register an adapter with --base-path DIR, or set ADREG_ALLOW_DOWNLOADS=1 to download it",
-        )
-    from registry.hub_client import endpoint, hub_call
-
-    return hub_call(base.name, lambda: snapshot_download(
-        base.name, revision=base.revision, allow_patterns=patterns, endpoint=endpoint()))
-
-
-def adapter_modules(status: Iterable[Any], adapter: str) -> set[str]:
-    """Base-model paths of the layers carrying ``adapter``, from ``get_layer_status()`` (which names each
-    layer from the LoraModel: ``model.<path in the base>``): its LoRA layers and the modules it trains in
-    full (``ModulesToSaveWrapper``) or per token (``<module>.token_adapter``)."""
-    return {s.name.removeprefix("model.") for s in status if adapter in s.available_adapters}
-
-
-def is_saved_module(status: Any) -> bool:
-    """A layer-status entry of a module trained in full or per token, rather than a LoRA layer."""
-    return not status.module_type.startswith("lora.")
-
-
-def adapter_param_owner(name: str) -> str | None:
-    """The adapter a parameter belongs to (LoRA matrices, ``modules_to_save`` copies, trainable-token deltas),
-    or None for a base-model parameter."""
-    parts = name.split(".")
-    return next((parts[i + 1] for i in range(len(parts) - 1) if parts[i] in ADAPTER_PARAM_MARKERS), None)
-
-
-def expected_saved_modules(row: m.AdapterVersion) -> set[str]:
-    """The modules a stored version trains in full or per token, from its stored tensors' names."""
-    return saved_modules(row.extra_tensors or {}, row.modules_to_save)[0]
-
-
-def loaded_match_stored(peft_model: Any, names: list[str], folders: list[Any]) -> dict[str, bool]:
-    """Each adapter as PEFT holds it (``get_peft_model_state_dict``: LoRA matrices, ``modules_to_save`` copies,
-    trainable tokens) equals its stored file: the same tensor names and bit-identical values."""
-    import torch
-    from peft import get_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    result = {}
-    for name, folder in zip(names, folders, strict=False):
-        stored = load_file(str(folder / WEIGHTS_FILE))
-        # Never "auto": for a base named by Hub id, PEFT would look its config up on the Hub to decide whether to
-        # add embedding copies. The stored file says whether it holds them.
-        loaded = get_peft_model_state_dict(peft_model, adapter_name=name, save_embedding_layers=False)
-        if stored.keys() != loaded.keys():
-            loaded = get_peft_model_state_dict(peft_model, adapter_name=name, save_embedding_layers=True)
-        result[name] = stored.keys() == loaded.keys() and all(
-            torch.equal(stored[k].to(loaded[k].dtype), loaded[k].detach().cpu()) for k in stored
-        )
-    return result
 
 
 def probe_inputs(model: Any, task_type: str | None, count: int, length: int, vocab: int, dev: str) -> dict[str, Any]:
@@ -201,11 +67,6 @@ def main_output(outputs: Any, task_type: str | None) -> Any:
     if task_type == "FEATURE_EXTRACTION" or getattr(outputs, "logits", None) is None:
         return outputs.last_hidden_state
     return outputs.logits
-
-
-def nested_layers(names: Iterable[str]) -> list[str]:
-    """The layer names that show a LoRA layer inside another one (a LoRA-internal module in the path)."""
-    return sorted(n for n in names if lora_internals(n))
 
 
 def layer_checks(peft_model: Any, expected_modules: set[str]) -> tuple[dict[str, Any], list[str]]:
