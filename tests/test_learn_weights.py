@@ -222,3 +222,45 @@ def test_remote_merge_learns_weights_through_a_server(server, tiny, tmp_path) ->
         learned = job.report["learned_weights"]
         assert len(learned["trace"]) == 3 and job.spec["learn"]["examples"] == 4
         assert [p.weight for p in reg.get("m:1").parents] == pytest.approx(learned["weights"])
+
+
+def test_learn_weights_from_the_merge_form_and_see_them_on_the_job_page(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from fastapi.testclient import TestClient
+
+    from registry.api.app import create_app
+    from registry.web import session as web_session
+
+    if registry.engine.dialect.name != "sqlite":
+        pytest.skip("the pages are the same on both databases")
+    _trained_pair(registry, tiny, tmp_path)
+    registry.add_user("root", admin=True)
+    token = registry.create_token("root", scope="admin")["token"]
+    client = TestClient(create_app(registry.service), base_url="http://testserver")
+    client.cookies.set(web_session.COOKIE, token)
+    form = {"source": ["rev:1", "up:1"], "weight": ["", ""], "method": "cat", "name": "web-learned",
+            "learn_weights": "1", "learn_examples": "6", "learn_budget": "x", web_session.CSRF_FIELD:
+            web_session.csrf_token(token)}
+    headers = {"Origin": "http://testserver"}
+    page = client.post("/merge", data=form, headers=headers, follow_redirects=False)
+    assert page.status_code == 200 and "learn budget must be a whole number" in page.text  # nothing queued
+    assert registry.jobs(kind="merge") == []
+    page = client.post("/merge", data={**form, "weight": ["0.5", ""], "learn_budget": "5"}, headers=headers,
+                       follow_redirects=False)
+    assert "give every parent a starting weight, or none" in page.text
+    answer = client.post("/merge", data={**form, "learn_budget": "5"}, headers=headers, follow_redirects=False)
+    assert answer.status_code == 303, answer.text
+    job_id = int(re.fullmatch(r"/jobs/(\d+)", answer.headers["location"]).group(1))
+    job = registry.job(job_id).wait(timeout=300)
+    assert job.status == "succeeded", job.error
+    learned = job.report["learned_weights"]
+    assert job.spec["learn"]["examples"] == 6 and learned["budget"] == 5 and learned["initial"] == [0.5, 0.5]
+
+    html = client.get(f"/jobs/{job_id}").text
+    table = html.split('<table class="learned-weights">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td>", table)
+    assert [(ref, float(start)) for ref, start, _ in rows] == [("rev:1", 0.5), ("up:1", 0.5)]
+    assert [float(w) for _, _, w in rows] == pytest.approx(learned["weights"], rel=1e-3)
+    assert 'aria-label="objective,' in html and "objective at the learned weights" in html
+    assert '<table class="retention">' in html  # the parents have held-out data: the validation measured it

@@ -205,7 +205,29 @@ def report_view(job: job_specs.Job) -> dict[str, Any]:
         view.update(kind="other")
     if isinstance(report.get("retention"), dict):
         view["retention"] = _retention(report["retention"])
+    if isinstance(report.get("learned_weights"), dict):
+        view["learned"] = _learned(report["learned_weights"])
     return view
+
+
+def _learned(learned: dict[str, Any]) -> dict[str, Any]:
+    """A merge's learned-weights section: per parent the starting and learned weight and its held-out loss before
+    and after; the search's settings; its objective per step as a chart."""
+    def at(key: str, i: int) -> str:
+        values = learned.get(key)
+        return _text(values[i]) if isinstance(values, list) and i < len(values) else "-"
+
+    parents = [d.get("ref") if isinstance(d, dict) else None for d in learned.get("data") or []]
+    rows = [{"parent": _text(ref), "initial": at("initial", i), "weight": at("weights", i),
+             "loss_before": at("losses_initial", i), "loss_after": at("losses_final", i)}
+            for i, ref in enumerate(parents)]
+    facts = [(label, _text(learned[key])) for key, label in (
+        ("objective_initial", "objective at the start"), ("objective_final", "objective at the learned weights"),
+        ("best_step", "best step"), ("budget", "steps"), ("examples", "examples per parent"), ("l1", "L1 weight"),
+        ("lr", "learning rate"), ("seed", "seed"), ("optimizer", "optimizer"), ("device", "device"),
+        ("seconds", "seconds")) if learned.get(key) is not None]
+    trace = [[t.get("step"), t.get("objective")] for t in learned.get("trace") or [] if isinstance(t, dict)]
+    return {"rows": rows, "facts": facts, "chart": loss_chart(trace)}
 
 
 def _retention(measured: dict[str, Any]) -> dict[str, Any]:

@@ -117,7 +117,7 @@ class MergeRequest:
     """A merge form read into ``submit.merge``'s arguments, and the problems found reading it."""
 
     sources: list[str]
-    weights: list[float]
+    weights: list[float] | None  # None: learned from 1/n each
     options: dict[str, Any]
     problems: list[str]
 
@@ -127,6 +127,7 @@ def read_form(form: Any) -> MergeRequest:
     a problem for each field that cannot be read (messages for parameters come from the method table)."""
     problems: list[str] = []
     sources_in, weights_in = form.getlist("source")[:MAX_SOURCES], form.getlist("weight")[:MAX_SOURCES]
+    learn = form.get("learn_weights") in ("1", "on")
     sources: list[str] = []
     weights: list[float] = []
     for i, raw in enumerate(sources_in):
@@ -134,6 +135,9 @@ def read_form(form: Any) -> MergeRequest:
         if not ref:
             if weight:
                 problems.append(f"parent row {i + 1} has a weight ({weight[:40]}) but no version")
+            continue
+        if learn and not weight:  # learned from 1/n each when no parent has a starting weight
+            sources.append(ref)
             continue
         try:
             number = float(weight)
@@ -147,8 +151,19 @@ def read_form(form: Any) -> MergeRequest:
         weights.append(number)
     if not sources and not problems:
         problems.append("give at least one parent version (name:N or name@alias) with its weight")
+    if learn and weights and len(weights) != len(sources):
+        problems.append("to learn the weights, give every parent a starting weight, or none (1/n each)")
     method = str(form.get("method") or "")
     options: dict[str, Any] = {"method": method}
+    if learn:
+        options["learn_weights"] = True
+        for key in ("learn_examples", "learn_budget"):
+            raw = str(form.get(key) or "").strip()[:MAX_FIELD]
+            if raw:
+                if raw.isascii() and raw.isdigit() and len(raw) <= 6:
+                    options[key] = int(raw)
+                else:
+                    problems.append(f"{key.replace('_', ' ')} must be a whole number (got {raw[:40]!r})")
     _, fields = method_table()
     for field in fields:
         raw = str(form.get(field.name) or "").strip()[:MAX_FIELD]
@@ -183,7 +198,8 @@ def read_form(form: Any) -> MergeRequest:
         options["dtype"] = dtype
     options["validate"] = True if form.get("validate") in ("1", "on") else None  # None: when parents have held-out data
     options["allow_cross_base"] = form.get("allow_cross_base") in ("1", "on")
-    return MergeRequest(sources=sources, weights=weights, options=options, problems=problems)
+    return MergeRequest(sources=sources, weights=weights if weights or not learn else None, options=options,
+                        problems=problems)
 
 
 def submit_merge(principal: auth.Principal, svc: Service, request: MergeRequest) -> tuple[int | None, list[str]]:
