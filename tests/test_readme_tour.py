@@ -72,6 +72,11 @@ def test_readme_tours_run_as_written(hub, monkeypatch, tmp_path):
         assert {v.ref for v in reg.versions_of("tone-style")} == {"tone-style:1"}
         assert reg.get("tone-legal-hub:1").source_uri.startswith("hf://acme/tone-legal@")
         assert [p.ref for p in reg.get("tone-style:1").parents] == ["support-tone:1", "style:1"]
+        # the tour's merges of trained versions: retention measured, weights learned (issue 17)
+        blend = next(j for j in reg.jobs(kind="merge") if j.result_ref == "tone-blend:1")
+        assert {p["parent"] for p in blend.report["retention"]["parents"]} == {"support-tone:2", "legal:2"}
+        learned = next(j for j in reg.jobs(kind="merge") if j.result_ref == "tone-learned:1")
+        assert [p.weight for p in reg.get("tone-learned:1").parents] == learned.report["learned_weights"]["weights"]
 
 
 def test_team_registry_section_runs_as_written(broker_url, tmp_path, monkeypatch):
