@@ -91,6 +91,13 @@ def _jobs(registry) -> int:  # type: ignore[no-untyped-def]
         return s.scalar(select(func.count()).select_from(m.Job))
 
 
+def _assert_measured(result: dict, expected: dict, expected_base: dict) -> None:
+    """An eval report's numbers for one dataset equal the references computed from PEFT's logits."""
+    for name in ("eval_loss", "accuracy", "f1"):
+        assert result["adapter"][name] == pytest.approx(expected[name], rel=1e-5, abs=1e-7), name
+        assert result["base"][name] == pytest.approx(expected_base[name], rel=1e-5, abs=1e-7), name
+
+
 def test_macro_f1_matches_a_hand_computed_example() -> None:
     # class 0: TP 1, FP 1, FN 0 -> 2/3; class 1: TP 1, FP 0, FN 2 -> 1/2; class 2: TP 1, FP 2, FN 0 -> 1/2;
     # class 3 (only in the labels): TP 0 -> 0; the mean over the four classes present: (2/3 + 1/2 + 1/2 + 0) / 4
@@ -120,9 +127,7 @@ def test_sequence_classification_eval_matches_peft_and_records_base_metrics(regi
     expected = _reference(_sequence_scores(PeftModel.from_pretrained(load_base(models["seq_base"]),
                                                                      str(models["seq"])).eval(), tokenizer))
     expected_base = _reference(_sequence_scores(load_base(models["seq_base"]).eval(), tokenizer))
-    for name in ("eval_loss", "accuracy", "f1"):
-        assert result["adapter"][name] == pytest.approx(expected[name], rel=1e-5, abs=1e-7), name
-        assert result["base"][name] == pytest.approx(expected_base[name], rel=1e-5, abs=1e-7), name
+    _assert_measured(result, expected, expected_base)
     assert result["adapter"]["eval_loss"] != pytest.approx(result["base"]["eval_loss"], rel=1e-4)
 
     metrics = {(x.name, x.dataset): x for x in registry.get("cls:1").metrics}
@@ -149,9 +154,7 @@ def test_token_classification_eval_scores_labelled_words_only(registry, models, 
     expected = _reference(_token_scores(PeftModel.from_pretrained(load_base(models["tok_base"]),
                                                                   str(models["tok"])).eval(), tokenizer))
     expected_base = _reference(_token_scores(load_base(models["tok_base"]).eval(), tokenizer))
-    for name in ("eval_loss", "accuracy", "f1"):
-        assert result["adapter"][name] == pytest.approx(expected[name], rel=1e-5, abs=1e-7), name
-        assert result["base"][name] == pytest.approx(expected_base[name], rel=1e-5, abs=1e-7), name
+    _assert_measured(result, expected, expected_base)
     names = {x.name for x in registry.get("ner:1").metrics if x.dataset == "ner-set:1"}
     assert names == {"eval_loss", "accuracy", "f1", "base_eval_loss", "base_accuracy", "base_f1"}
 

@@ -21,6 +21,17 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _task_files(tmp_path: Path) -> tuple[Path, Path]:
+    """Two small prompt/completion tasks: support replies and a legal clause."""
+    replies = _jsonl(tmp_path / "replies.jsonl", [
+        {"prompt": f"Customer {i}: where is my order?", "completion": " It ships tomorrow, thank you."}
+        for i in range(24)])
+    clauses = _jsonl(tmp_path / "clauses.jsonl", [
+        {"prompt": f"Clause {i}:", "completion": " this agreement is governed by the laws of Oregon."}
+        for i in range(24)])
+    return replies, clauses
+
+
 @pytest.fixture
 def trained(registry, tiny, tmp_path):  # type: ignore[no-untyped-def]
     """Two trained versions, ``reply:2`` and ``clause:2``, each with its held-out split linked."""
@@ -30,12 +41,7 @@ def trained(registry, tiny, tmp_path):  # type: ignore[no-untyped-def]
 def _train(registry, tiny, tmp_path):  # type: ignore[no-untyped-def]
     registry.register(tiny["tone"], name="reply", base_path=tiny["llama"])
     registry.register(tiny["tone2"], name="clause")
-    replies = _jsonl(tmp_path / "replies.jsonl", [
-        {"prompt": f"Customer {i}: where is my order?", "completion": " It ships tomorrow, thank you."}
-        for i in range(24)])
-    clauses = _jsonl(tmp_path / "clauses.jsonl", [
-        {"prompt": f"Clause {i}:", "completion": " this agreement is governed by the laws of Oregon."}
-        for i in range(24)])
+    replies, clauses = _task_files(tmp_path)
     for ref, data, name in (("reply:1", replies, "reply"), ("clause:1", clauses, "clause")):
         job = registry.train(ref, data=data, steps=25, lr=1e-2, batch_size=8, eval_rows=6, seed=0, name=name)
         assert job.status == "succeeded", job.error
@@ -160,12 +166,7 @@ def test_the_merge_job_page_shows_retention_per_parent(registry, tiny, tmp_path)
 
 
 def test_cli_merge_prints_retention_per_parent(adreg, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    replies = _jsonl(tmp_path / "replies.jsonl", [
-        {"prompt": f"Customer {i}: where is my order?", "completion": " It ships tomorrow, thank you."}
-        for i in range(24)])
-    clauses = _jsonl(tmp_path / "clauses.jsonl", [
-        {"prompt": f"Clause {i}:", "completion": " this agreement is governed by the laws of Oregon."}
-        for i in range(24)])
+    replies, clauses = _task_files(tmp_path)
     adreg("register", str(tiny["tone"]), "--name", "reply", "--base-path", str(tiny["llama"]))
     adreg("register", str(tiny["tone2"]), "--name", "clause")
     for name, data in (("reply", replies), ("clause", clauses)):
