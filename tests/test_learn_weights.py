@@ -216,8 +216,11 @@ def test_remote_merge_learns_weights_through_a_server(server, tiny, tmp_path) ->
         reg.register_dataset(_jsonl(tmp_path / "rev.jsonl", _task_rows("rev", 6)), name="rev")
         reg.link_dataset("tone:1", "rev")
         reg.link_dataset("tone2:1", "rev")
+        with pytest.raises(RegistryError, match="unknown learn objective 'best'"):  # the server reads the field
+            reg.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True, learn_objective="best")
         job = reg.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True, learn_examples=4,
                         learn_budget=2).wait(timeout=120)
+        assert job.spec["learn"]["objective"] == "mean" and job.report["learned_weights"]["objective"] == "mean"
         assert job.status == "succeeded", job.error
         learned = job.report["learned_weights"]
         assert len(learned["trace"]) == 3 and job.spec["learn"]["examples"] == 4
