@@ -17,13 +17,17 @@ Learned weights (weighting ``learned``, issue 17 item 4): ``workers.learn_weight
 mixture coefficients of the exact weighted sum, from 1/n each, LoraHub-style objective: the mean answer-token loss
 over the tasks plus ``0.05 * sum |w|``) on ``--learn-examples`` fresh examples per task, drawn apart from the
 held-out sets the retention is measured on; then ``cat`` (exact) and ``svd`` merge at the learned weights. Their
-``merge s`` and peak RSS include the search.
+``merge s`` and peak RSS include the search. Weighting ``learned-worst``: the same search with the ``worst``
+objective (a tau-log-sum-exp of the tasks' normalised losses ``(L_i - P_i) / (B_i - P_i)`` on the search's own
+examples, ``--learn-tau``, default ``workers.learn_weights.TAU``), aimed at the worst-off task; ``learned-worst@T``
+runs it at tau ``T`` (a sweep: ``--weights learned-worst@5,learned-worst@20,learned-worst@50``).
 
     python benchmarks/merge_quality.py                      # 4 tasks, 3 seeds (a few minutes on 2 cores)
     python benchmarks/merge_quality.py --seeds 1 --steps 100
     python benchmarks/merge_quality.py --quick              # 2 tasks, 1 seed, few steps: a smoke run
     python benchmarks/merge_quality.py --json out.json      # also write every number
     python benchmarks/merge_quality.py --weights mean,sum   # without the learned weights
+    python benchmarks/merge_quality.py --methods cat --weights learned,learned-worst@5,learned-worst@50  # tau sweep
 """
 
 from __future__ import annotations
@@ -183,11 +187,25 @@ class MethodResult:
     refused: str | None = None
 
 
+def learned_kind(weighting: str, tau: float) -> tuple[str, float] | None:
+    """``(objective, tau)`` of a learned weighting (``learned``: mean; ``learned-worst``: worst at ``tau``;
+    ``learned-worst@T``: worst at ``T``), None for a fixed one."""
+    if weighting == "learned":
+        return "mean", tau
+    if weighting == "learned-worst":
+        return "worst", tau
+    if weighting.startswith("learned-worst@"):
+        return "worst", float(weighting.split("@", 1)[1])
+    return None
+
+
 def learn_weights(base: Any, folders: list[Path], tasks: list[Task], held_prompts: dict[str, set[tuple[int, ...]]],
-                  examples: int, budget: int, seed: int) -> dict[str, Any]:
-    """``workers.learn_weights.fit_weights`` on the four adapters loaded together on ``base``, fitted on
-    ``examples`` fresh examples per task (none of them in the held-out sets), from 1/n each; with ``seconds``."""
-    from workers.learn_weights import fit_weights, load_parents
+                  examples: int, budget: int, seed: int, kind: str = "mean", tau: float | None = None
+                  ) -> dict[str, Any]:
+    """``workers.learn_weights.fit_weights`` (objective ``kind``) on the four adapters loaded together on ``base``,
+    fitted on ``examples`` fresh examples per task (none of them in the held-out sets), from 1/n each; with
+    ``seconds``. The examples depend on ``seed`` only: every objective searches on the same ones."""
+    from workers.learn_weights import TAU, fit_weights, load_parents
 
     start = time.perf_counter()
     rng = random.Random(10_000 + seed)
@@ -201,7 +219,7 @@ def learn_weights(base: Any, folders: list[Path], tasks: list[Task], held_prompt
         batches.append([batch(drawn[j:j + 8]) for j in range(0, len(drawn), 8)])
     model, names = load_parents(copy.deepcopy(base), folders)
     result = fit_weights(model, names, batches, initial=[1.0 / len(folders)] * len(folders), budget=budget,
-                         l1=LEARN["l1"], lr=LEARN["lr"], seed=seed)
+                         l1=LEARN["l1"], lr=LEARN["lr"], seed=seed, kind=kind, tau=TAU if tau is None else tau)
     result["seconds"] = time.perf_counter() - start
     return result
 
@@ -240,11 +258,12 @@ def merge_one(sources: list[Path], weights: list[float], method: str, out: Path)
 def run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank: int, batch_size: int,
         held_out_size: int, weightings: list[str], methods: list[str] | None = None, lr: float = TRAIN_LR,
         log: Callable[[str], None] = print, learn_examples: int = 32,
-        learn_budget: int = LEARN["budget"]) -> dict[str, Any]:
+        learn_budget: int = LEARN["budget"], learn_tau: float | None = None) -> dict[str, Any]:
     """The whole benchmark; returns every number (``rows``: one per method and weighting)."""
     import torch
 
     from registry.merge_rules import METHODS
+    from workers.learn_weights import TAU
     from workers.quiet import quiet_loading
 
     threads = torch.get_num_threads()
@@ -252,21 +271,23 @@ def run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank: 
     try:
         with quiet_loading():
             return _run(tasks, seeds, steps, base_steps, rank, batch_size, held_out_size, weightings,
-                        methods or list(METHODS), lr, log, learn_examples, learn_budget)
+                        methods or list(METHODS), lr, log, learn_examples, learn_budget,
+                        TAU if learn_tau is None else learn_tau)
     finally:
         torch.set_num_threads(threads)
 
 
 def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank: int, batch_size: int,
          held_out_size: int, weightings: list[str], methods: list[str], lr: float,
-         log: Callable[[str], None], learn_examples: int, learn_budget: int) -> dict[str, Any]:
+         log: Callable[[str], None], learn_examples: int, learn_budget: int, learn_tau: float) -> dict[str, Any]:
     from peft import PeftModel
 
     from registry.errors import RegistryError
     from registry.merge_rules import METHODS, check_params
 
-    results: dict[tuple[str, str], MethodResult] = {(m, w): MethodResult() for m in methods for w in weightings
-                                                    if w != "learned" or m in LEARNED_METHODS}
+    results: dict[tuple[str, str], MethodResult] = {
+        (m, w): MethodResult() for m in methods for w in weightings
+        if learned_kind(w, learn_tau) is None or m in LEARNED_METHODS}
     parents: list[dict[str, Any]] = []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="merge-quality-") as tmp:
@@ -300,21 +321,40 @@ def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank:
             log(f"seed {seed}: each parent alone, retention on every task: "
                 + "; ".join(f"{p}: " + " ".join(f"{r:.2f}" if r is not None else "-" for r in row.values())
                             for p, row in alone.items()))
-            learned = None
-            if any(w == "learned" for _m, w in results):
+            searches: dict[str, dict[str, Any]] = {}  # learned weighting -> the search's result
+            refusals: dict[str, str] = {}
+            for weighting in dict.fromkeys(w for _m, w in results):
+                how = learned_kind(weighting, learn_tau)
+                if how is None:
+                    continue
                 before = _peak_reset()
-                learned = learn_weights(base, folders, tasks, held_prompts, learn_examples, learn_budget, seed)
-                learned["peak_mb"] = _status_mb("VmHWM") - before if before is not None else None
-                log(f"seed {seed}: learned weights "
-                    + " ".join(f"{t.name} {w:.3f}" for t, w in zip(tasks, learned["weights"], strict=True))
-                    + f" (objective {learned['objective_initial']:.3f} -> {learned['objective_final']:.3f}, "
-                      f"{learned['seconds']:.1f} s)")
+                try:
+                    found = learn_weights(base, folders, tasks, held_prompts, learn_examples, learn_budget, seed,
+                                          kind=how[0], tau=how[1])
+                except RegistryError as exc:  # e.g. the worst objective with no task the parents learned
+                    refusals[weighting] = str(exc)
+                    continue
+                found["peak_mb"] = _status_mb("VmHWM") - before if before is not None else None
+                searches[weighting] = found
+                norm = found["normalised_final"]
+                log(f"seed {seed}: {weighting} weights "
+                    + " ".join(f"{t.name} {w:.3f}" for t, w in zip(tasks, found["weights"], strict=True))
+                    + f" (objective {found['objective_initial']:.3f} -> {found['objective_final']:.3f}, "
+                      f"{found['seconds']:.1f} s; normalised loss on the search's examples "
+                    + " ".join("-" if v is None else f"{v:.2f}" for v in norm) + ")")
+            summaries = {w: {k: found.get(k) for k in ("objective", "tau", "weights", "objective_initial",
+                                                       "objective_final", "best_step", "seconds", "reference",
+                                                       "normalised_initial", "normalised_final")}
+                         for w, found in searches.items()}
             parents.append({"seed": seed, "loss": parent_loss, "alone": alone,
-                            "learned": {k: learned[k] for k in ("weights", "objective_initial", "objective_final",
-                                                                "best_step", "seconds")} if learned else None})
+                            "learned": summaries.get("learned"), "searches": summaries})
             for (method, weighting), res in results.items():
                 if res.refused:
                     continue
+                if weighting in refusals:
+                    res.refused = refusals[weighting]
+                    continue
+                learned = searches.get(weighting)
                 weights = ([1.0 / len(tasks)] * len(tasks) if weighting == "mean" else [1.0] * len(tasks)
                            if weighting == "sum" else list(learned["weights"]) if learned else [])
                 out = root / f"seed{seed}" / "merged" / f"{method}-{weighting}"
@@ -332,7 +372,7 @@ def _run(tasks: list[Task], seeds: list[int], steps: int, base_steps: int, rank:
                 res.retentions.append([
                     retention(base_loss[t.name], parent_loss[t.name], answer_loss(merged, data[t.name]))
                     for t in tasks])
-                if weighting == "learned" and learned is not None:  # the search is part of this merge's cost
+                if learned is not None:  # the search is part of this merge's cost
                     seconds += learned["seconds"]
                     peak = max(peak, learned["peak_mb"]) if peak is not None and learned["peak_mb"] is not None \
                         else peak
@@ -359,7 +399,8 @@ def _row(method: str, weighting: str, res: MethodResult, tasks: list[Task]) -> d
     mins = [s["min"] for s in per_seed if s["min"] is not None]
     per_task = {t.name: _spread([r[i] for r in res.retentions if r[i] is not None]) for i, t in enumerate(tasks)}
     mean, low = _spread(means), _spread(mins)  # type: ignore[arg-type]
-    return {"method": method, "weighting": weighting, "peft": method in PEFT_METHODS and weighting != "learned",
+    return {"method": method, "weighting": weighting,
+            "peft": method in PEFT_METHODS and not weighting.startswith("learned"),
             "refused": res.refused,
             "mean": mean["mean"] if mean else None, "mean_spread": mean["spread"] if mean else None,
             "min": low["mean"] if low else None, "min_spread": low["spread"] if low else None,
@@ -411,14 +452,18 @@ def verdict(result: dict[str, Any]) -> str:
         f"{top_min['method']} ({top_min['weighting']}) {top_min['min']:.3f} "
         f"({'beats' if top_min['min'] > best_min['min'] else 'does not beat'} PEFT's best)",
     ]
-    learned = [r for r in others if r["weighting"] == "learned"]
-    if learned:
+    for weighting in dict.fromkeys(r["weighting"] for r in others if r["weighting"].startswith("learned")):
+        learned = [r for r in others if r["weighting"] == weighting]
         top, low = max(learned, key=lambda r: r["mean"]), max(learned, key=lambda r: r["min"])
+        label = "learned weights" if weighting == "learned" else f"{weighting} weights"
         lines.append(
-            f"learned weights: best mean {top['method']} {top['mean']:.3f} "
+            f"{label}: best mean {top['method']} {top['mean']:.3f} "
             f"({'beats' if top['mean'] > best_mean['mean'] else 'does not beat'} PEFT's best); best minimum "
             f"{low['method']} {low['min']:.3f} ({'beats' if low['min'] > best_min['min'] else 'does not beat'} "
             "PEFT's best)")
+    both = [r for r in others if r["mean"] > best_mean["mean"] and r["min"] > best_min["min"]]
+    lines.append("beats PEFT's best on both mean and minimum: " + (", ".join(
+        f"{r['method']} ({r['weighting']}) {r['mean']:.3f} / {r['min']:.3f}" for r in both) if both else "no row"))
     return "\n".join(lines)
 
 
@@ -433,12 +478,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--held-out", type=int, default=128, help="held-out examples per task")
     parser.add_argument("--tasks", default=",".join(t.name for t in TASKS))
     parser.add_argument("--methods", default="", help="comma-separated (default: every method of METHODS)")
-    parser.add_argument("--weights", default="mean,sum,learned",
-                        help="mean (1/n each), sum (1 each), learned (workers.learn_weights, cat and svd); "
-                             "comma-separated, default all three")
+    parser.add_argument("--weights", default="mean,sum,learned,learned-worst",
+                        help="mean (1/n each), sum (1 each), learned (workers.learn_weights, mean objective, cat "
+                             "and svd), learned-worst (the worst objective), learned-worst@T (at tau T); "
+                             "comma-separated, default mean,sum,learned,learned-worst")
     parser.add_argument("--learn-examples", type=int, default=32,
                         help="examples per task the learned weights are fitted on (apart from the held-out sets)")
     parser.add_argument("--learn-budget", type=int, default=LEARN["budget"], help="the weight search's Adam steps")
+    parser.add_argument("--learn-tau", type=float, default=None,
+                        help="tau of learned-worst (default workers.learn_weights.TAU)")
     parser.add_argument("--quick", action="store_true", help="2 tasks, 1 seed, 30 steps: a smoke run")
     parser.add_argument("--json", type=Path, help="write every number to this file")
     args = parser.parse_args(argv)
@@ -456,11 +504,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if set(methods) - set(METHODS):
         parser.error(f"unknown method(s) {', '.join(sorted(set(methods) - set(METHODS)))}")
     weightings = args.weights.split(",")
-    if not set(weightings) <= {"mean", "sum", "learned"}:
-        parser.error("--weights takes mean, sum, learned or a comma-separated list of them")
+    def known(w: str) -> bool:
+        if w in ("mean", "sum", "learned", "learned-worst"):
+            return True
+        try:
+            return w.startswith("learned-worst@") and float(w.split("@", 1)[1]) > 0
+        except ValueError:
+            return False
+
+    if not all(known(w) for w in weightings):
+        parser.error("--weights takes mean, sum, learned, learned-worst, learned-worst@T (T > 0) or a "
+                     "comma-separated list of them")
     result = run([by_name[n] for n in names], list(range(args.seeds)), args.steps, args.base_steps, args.rank,
                  args.batch, args.held_out, weightings, methods or None, args.lr,
-                 learn_examples=args.learn_examples, learn_budget=args.learn_budget)
+                 learn_examples=args.learn_examples, learn_budget=args.learn_budget, learn_tau=args.learn_tau)
     print()
     print(table(result))
     print()

@@ -494,7 +494,13 @@ def _render_job(job: Any) -> None:
                      + f"  (from {' '.join(f'{w:.4g}' for w in learned.get('initial') or [])})"])
         rows.append(["objective", f"{learned['objective_initial']:.4f} {sparkline(objectives)} "
                      f"{learned['objective_final']:.4f}  ({learned.get('budget')} steps, "
-                     f"{learned.get('examples')} rows per source, seed {learned.get('seed')})"])
+                     f"{learned.get('examples')} rows per source, seed {learned.get('seed')}, "
+                     f"{learned.get('objective') or 'mean'})"])
+        start, end = learned.get("normalised_initial"), learned.get("normalised_final")
+        if isinstance(start, list) and isinstance(end, list):
+            rows.append(["normalised loss", " ".join("-" if v is None else f"{v:.3g}" for v in start) + " -> "
+                         + " ".join("-" if v is None else f"{v:.3g}" for v in end)
+                         + "  ((L - P) / (B - P) per source: 0 its own loss, 1 the base's)"])
     curve = job.report.get("loss_curve") if isinstance(job.report, dict) else None
     if curve:
         rows.append(["loss", f"{curve[0][1]:.4f} {sparkline([v for _, v in curve])} {curve[-1][1]:.4f}"
@@ -672,6 +678,10 @@ def merge(
                                        "docs/merge.md, Learned weights)."),
     examples: int = typer.Option(32, "--examples", help="With --learn-weights: held-out rows per source."),
     budget: int = typer.Option(40, "--budget", help="With --learn-weights: optimiser steps."),
+    objective: str = typer.Option(
+        "mean", "--objective", help="With --learn-weights: what the search minimises: mean (the mean held-out loss, "
+                                    "LoraHub's) or worst (a smooth maximum of the normalised losses: the worst-off "
+                                    "source first)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the job (catalog mode)."),
     idempotency_key: str | None = IDEMPOTENCY,
     json_output: bool = JSON,
@@ -685,6 +695,8 @@ def merge(
     if learn_weights and out is not None:
         raise RegistryError("--learn-weights needs catalog versions and --name (their held-out data is in the "
                             "catalog), not --out")
+    if objective != "mean" and not learn_weights:
+        raise RegistryError("--objective chooses what --learn-weights minimises: give --learn-weights too")
     if weights is None and not learn_weights:
         raise RegistryError("give --weights (one per source), or --learn-weights to learn them")
     weight_list = _floats(weights) if weights is not None else None
@@ -695,7 +707,8 @@ def merge(
     if out is not None:
         return _merge_folders(sources, weight_list or [], method, out, dtype, params,
                               allow_cross_base=allow_cross_base)
-    learn = dict(learn_weights=True, learn_examples=examples, learn_budget=budget) if learn_weights else {}
+    learn = dict(learn_weights=True, learn_examples=examples, learn_budget=budget,
+                 learn_objective=objective) if learn_weights else {}
     job = _registry().merge(sources, weights=weight_list, method=method, name=name, dtype=dtype,
                             tags=_tags(tag), allow_cross_base=allow_cross_base, validate=validate,
                             publish_to=_registry().publish_target(publish, base_model_id=base_model_id)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 from sqlalchemy import select, update
@@ -128,10 +128,16 @@ class ParentEval(BaseModel):
     datasets: list[EvalData] = Field(min_length=1, max_length=16)
 
 
+LearnObjective = Literal["mean", "worst"]  # what the weight search minimises (workers.learn_weights)
+LEARN_OBJECTIVES: tuple[str, ...] = get_args(LearnObjective)
+
+
 class LearnWeights(BaseModel):
     """Learn a merge's weights first (LoraHub-style, ``workers.learn_weights``): Adam for ``budget`` steps on the
     mixture coefficients, minimising the mean loss on ``examples`` rows of each parent's held-out data plus
-    ``l1 * sum |w|``; the merge's ``weights`` are the starting point; ``seed`` draws the rows."""
+    ``l1 * sum |w|`` (``objective`` ``mean``, LoraHub's), or the smooth maximum of the parents' normalised losses
+    plus the same term (``worst``: aimed at the worst-off parent); the merge's ``weights`` are the starting point;
+    ``seed`` draws the rows."""
 
     examples: int = Field(default=32, ge=1, le=4096)  # rows per parent
     budget: int = Field(default=40, ge=1, le=2000)  # optimiser steps
@@ -139,6 +145,7 @@ class LearnWeights(BaseModel):
     l1: float = Field(default=0.05, ge=0, allow_inf_nan=False)
     lr: float = Field(default=0.05, gt=0, le=10, allow_inf_nan=False)
     max_length: int = Field(default=256, ge=8, le=8192)
+    objective: LearnObjective = "mean"
 
 
 class MergeSpec(BaseModel):

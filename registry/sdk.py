@@ -218,6 +218,7 @@ class Registry:
         learn_weights: bool = False,
         learn_examples: int = 32,
         learn_budget: int = 40,
+        learn_objective: str = "mean",
     ) -> jobs.Job:
         """Merge catalog versions into a new version of ``name``; returns the job.
 
@@ -231,7 +232,9 @@ class Registry:
         ``learn_weights`` learns the weights first (LoraHub-style, docs/merge.md "Learned weights"):
         ``learn_budget`` Adam steps on the mixture coefficients, minimising the mean loss on ``learn_examples``
         rows of each source's held-out data plus an L1 term, from ``weights`` (default 1/n each), the rows drawn
-        with ``seed`` (default 0). The learned weights are merged by ``method`` and recorded on the lineage
+        with ``seed`` (default 0). ``learn_objective="worst"`` minimises instead a smooth maximum of the sources'
+        normalised losses ``(L_i - P_i) / (B_i - P_i)`` (B_i the base's, P_i source i's alone): the worst-off
+        source first. The learned weights are merged by ``method`` and recorded on the lineage
         edges; the job's ``report["learned_weights"]`` has the search's trace. Every source needs held-out data.
 
         Every static check runs first, on stored metadata only, and reports every problem at once
@@ -244,7 +247,8 @@ class Registry:
             knots_inner=knots_inner, core_inner=core_inner,
             dtype=dtype, tags=tags, description=description, allow_cross_base=allow_cross_base,
             validate=validate, publish_to=publish_to, idempotency_key=idempotency_key, run_id=run_id,
-            learn_weights=learn_weights, learn_examples=learn_examples, learn_budget=learn_budget))
+            learn_weights=learn_weights, learn_examples=learn_examples, learn_budget=learn_budget,
+            learn_objective=learn_objective))
 
     def validate(self, ref: str, *, idempotency_key: str | None = None, run_id: int | None = None) -> jobs.Job:
         """Queue a runtime validation of a version against its base model's real weights (for a merge whose parents

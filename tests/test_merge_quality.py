@@ -46,10 +46,17 @@ def test_quick_mode_runs_end_to_end(capsys: pytest.CaptureFixture[str], monkeypa
     out = capsys.readouterr().out
     assert result["tasks"] == ["reverse", "upper"] and result["seeds"] == [0]
     rows = {(r["method"], r["weighting"]): r for r in result["rows"]}
-    assert set(rows) == {("cat", "mean"), ("cat", "sum"), ("iso_c", "mean"), ("iso_c", "sum"), ("cat", "learned")}
+    assert set(rows) == {("cat", "mean"), ("cat", "sum"), ("iso_c", "mean"), ("iso_c", "sum"), ("cat", "learned"),
+                         ("cat", "learned-worst")}
     assert not rows[("cat", "learned")]["peft"]  # learned weights are beyond PEFT's eleven
+    assert not rows[("cat", "learned-worst")]["peft"]
     learned = result["parents"][0]["learned"]  # workers.learn_weights on the benchmark's adapters
     assert len(learned["weights"]) == 2 and learned["objective_final"] <= learned["objective_initial"]
+    worst = result["parents"][0]["searches"]["learned-worst"]  # the worst objective, on the same examples
+    assert worst["objective"] == "worst" and worst["tau"] == 20.0
+    assert worst["objective_final"] <= worst["objective_initial"] and worst["weights"] != learned["weights"]
+    assert all(r["included"] for r in worst["reference"])  # both parents learned their task
+    assert max(worst["normalised_final"]) <= max(worst["normalised_initial"])
     for row in rows.values():
         assert row["refused"] is None
         assert math.isfinite(row["mean"]) and row["min"] <= row["mean"]
@@ -58,3 +65,5 @@ def test_quick_mode_runs_end_to_end(capsys: pytest.CaptureFixture[str], monkeypa
     assert set(alone) == {"reverse", "upper"} and all(alone[t][t] in (None, pytest.approx(1.0)) for t in alone)
     assert "| `cat` |" in out and "| `iso_c` * |" in out and "best of PEFT's eleven" in out
     assert "| `cat` * | learned |" in out and "learned weights: best mean cat" in out
+    assert "| `cat` * | learned-worst |" in out and "learned-worst weights: best mean cat" in out
+    assert "beats PEFT's best on both mean and minimum:" in out

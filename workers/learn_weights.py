@@ -13,6 +13,19 @@ with ``L_i`` the mean next-token cross-entropy over the labelled tokens (the ans
 rows) of ``examples`` rows sampled, seeded, from parent ``i``'s held-out data. Adam takes ``budget`` steps on
 ``w``; the weights with the lowest objective seen (the last step's included) are the result. The same data, seed
 and inputs give the same weights, bit for bit on one device.
+
+The ``worst`` objective aims at the worst-off parent instead of the average. Before the search, on the same rows,
+each parent's loss is measured twice: ``B_i`` on the bare base (adapters disabled, PEFT's ``disable_adapter``) and
+``P_i`` with parent ``i`` alone (the mixture one-hot). Its normalised loss ``n_i(w) = (L_i(w) - P_i) / (B_i - P_i)``
+is 0 at the parent's own loss and 1 at the base's (an estimate of ``1 - retention_i``), and the search minimises a
+smooth maximum of them, the tau-log-sum-exp
+
+    J(w) = (1/tau) * log(sum_i exp(tau * n_i(w))) + l1 * sum_i |w_i|        (tau = TAU = 20)
+
+over the parents with ``B_i > P_i`` (a parent that learned nothing on its rows has no scale to normalise by and is
+left out of the maximum; it still takes part in the mixture). ``max_i n_i <= LSE <= max_i n_i + log(k)/tau``.
+Its gradient is ``sum_i softmax(tau n)_i / (B_i - P_i) * dL_i/dw``: each parent's ``dL_i/dw`` (a vector of ``len(w)``
+numbers) is taken in the same single pass over its batches, so a step still costs one forward and backward pass.
 """
 
 from __future__ import annotations
@@ -25,12 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import RegistryError
-from registry.jobs import MergeSpec
+from registry.jobs import LEARN_OBJECTIVES, MergeSpec
 from workers.context import JobContext
 from workers.host import JobHost
 
 OPTIMIZER = "adam on the exact weighted sum"
 BATCH_SIZE = 8
+# The worst objective's temperature: the smooth maximum is within log(k)/TAU of the true one (0.035 for 2 parents,
+# 0.069 for 4) and its softmax still gives a parent 1/e of the worst one's share 0.05 below it in normalised loss.
+# benchmarks/merge_quality.py tried 5, 20 and 50 (docs/merge.md "Which merge keeps the most").
+TAU = 20.0
 
 
 def load_parents(model: Any, folders: Sequence[str | Path]) -> tuple[Any, list[str]]:
@@ -107,21 +124,128 @@ def objective(model: Any, layers: Sequence[Any], names: Sequence[str], w: Any,
     return sum(losses) / len(losses) + float(penalty.detach()), losses
 
 
-def fit_weights(model: Any, names: Sequence[str], batches: Sequence[Sequence[dict[str, Any]]], *,
-                initial: Sequence[float], budget: int, l1: float, lr: float, seed: int = 0, dev: str = "cpu",
-                on_step: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Adam on the mixture coefficients of ``model`` (adapters ``names`` all active, see :func:`load_parents`),
-    minimising ``mean_i L_i + l1 * sum |w|`` on ``batches[i]`` (parent ``i``'s), from ``initial``, ``budget``
-    steps. Returns ``initial``, ``weights`` (the lowest objective seen), ``objective_initial``,
-    ``objective_final`` (at ``weights``), ``best_step``, ``losses_initial`` / ``losses_final`` (each parent's
-    ``L_i``) and the ``trace`` (per step: the weights and the objective there, before the step).
-    ``on_step(k, budget)`` runs before each step (progress, cancellation)."""
+def parent_losses(model: Any, layers: Sequence[Any], names: Sequence[str],
+                  batches: Sequence[Sequence[dict[str, Any]]], dev: str, weights: Sequence[float]) -> list[float]:
+    """Each parent's ``L_i`` on its own batches at the plain (float) mixture ``weights``, no gradient."""
     import torch
 
+    out = []
+    with torch.no_grad():
+        set_mixture(layers, names, [float(x) for x in weights])
+        for parent_batches in batches:
+            sums = [answer_loss_sum(model, b, dev) for b in parent_batches]
+            tokens = sum(n for _, n in sums)
+            if tokens == 0:
+                raise RegistryError("a parent's sampled rows have no labelled token (rows too short, or no "
+                                    "completion within max_length)")
+            out.append(sum(float(x) for x, _ in sums) / tokens)
+    return out
+
+
+def references(model: Any, layers: Sequence[Any], names: Sequence[str], batches: Sequence[Sequence[dict[str, Any]]],
+               dev: str) -> list[dict[str, Any]]:
+    """Per parent ``i``, on its own batches: ``base`` (``B_i``, every adapter disabled), ``parent`` (``P_i``, adapter
+    ``i`` alone at scale 1: the mixture one-hot) and whether it is ``included`` in the worst objective
+    (``B_i > P_i``: it learned something there)."""
+    import torch
+
+    with model.disable_adapter(), torch.no_grad():
+        bare = parent_losses(model, layers, names, batches, dev, [1.0] * len(names))
+    alone = []
+    for i in range(len(names)):
+        one_hot = [1.0 if j == i else 0.0 for j in range(len(names))]
+        alone.append(parent_losses(model, layers, names, [batches[i]], dev, one_hot)[0])
+    set_mixture(layers, names, [1.0] * len(names))
+    return [{"base": b, "parent": p, "included": b > p} for b, p in zip(bare, alone, strict=True)]
+
+
+def normalised(losses: Sequence[float], refs: Sequence[dict[str, Any]]) -> list[float | None]:
+    """``n_i = (L_i - P_i) / (B_i - P_i)`` per parent; None for a parent left out (``B_i <= P_i``)."""
+    return [(loss - r["parent"]) / (r["base"] - r["parent"]) if r["included"] else None
+            for loss, r in zip(losses, refs, strict=True)]
+
+
+def smooth_max(values: Sequence[float], tau: float = TAU) -> float:
+    """``(1/tau) * log(sum_i exp(tau * v_i))``, computed stably."""
+    top = max(values)
+    return top + math.log(sum(math.exp(tau * (v - top)) for v in values)) / tau
+
+
+def worst_objective(model: Any, layers: Sequence[Any], names: Sequence[str], w: Any,
+                    batches: Sequence[Sequence[dict[str, Any]]], refs: Sequence[dict[str, Any]], l1: float, dev: str,
+                    *, grad: bool, tau: float = TAU) -> tuple[float, list[float]]:
+    """``J(w) = LSE_tau(n_i) + l1 * sum |w|`` over the included parents, and each parent's loss ``L_i``; with
+    ``grad`` its gradient is written to ``w.grad`` (one forward and backward pass per batch, each parent's
+    ``dL_i/dw`` kept, then combined by the softmax weights)."""
+    import torch
+
+    included = [i for i, r in enumerate(refs) if r["included"]]
+    if not included:
+        raise RegistryError("no parent does better than the base on its own sampled rows (B_i <= P_i for every "
+                            "one), so the worst objective has nothing to normalise: use the mean objective, or check "
+                            "the parents and their held-out data")
+    losses: list[float] = []
+    grads: list[Any] = []
+    for parent_batches in batches:
+        tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in parent_batches)
+        if tokens == 0:
+            raise RegistryError("a parent's sampled rows have no labelled token (rows too short, or no completion "
+                                "within max_length)")
+        total, g = 0.0, torch.zeros_like(w.detach())
+        for batch in parent_batches:
+            with torch.set_grad_enabled(grad):
+                set_mixture(layers, names, w)
+                loss, _count = answer_loss_sum(model, batch, dev)
+                if grad:
+                    g += torch.autograd.grad(loss / tokens, w)[0]
+            total += float(loss.detach())
+        losses.append(total / tokens)
+        grads.append(g)
+    norm = normalised(losses, refs)
+    kept = [float(norm[i]) for i in included]  # type: ignore[arg-type]
+    value = smooth_max(kept, tau)
+    with torch.set_grad_enabled(grad):
+        penalty = l1 * w.abs().sum()
+    if grad:
+        share = torch.softmax(torch.tensor(kept, dtype=torch.float64) * tau, dim=0).tolist()
+        total_grad = torch.zeros_like(w.detach())
+        for s, i in zip(share, included, strict=True):
+            total_grad += grads[i] * (s / (refs[i]["base"] - refs[i]["parent"]))
+        w.grad = total_grad if w.grad is None else w.grad + total_grad
+        if l1:
+            penalty.backward()
+    return value + float(penalty.detach()), losses
+
+
+def fit_weights(model: Any, names: Sequence[str], batches: Sequence[Sequence[dict[str, Any]]], *,
+                initial: Sequence[float], budget: int, l1: float, lr: float, seed: int = 0, dev: str = "cpu",
+                on_step: Callable[[int, int], None] | None = None, kind: str = "mean",
+                tau: float = TAU) -> dict[str, Any]:
+    """Adam on the mixture coefficients of ``model`` (adapters ``names`` all active, see :func:`load_parents`),
+    minimising ``kind``'s objective on ``batches[i]`` (parent ``i``'s), from ``initial``, ``budget`` steps:
+    ``mean`` is ``mean_i L_i + l1 * sum |w|`` (LoraHub's), ``worst`` the tau-log-sum-exp of the normalised losses
+    plus the same L1 term (:func:`worst_objective`). Returns ``objective`` (``kind``), ``initial``, ``weights``
+    (the lowest objective seen), ``objective_initial``, ``objective_final`` (at ``weights``), ``best_step``,
+    ``losses_initial`` / ``losses_final`` (each parent's ``L_i``), ``reference`` (per parent ``base`` ``B_i``,
+    ``parent`` ``P_i``, ``included``: measured for either objective), ``normalised_initial`` /
+    ``normalised_final`` (each parent's ``n_i``, None when left out), ``tau`` (worst only) and the ``trace`` (per
+    step: the weights and the objective there, before the step). ``on_step(k, budget)`` runs before each step
+    (progress, cancellation)."""
+    import torch
+
+    if kind not in LEARN_OBJECTIVES:
+        raise RegistryError(f"unknown objective {kind!r}: choose from {', '.join(LEARN_OBJECTIVES)}")
     if len(batches) != len(names) or len(initial) != len(names):
         raise RegistryError(f"{len(names)} adapter(s), {len(batches)} data set(s), {len(initial)} initial weight(s)")
-    torch.manual_seed(seed)
     layers = lora_layers(model)
+    refs = references(model, layers, names, batches, dev)
+
+    def evaluate(at: Any, *, grad: bool) -> tuple[float, list[float]]:
+        if kind == "worst":
+            return worst_objective(model, layers, names, at, batches, refs, l1, dev, grad=grad, tau=tau)
+        return objective(model, layers, names, at, batches, l1, dev, grad=grad)
+
+    torch.manual_seed(seed)
     w = torch.tensor([float(x) for x in initial], dtype=torch.float32, device=dev, requires_grad=True)
     optimizer = torch.optim.Adam([w], lr=lr)
     trace: list[dict[str, Any]] = []
@@ -130,7 +254,7 @@ def fit_weights(model: Any, names: Sequence[str], batches: Sequence[Sequence[dic
         if on_step is not None:
             on_step(step, budget)
         optimizer.zero_grad(set_to_none=True)
-        value, losses = objective(model, layers, names, w, batches, l1, dev, grad=True)
+        value, losses = evaluate(w, grad=True)
         if not math.isfinite(value):
             raise RegistryError(f"the weight search's objective is {value} at step {step} (weights "
                                 f"{w.detach().cpu().tolist()}): lower the learning rate or check the data")
@@ -139,7 +263,7 @@ def fit_weights(model: Any, names: Sequence[str], batches: Sequence[Sequence[dic
         trace.append({"step": step, "weights": w.detach().cpu().tolist(), "objective": value})
         optimizer.step()
     final = w.detach().cpu().tolist()
-    value, losses = objective(model, layers, names, w.detach(), batches, l1, dev, grad=False)
+    value, losses = evaluate(w.detach(), grad=False)
     if not trace:
         start_losses = losses
     trace.append({"step": budget, "weights": final, "objective": value})
@@ -147,12 +271,13 @@ def fit_weights(model: Any, names: Sequence[str], batches: Sequence[Sequence[dic
     set_mixture(layers, names, [1.0] * len(names))  # leave the model with plain (float) scales
     best_losses = losses if best["step"] == budget else None
     if best_losses is None:
-        _v, best_losses = objective(model, layers, names,
-                                    torch.tensor(best["weights"], device=dev), batches, l1, dev, grad=False)
+        _v, best_losses = evaluate(torch.tensor(best["weights"], device=dev), grad=False)
         set_mixture(layers, names, [1.0] * len(names))
-    return {"initial": [float(x) for x in initial], "weights": list(best["weights"]),
+    return {"objective": kind, "initial": [float(x) for x in initial], "weights": list(best["weights"]),
             "objective_initial": trace[0]["objective"], "objective_final": best["objective"],
             "best_step": best["step"], "losses_initial": start_losses, "losses_final": best_losses,
+            "reference": refs, "normalised_initial": normalised(start_losses, refs),
+            "normalised_final": normalised(best_losses, refs), **({"tau": tau} if kind == "worst" else {}),
             "budget": budget, "l1": l1, "lr": lr, "seed": seed, "optimizer": OPTIMIZER, "trace": trace}
 
 
@@ -216,7 +341,7 @@ def learn_for_merge(host: JobHost, ctx: JobContext, spec: MergeSpec, base: Any, 
         ctx.progress(lo + (hi - lo) * k / max(n, 1), f"learning weights: step {k + 1}/{n}")
 
     result = fit_weights(peft_model, names, batches, initial=spec.weights, budget=learn.budget, l1=learn.l1,
-                         lr=learn.lr, seed=learn.seed, dev=dev, on_step=on_step)
+                         lr=learn.lr, seed=learn.seed, dev=dev, on_step=on_step, kind=learn.objective)
     ctx.check_cancel()
     result.update(examples=learn.examples, data=drawn, device=dev, seconds=round(time.monotonic() - started, 3))
     return result

@@ -58,13 +58,16 @@ def merge(
     learn_weights: bool = False,
     learn_examples: int = 32,
     learn_budget: int = 40,
+    learn_objective: str = "mean",
 ) -> jobs.Job:
     """Merge catalog versions into a new version of ``name``; returns the job.
 
     ``weights``: one per source. With ``learn_weights`` they are learned first (LoraHub-style, docs/merge.md
     "Learned weights"): ``learn_budget`` Adam steps on the mixture coefficients, minimising the mean loss on
     ``learn_examples`` rows of each source's held-out data (pinned here) plus an L1 term, from ``weights``
-    (default 1/n each), the rows drawn with ``seed`` (default 0); the learned weights are merged with ``method``
+    (default 1/n each), the rows drawn with ``seed`` (default 0); ``learn_objective`` ``"worst"`` minimises
+    instead a smooth maximum of the sources' normalised losses (aimed at the worst-off source; ``"mean"``, the
+    default, is LoraHub's mean loss); the learned weights are merged with ``method``
     and go on the lineage edges, the search's trace in the job's report. Every source must be a causal LM with a
     base and held-out data (``eval`` datasets or a training's ``heldout`` split); the job runs on the GPU queue.
 
@@ -81,6 +84,12 @@ def merge(
     from registry.merge_rules import check_merge
     from registry.operations.datasets import parent_evals
 
+    if learn_objective not in jobs.LEARN_OBJECTIVES:
+        raise RegistryError(f"unknown learn objective {learn_objective!r}: choose mean (the mean held-out loss, "
+                            "LoraHub's) or worst (the worst-off source's normalised loss)")
+    if learn_objective != "mean" and not learn_weights:
+        raise RegistryError(f"the learn objective {learn_objective!r} needs learned weights (learn_weights=True, "
+                            "--learn-weights)")
     params = {"density": density, "svd_rank": svd_rank, "svd_clamp": svd_clamp,
               "majority_sign_method": majority_sign_method, "seed": seed, "scale": scale,
               "tsv_fraction": tsv_fraction, "common_fraction": common_fraction,
@@ -92,8 +101,8 @@ def merge(
         manifests = [catalog.manifest_of(session, r) for r in rows]
         warnings = lifecycle.input_warnings(rows, refs)
         evals = parent_evals(session, svc.store, [(r.id, ref) for r, ref in zip(rows, refs, strict=True)])
-        learn = _learn_spec(rows, refs, manifests, evals, learn_examples, learn_budget, seed) if learn_weights \
-            else None
+        learn = _learn_spec(rows, refs, manifests, evals, learn_examples, learn_budget, seed,
+                            learn_objective) if learn_weights else None
     if learn is not None:
         from registry.merge_rules import METHODS
 
@@ -125,7 +134,8 @@ def merge(
 
 
 def _learn_spec(rows: list[m.AdapterVersion], refs: list[str], manifests: list[AdapterManifest],
-                evals: list[jobs.ParentEval], examples: int, budget: int, seed: int | None) -> jobs.LearnWeights:
+                evals: list[jobs.ParentEval], examples: int, budget: int, seed: int | None,
+                objective: str = "mean") -> jobs.LearnWeights:
     """The search of a merge that learns its weights, once every source can take part in it (else every problem,
     naming each source)."""
     with_data = {e.version_id for e in evals}
@@ -147,7 +157,8 @@ def _learn_spec(rows: list[m.AdapterVersion], refs: list[str], manifests: list[A
     if problems:
         raise RegistryError("cannot learn the merge weights: " + "; ".join(problems))
     try:
-        return jobs.LearnWeights(examples=examples, budget=budget, seed=0 if seed is None else seed)
+        return jobs.LearnWeights(examples=examples, budget=budget, seed=0 if seed is None else seed,
+                                 objective=objective)
     except ValidationError as exc:
         raise _invalid("learned weights", exc) from None
 

@@ -215,19 +215,21 @@ def _learned(learned: dict[str, Any]) -> dict[str, Any]:
     and after; the search's settings; its objective per step as a chart."""
     def at(key: str, i: int) -> str:
         values = learned.get(key)
-        return _text(values[i]) if isinstance(values, list) and i < len(values) else "-"
+        return _text(values[i]) if isinstance(values, list) and i < len(values) and values[i] is not None else "-"
 
     parents = [d.get("ref") if isinstance(d, dict) else None for d in learned.get("data") or []]
     rows = [{"parent": _text(ref), "initial": at("initial", i), "weight": at("weights", i),
-             "loss_before": at("losses_initial", i), "loss_after": at("losses_final", i)}
+             "loss_before": at("losses_initial", i), "loss_after": at("losses_final", i),
+             "norm_before": at("normalised_initial", i), "norm_after": at("normalised_final", i)}
             for i, ref in enumerate(parents)]
     facts = [(label, _text(learned[key])) for key, label in (
+        ("objective", "objective"), ("tau", "tau (smooth maximum)"),
         ("objective_initial", "objective at the start"), ("objective_final", "objective at the learned weights"),
         ("best_step", "best step"), ("budget", "steps"), ("examples", "examples per parent"), ("l1", "L1 weight"),
         ("lr", "learning rate"), ("seed", "seed"), ("optimizer", "optimizer"), ("device", "device"),
         ("seconds", "seconds")) if learned.get(key) is not None]
     trace = [[t.get("step"), t.get("objective")] for t in learned.get("trace") or [] if isinstance(t, dict)]
-    return {"rows": rows, "facts": facts, "chart": loss_chart(trace)}
+    return {"rows": rows, "facts": facts, "chart": loss_chart(trace), "worst": learned.get("objective") == "worst"}
 
 
 def _retention(measured: dict[str, Any]) -> dict[str, Any]:

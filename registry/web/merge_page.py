@@ -164,6 +164,13 @@ def read_form(form: Any) -> MergeRequest:
                     options[key] = int(raw)
                 else:
                     problems.append(f"{key.replace('_', ' ')} must be a whole number (got {raw[:40]!r})")
+        objective = str(form.get("learn_objective") or "").strip()[:MAX_FIELD]
+        if objective:
+            if objective in jobs.LEARN_OBJECTIVES:
+                options["learn_objective"] = objective
+            else:
+                problems.append(f"the learn objective must be one of {', '.join(jobs.LEARN_OBJECTIVES)} "
+                                f"(got {objective[:40]!r})")
     _, fields = method_table()
     for field in fields:
         raw = str(form.get(field.name) or "").strip()[:MAX_FIELD]
@@ -237,7 +244,8 @@ def add_routes(pages: Pages) -> None:
         rows += [("", "")] * max(EMPTY_ROWS - len(rows), 1)
         invalid = {f.name for f in fields if any(f"parameter {f.name} " in p for p in problems)}
         return pages.render(request, "merge.html", user=principal, methods=methods, fields=fields,
-                            dtypes=dtype_choices(), rows=rows, values=values, problems=problems, invalid=invalid,
+                            dtypes=dtype_choices(), learn_objectives=jobs.LEARN_OBJECTIVES, rows=rows,
+                            values=values, problems=problems, invalid=invalid,
                             may_merge=principal.scope != "read", title="Merge")
 
     @router.get("/merge", response_class=HTMLResponse)
