@@ -203,9 +203,9 @@ def test_job_steps_advance_without_recursion(embedded, monkeypatch):
     depths: list[int] = []
     submit = runs._submit_step
 
-    def recording(reg, run, step):  # type: ignore[no-untyped-def]
+    def recording(reg, run, step, steps):  # type: ignore[no-untyped-def]
         depths.append(len(inspect.stack(0)))
-        return submit(reg, run, step)
+        return submit(reg, run, step, steps)
 
     monkeypatch.setattr(runs, "_submit_step", recording)
     steps = [{"name": f"m{i}", "merge": {"sources": ["tone@production"], "weights": [1.0], "method": "linear",

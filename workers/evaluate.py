@@ -39,6 +39,23 @@ def run_eval(host: JobHost, ctx: JobContext, spec: EvalSpec) -> None:
         _run_eval(host, ctx, spec)
 
 
+def labelled_loss(model: Any, batch: dict[str, Any], dev: str) -> tuple[Any, int, int]:
+    """The summed next-token cross-entropy over ``batch``'s labelled tokens (a tensor: differentiable when grad is
+    on), how many of them the argmax predicts, and how many there are."""
+    import torch
+
+    ids = batch["input_ids"].to(dev)
+    mask = batch["attention_mask"].to(dev)
+    labels = batch["labels"].to(dev)
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    shifted, targets = logits[:, :-1, :], labels[:, 1:]
+    keep = targets != -100
+    if not bool(keep.any()):
+        return logits.sum() * 0.0, 0, 0
+    loss = torch.nn.functional.cross_entropy(shifted[keep], targets[keep], reduction="sum")
+    return loss, int((shifted.argmax(-1)[keep] == targets[keep]).sum()), int(keep.sum())
+
+
 def measure(model: Any, batches: list[dict[str, Any]], dev: str) -> dict[str, float]:
     """Mean next-token loss, perplexity and token accuracy of ``model`` over labelled tokens of ``batches``."""
     import torch
@@ -46,18 +63,10 @@ def measure(model: Any, batches: list[dict[str, Any]], dev: str) -> dict[str, fl
     total_loss, total_right, total_tokens = 0.0, 0, 0
     with torch.no_grad():
         for batch in batches:
-            ids = batch["input_ids"].to(dev)
-            mask = batch["attention_mask"].to(dev)
-            labels = batch["labels"].to(dev)
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            shifted, targets = logits[:, :-1, :], labels[:, 1:]
-            keep = targets != -100
-            if not bool(keep.any()):
-                continue
-            loss = torch.nn.functional.cross_entropy(shifted[keep], targets[keep], reduction="sum")
+            loss, right, tokens = labelled_loss(model, batch, dev)
             total_loss += float(loss)
-            total_right += int((shifted.argmax(-1)[keep] == targets[keep]).sum())
-            total_tokens += int(keep.sum())
+            total_right += right
+            total_tokens += tokens
     if total_tokens == 0:
         raise RegistryError("no labelled token to evaluate on (rows too short, or no completion within max_length)")
     mean = total_loss / total_tokens

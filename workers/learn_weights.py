@@ -81,18 +81,11 @@ def set_mixture(layers: Sequence[Any], names: Sequence[str], w: Any) -> None:
 
 
 def answer_loss_sum(model: Any, batch: dict[str, Any], dev: str) -> tuple[Any, int]:
-    """The summed next-token cross-entropy over ``batch``'s labelled tokens, and how many there are."""
-    import torch
+    """The summed next-token cross-entropy over ``batch``'s labelled tokens (differentiable), and how many there are."""
+    from workers.evaluate import labelled_loss
 
-    ids = batch["input_ids"].to(dev)
-    mask = batch["attention_mask"].to(dev)
-    labels = batch["labels"].to(dev)
-    logits = model(input_ids=ids, attention_mask=mask).logits.float()
-    shifted, targets = logits[:, :-1, :], labels[:, 1:]
-    keep = targets != -100
-    if not bool(keep.any()):
-        return logits.sum() * 0.0, 0
-    return torch.nn.functional.cross_entropy(shifted[keep], targets[keep], reduction="sum"), int(keep.sum())
+    loss, _right, count = labelled_loss(model, batch, dev)
+    return loss, count
 
 
 def objective(model: Any, layers: Sequence[Any], names: Sequence[str], w: Any,
