@@ -227,9 +227,9 @@ def test_remote_merge_learns_weights_through_a_server(server, tiny, tmp_path) ->
         assert [p.weight for p in reg.get("m:1").parents] == pytest.approx(learned["weights"])
 
 
-def test_learn_weights_from_the_merge_form_and_see_them_on_the_job_page(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import re
-
+def _signed_in_site(registry, tiny, tmp_path):  # type: ignore[no-untyped-def]
+    """The pages over a catalog with the trained pair (SQLite only: the pages are the same on both databases) and
+    an admin's browser session: (TestClient, its token)."""
     from fastapi.testclient import TestClient
 
     from registry.api.app import create_app
@@ -242,6 +242,15 @@ def test_learn_weights_from_the_merge_form_and_see_them_on_the_job_page(registry
     token = registry.create_token("root", scope="admin")["token"]
     client = TestClient(create_app(registry.service), base_url="http://testserver")
     client.cookies.set(web_session.COOKIE, token)
+    return client, token
+
+
+def test_learn_weights_from_the_merge_form_and_see_them_on_the_job_page(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    from registry.web import session as web_session
+
+    client, token = _signed_in_site(registry, tiny, tmp_path)
     form = {"source": ["rev:1", "up:1"], "weight": ["", ""], "method": "cat", "name": "web-learned",
             "learn_weights": "1", "learn_examples": "6", "learn_budget": "x", web_session.CSRF_FIELD:
             web_session.csrf_token(token)}
@@ -449,18 +458,9 @@ def test_cli_objective_worst_json(adreg, tiny, tmp_path) -> None:  # type: ignor
 def test_merge_form_chooses_the_worst_objective(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import re
 
-    from fastapi.testclient import TestClient
-
-    from registry.api.app import create_app
     from registry.web import session as web_session
 
-    if registry.engine.dialect.name != "sqlite":
-        pytest.skip("the pages are the same on both databases")
-    _trained_pair(registry, tiny, tmp_path)
-    registry.add_user("root", admin=True)
-    token = registry.create_token("root", scope="admin")["token"]
-    client = TestClient(create_app(registry.service), base_url="http://testserver")
-    client.cookies.set(web_session.COOKIE, token)
+    client, token = _signed_in_site(registry, tiny, tmp_path)
     assert '<select name="learn_objective">' in client.get("/merge").text
     form = {"source": ["rev:1", "up:1"], "weight": ["", ""], "method": "cat", "name": "web-worst",
             "learn_weights": "1", "learn_examples": "6", "learn_budget": "4", "learn_objective": "best",
