@@ -228,15 +228,12 @@ def test_remote_merge_learns_weights_through_a_server(server, tiny, tmp_path) ->
 
 
 def _signed_in_site(registry, tiny, tmp_path):  # type: ignore[no-untyped-def]
-    """The pages over a catalog with the trained pair (SQLite only: the pages are the same on both databases) and
-    an admin's browser session: (TestClient, its token)."""
+    """The pages over a catalog with the trained pair and an admin's browser session: (TestClient, its token)."""
     from fastapi.testclient import TestClient
 
     from registry.api.app import create_app
     from registry.web import session as web_session
 
-    if registry.engine.dialect.name != "sqlite":
-        pytest.skip("the pages are the same on both databases")
     _trained_pair(registry, tiny, tmp_path)
     registry.add_user("root", admin=True)
     token = registry.create_token("root", scope="admin")["token"]
@@ -245,6 +242,7 @@ def _signed_in_site(registry, tiny, tmp_path):  # type: ignore[no-untyped-def]
     return client, token
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the pages are the same on both databases
 def test_learn_weights_from_the_merge_form_and_see_them_on_the_job_page(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import re
 
@@ -455,6 +453,7 @@ def test_cli_objective_worst_json(adreg, tiny, tmp_path) -> None:  # type: ignor
     assert "worst" in human and "normalised loss" in human
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the pages are the same on both databases
 def test_merge_form_chooses_the_worst_objective(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import re
 

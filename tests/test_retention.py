@@ -135,6 +135,7 @@ def test_min_retention_gate_without_held_out_data_fails_and_says_why(registry, t
     assert run.status == "failed" and "no retention was measured for m:1" in run.message
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # the page is the same on both databases
 def test_the_merge_job_page_shows_retention_per_parent(registry, tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
     import re
 
@@ -143,8 +144,6 @@ def test_the_merge_job_page_shows_retention_per_parent(registry, tiny, tmp_path)
     from registry.api.app import create_app
     from registry.web import session as web_session
 
-    if registry.engine.dialect.name != "sqlite":
-        pytest.skip("the page is the same on both databases; the numbers are checked above")
     reg = _train(registry, tiny, tmp_path)
     job = reg.merge(["reply:2", "clause:2"], weights=[0.5, 0.5], method="ties", density=0.5, name="page")
     check = reg.wait_job(reg.jobs(kind="validate", parent_job_id=job.id)[0].id, timeout=120)
