@@ -142,6 +142,8 @@ def test_refusals_queue_nothing(registry, tiny, tmp_path) -> None:  # type: igno
     assert "no held-out data for tone2:1, legal:1" in text and "adreg data link REF NAME" in text
     with pytest.raises(RegistryError, match="give one weight per source"):
         registry.merge(["tone:1", "tone2:1"], method="cat", name="m")
+    with pytest.raises(RegistryError, match="no adapters to merge"):  # was a ZeroDivisionError (schemathesis)
+        registry.merge([], method="cat", name="m", learn_weights=True)
     registry.link_dataset("tone2:1", "rev")
     with pytest.raises(RegistryError, match="invalid learned weights.*examples"):
         registry.merge(["tone:1", "tone2:1"], method="cat", name="m", learn_weights=True, learn_examples=0)

@@ -106,8 +106,8 @@ def merge(
     if learn is not None:
         from registry.merge_rules import METHODS
 
-        if weights is None:
-            weights = [1.0 / len(sources)] * len(sources)
+        if weights is None:  # 1/n each (no source: check_merge below says there is nothing to merge)
+            weights = [1.0 / len(sources)] * len(sources) if sources else []
         if method in METHODS and "seed" not in METHODS[method].accepts:
             params["seed"] = None  # the search's seed only
     elif weights is None:
