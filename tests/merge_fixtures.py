@@ -131,28 +131,30 @@ def assert_loads_exactly(model: PeftModel, folder: Path, adapter: str = "default
         torch.testing.assert_close(saved[key].float(), value.float(), rtol=0, atol=0)
 
 
-def exact_deltas(adapters: list[Path], weights: list[float]) -> dict[str, torch.Tensor]:
-    """``sum_i w_i s_i B_i A_i`` per module in float64, with each input's own (rsLoRA/pattern aware) scaling."""
-    out: dict[str, torch.Tensor] = {}
-    for path, w in zip(adapters, weights, strict=True):
-        manifest = inspect_adapter(path)
-        tensors = load_file(path / "adapter_model.safetensors")
-        for module, info in manifest.modules.items():
-            a_key, b_key = _keys(module, info.kind)
-            delta = tensors[b_key].double() @ tensors[a_key].double()
-            out[module] = out.get(module, 0) + w * manifest.scaling(module) * delta
-    return out
-
-
-def merged_deltas(folder: Path) -> dict[str, torch.Tensor]:
-    """Each module's ``s B A`` of an adapter folder, with the scaling its config gives (as PEFT loads it)."""
+def lora_factors(folder: Path) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
+    """Each module's ``(s, B, A)`` of an adapter folder (float64), with the scaling its config gives (rsLoRA and
+    patterns included, as PEFT loads it)."""
     manifest = inspect_adapter(folder)
     tensors = load_file(folder / "adapter_model.safetensors")
     out = {}
     for module, info in manifest.modules.items():
         a_key, b_key = _keys(module, info.kind)
-        out[module] = manifest.scaling(module) * (tensors[b_key].double() @ tensors[a_key].double())
+        out[module] = (manifest.scaling(module), tensors[b_key].double(), tensors[a_key].double())
     return out
+
+
+def exact_deltas(adapters: list[Path], weights: list[float]) -> dict[str, torch.Tensor]:
+    """``sum_i w_i s_i B_i A_i`` per module in float64, with each input's own (rsLoRA/pattern aware) scaling."""
+    out: dict[str, torch.Tensor] = {}
+    for path, w in zip(adapters, weights, strict=True):
+        for module, (scaling, b, a) in lora_factors(path).items():
+            out[module] = out.get(module, 0) + w * scaling * (b @ a)
+    return out
+
+
+def merged_deltas(folder: Path) -> dict[str, torch.Tensor]:
+    """Each module's ``s B A`` of an adapter folder, with the scaling its config gives (as PEFT loads it)."""
+    return {module: scaling * (b @ a) for module, (scaling, b, a) in lora_factors(folder).items()}
 
 
 def _keys(module: str, kind: str) -> tuple[str, str]:

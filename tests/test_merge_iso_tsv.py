@@ -18,14 +18,14 @@ from merge_fixtures import (
     assert_loads_exactly,
     load_family_base,
     logits,
+    lora_factors,
     merged_deltas,
     paper_method_inputs,
 )
 from peft import PeftModel
-from safetensors.torch import load_file
 
 from registry.errors import IncompatibleAdapters
-from registry.inspect import KEY_PREFIX, inspect_adapter
+from registry.inspect import inspect_adapter
 from registry.merge_rules import METHODS, check_merge
 from workers.merge import merge_adapters
 
@@ -37,13 +37,8 @@ def weighted_deltas(adapters: list[Path], weights: list[float]) -> dict[str, lis
     """module -> ``[w_i s_i B_i A_i]`` (float64, dense) over the inputs that have it, in input order."""
     out: dict[str, list[torch.Tensor]] = {}
     for path, w in zip(adapters, weights, strict=True):
-        manifest = inspect_adapter(path)
-        tensors = load_file(path / "adapter_model.safetensors")
-        for module, info in manifest.modules.items():
-            suffix = ("lora_A.weight", "lora_B.weight") if info.kind == "linear" else \
-                ("lora_embedding_A", "lora_embedding_B")
-            a, b = (tensors[f"{KEY_PREFIX}{module}.{s}"].double() for s in suffix)
-            out.setdefault(module, []).append(w * manifest.scaling(module) * (b @ a))
+        for module, (scaling, b, a) in lora_factors(path).items():
+            out.setdefault(module, []).append(w * scaling * (b @ a))
     return out
 
 

@@ -20,6 +20,7 @@ from merge_fixtures import (
     fake_adapter,
     load_family_base,
     logits,
+    lora_factors,
     merged_deltas,
     paper_method_inputs,
 )
@@ -29,7 +30,7 @@ from safetensors.torch import load_file
 from test_merge_iso_tsv import dense_iso_c, nonzero_count, weighted_deltas
 
 from registry.errors import IncompatibleAdapters
-from registry.inspect import KEY_PREFIX, inspect_adapter
+from registry.inspect import inspect_adapter
 from registry.merge_rules import METHODS, check_merge
 from workers.merge import merge_adapters
 
@@ -108,13 +109,8 @@ def _factors(adapters: list[Path]) -> dict[str, list[tuple[torch.Tensor, torch.T
     """module -> ``[(s_i B_i, A_i)]`` (float64) over the inputs that have it."""
     out: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for path in adapters:
-        manifest = inspect_adapter(path)
-        tensors = load_file(path / "adapter_model.safetensors")
-        for module, info in manifest.modules.items():
-            suffix = ("lora_A.weight", "lora_B.weight") if info.kind == "linear" else \
-                ("lora_embedding_A", "lora_embedding_B")
-            a, b = (tensors[f"{KEY_PREFIX}{module}.{s}"].double() for s in suffix)
-            out.setdefault(module, []).append((manifest.scaling(module) * b, a))
+        for module, (scaling, b, a) in lora_factors(path).items():
+            out.setdefault(module, []).append((scaling * b, a))
     return out
 
 
