@@ -245,6 +245,19 @@ class RemoteRegistry(Registry):
     def train(self, source: str | None = None, *, data: str | Path, **options: Any) -> jobs.Job:
         """As embedded; a local data file is uploaded first (unless the server has it) and named by its sha256.
         The server's errors about the file name the caller's file, not the server's copy."""
+        return self._with_data(data, lambda ref: self.call("train", source, data=ref, **options))
+
+    def register_dataset(self, path: str | Path, *, name: str, task_type: str | None = None) -> t.DatasetInfo:
+        """As embedded; the file is uploaded (unless the server has it) and the server reads and checks it."""
+        from registry.refs import check_slug
+
+        check_slug(name, "dataset name")
+        return self._with_data(path, lambda ref: self.call("register_dataset", ref, name=name, task_type=task_type))
+
+    def _with_data(self, data: str | Path, call: Callable[[str], Any]) -> Any:
+        """Upload the local data file ``data`` (unless the server has it; checked first as the embedded reader
+        checks it: it exists, a supported extension) and ``call`` with its upload reference; the server's errors
+        about the file name the caller's file, not the server's copy."""
         from registry.inspect import sha256_file
         from registry.trainset import FORMATS, InvalidDataset
 
@@ -257,31 +270,9 @@ class RemoteRegistry(Registry):
         sha = sha256_file(path)
         self.upload(path, sha, kind="data", suffix=suffix)
         try:
-            return self.call("train", source, data=f"{endpoints.UPLOAD_SCHEME}{sha}{suffix}", **options)
+            return call(f"{endpoints.UPLOAD_SCHEME}{sha}{suffix}")
         except RegistryError as exc:
             _name_local_file(exc, f"{sha}{suffix}", path)
-            raise
-
-    def register_dataset(self, path: str | Path, *, name: str, task_type: str | None = None) -> t.DatasetInfo:
-        """As embedded; the file is uploaded (unless the server has it) and the server reads and checks it."""
-        from registry.inspect import sha256_file
-        from registry.refs import check_slug
-        from registry.trainset import FORMATS, InvalidDataset
-
-        check_slug(name, "dataset name")
-        file = Path(path).expanduser()
-        if not file.is_file():
-            raise InvalidDataset(f"data file {file} does not exist")
-        suffix = file.suffix.lower()
-        if suffix not in FORMATS:
-            raise InvalidDataset(f"{file.name}: unsupported extension; use one of {', '.join(sorted(FORMATS))}")
-        sha = sha256_file(file)
-        self.upload(file, sha, kind="data", suffix=suffix)
-        try:
-            return self.call("register_dataset", f"{endpoints.UPLOAD_SCHEME}{sha}{suffix}", name=name,
-                             task_type=task_type)
-        except RegistryError as exc:
-            _name_local_file(exc, f"{sha}{suffix}", file)
             raise
 
     def run_recipe(self, recipe: str | Path | dict, *, idempotency_key: str | None = None) -> RunInfo:
