@@ -88,33 +88,50 @@ def answer_loss_sum(model: Any, batch: dict[str, Any], dev: str) -> tuple[Any, i
     return loss, count
 
 
+def parent_pass(model: Any, layers: Sequence[Any], names: Sequence[str], w: Any,
+                parent_batches: Sequence[dict[str, Any]], dev: str, *, grad: bool) -> tuple[float, Any]:
+    """One parent's ``L_i`` (mean next-token loss over its sampled batches) at the mixture ``w``, and with ``grad``
+    its gradient ``dL_i/dw`` (one forward and backward pass per batch, so memory is one batch's), else None."""
+    import torch
+
+    tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in parent_batches)
+    if tokens == 0:
+        raise RegistryError("a parent's sampled rows have no labelled token (rows too short, or no completion "
+                            "within max_length)")
+    total, g = 0.0, torch.zeros_like(w.detach()) if grad else None
+    for batch in parent_batches:
+        with torch.set_grad_enabled(grad):
+            set_mixture(layers, names, w)
+            loss, _count = answer_loss_sum(model, batch, dev)
+            if grad:
+                g += torch.autograd.grad(loss / tokens, w)[0]
+        total += float(loss.detach())
+    return total / tokens, g
+
+
+def _l1_term(w: Any, l1: float, g: Any = None) -> float:
+    """``l1 * sum |w|``; given the rest of the objective's gradient ``g``, that plus the term's own gradient is added
+    to ``w.grad``."""
+    import torch
+
+    if g is None:
+        return l1 * float(w.detach().abs().sum())
+    with torch.enable_grad():
+        penalty = l1 * w.abs().sum()
+    w.grad = g if w.grad is None else w.grad + g
+    if l1:
+        penalty.backward()
+    return float(penalty.detach())
+
+
 def objective(model: Any, layers: Sequence[Any], names: Sequence[str], w: Any,
               batches: Sequence[Sequence[dict[str, Any]]], l1: float, dev: str, *,
               grad: bool) -> tuple[float, list[float]]:
-    """``J(w)`` and each parent's loss ``L_i``; with ``grad`` the gradient of ``J`` accumulates in ``w.grad``
-    (one backward pass per batch, so memory is one batch's)."""
-    import torch
-
-    losses = []
-    for parent_batches in batches:
-        tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in parent_batches)
-        if tokens == 0:
-            raise RegistryError("a parent's sampled rows have no labelled token (rows too short, or no completion "
-                                "within max_length)")
-        total = 0.0
-        for batch in parent_batches:
-            with torch.set_grad_enabled(grad):
-                set_mixture(layers, names, w)
-                loss, _count = answer_loss_sum(model, batch, dev)
-                if grad:
-                    (loss / (tokens * len(batches))).backward()
-            total += float(loss.detach())
-        losses.append(total / tokens)
-    with torch.set_grad_enabled(grad):
-        penalty = l1 * w.abs().sum()
-        if grad and l1:
-            penalty.backward()
-    return sum(losses) / len(losses) + float(penalty.detach()), losses
+    """``J(w)`` and each parent's loss ``L_i``; with ``grad`` the gradient of ``J`` accumulates in ``w.grad``."""
+    passes = [parent_pass(model, layers, names, w, parent_batches, dev, grad=grad) for parent_batches in batches]
+    losses = [loss for loss, _g in passes]
+    g = sum(g for _loss, g in passes) / len(passes) if grad else None
+    return sum(losses) / len(losses) + _l1_term(w, l1, g), losses
 
 
 def parent_losses(model: Any, layers: Sequence[Any], names: Sequence[str],
@@ -122,17 +139,10 @@ def parent_losses(model: Any, layers: Sequence[Any], names: Sequence[str],
     """Each parent's ``L_i`` on its own batches at the plain (float) mixture ``weights``, no gradient."""
     import torch
 
-    out = []
+    plain = [float(x) for x in weights]
     with torch.no_grad():
-        set_mixture(layers, names, [float(x) for x in weights])
-        for parent_batches in batches:
-            sums = [answer_loss_sum(model, b, dev) for b in parent_batches]
-            tokens = sum(n for _, n in sums)
-            if tokens == 0:
-                raise RegistryError("a parent's sampled rows have no labelled token (rows too short, or no "
-                                    "completion within max_length)")
-            out.append(sum(float(x) for x, _ in sums) / tokens)
-    return out
+        return [parent_pass(model, layers, names, plain, parent_batches, dev, grad=False)[0]
+                for parent_batches in batches]
 
 
 def references(model: Any, layers: Sequence[Any], names: Sequence[str], batches: Sequence[Sequence[dict[str, Any]]],
@@ -177,37 +187,17 @@ def worst_objective(model: Any, layers: Sequence[Any], names: Sequence[str], w: 
         raise RegistryError("no parent does better than the base on its own sampled rows (B_i <= P_i for every "
                             "one), so the worst objective has nothing to normalise: use the mean objective, or check "
                             "the parents and their held-out data")
-    losses: list[float] = []
-    grads: list[Any] = []
-    for parent_batches in batches:
-        tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in parent_batches)
-        if tokens == 0:
-            raise RegistryError("a parent's sampled rows have no labelled token (rows too short, or no completion "
-                                "within max_length)")
-        total, g = 0.0, torch.zeros_like(w.detach())
-        for batch in parent_batches:
-            with torch.set_grad_enabled(grad):
-                set_mixture(layers, names, w)
-                loss, _count = answer_loss_sum(model, batch, dev)
-                if grad:
-                    g += torch.autograd.grad(loss / tokens, w)[0]
-            total += float(loss.detach())
-        losses.append(total / tokens)
-        grads.append(g)
+    passes = [parent_pass(model, layers, names, w, parent_batches, dev, grad=grad) for parent_batches in batches]
+    losses = [loss for loss, _g in passes]
     norm = normalised(losses, refs)
     kept = [float(norm[i]) for i in included]  # type: ignore[arg-type]
-    value = smooth_max(kept, tau)
-    with torch.set_grad_enabled(grad):
-        penalty = l1 * w.abs().sum()
+    total_grad = None
     if grad:
         share = torch.softmax(torch.tensor(kept, dtype=torch.float64) * tau, dim=0).tolist()
         total_grad = torch.zeros_like(w.detach())
         for s, i in zip(share, included, strict=True):
-            total_grad += grads[i] * (s / (refs[i]["base"] - refs[i]["parent"]))
-        w.grad = total_grad if w.grad is None else w.grad + total_grad
-        if l1:
-            penalty.backward()
-    return value + float(penalty.detach()), losses
+            total_grad += passes[i][1] * (s / (refs[i]["base"] - refs[i]["parent"]))
+    return smooth_max(kept, tau) + _l1_term(w, l1, total_grad), losses
 
 
 def fit_weights(model: Any, names: Sequence[str], batches: Sequence[Sequence[dict[str, Any]]], *,
