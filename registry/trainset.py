@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -380,17 +380,23 @@ def _parquet_rows(file: Path, max_line: int, max_rows: int) -> Iterator[tuple[st
         if parquet.metadata.num_rows > max_rows:
             raise InvalidDataset(f"{file.name} has {parquet.metadata.num_rows} rows, more than {max_rows} "
                                  "(ADREG_MAX_DATA_ROWS)")
-        batches = parquet.iter_batches(batch_size=_PARQUET_BATCH)
-        index = 0
-        for batch in batches:
-            for row in batch.to_pylist():
-                index += 1
-                _check_row_size(file, index, row, max_line)
-                yield f"row {index}", row
+        yield from _arrow_rows(file, parquet.iter_batches(batch_size=_PARQUET_BATCH), max_line, max_rows)
     except InvalidDataset:
         raise
     except Exception as exc:  # pyarrow raises several types for malformed files
         raise InvalidDataset(f"cannot read {file.name} as parquet: {type(exc).__name__}: {exc}") from None
+
+
+def _arrow_rows(file: Path, batches: Iterable[Any], max_line: int, max_rows: int) -> Iterator[tuple[str, Any]]:
+    """The rows of pyarrow record batches, numbered from 1, each bounded in text and in count."""
+    index = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            index += 1
+            if index > max_rows:
+                raise InvalidDataset(f"{file.name} has more than {max_rows} rows (ADREG_MAX_DATA_ROWS)")
+            _check_row_size(file, index, row, max_line)
+            yield f"row {index}", row
 
 
 def _check_row_size(file: Path, index: int, row: Any, max_line: int) -> None:
@@ -416,16 +422,9 @@ def _csv_rows(file: Path, max_line: int, max_rows: int) -> Iterator[tuple[str, A
     """CSV with a header row, streamed by pyarrow in blocks (a row longer than a block is refused by it)."""
     import pyarrow.csv as pcsv
 
-    index = 0
     try:
         reader = pcsv.open_csv(file, read_options=pcsv.ReadOptions(block_size=max(2 * max_line, 1 << 20)))
-        for batch in reader:
-            for row in batch.to_pylist():
-                index += 1
-                if index > max_rows:
-                    raise InvalidDataset(f"{file.name} has more than {max_rows} rows (ADREG_MAX_DATA_ROWS)")
-                _check_row_size(file, index, row, max_line)
-                yield f"row {index}", row
+        yield from _arrow_rows(file, reader, max_line, max_rows)
     except InvalidDataset:
         raise
     except Exception as exc:  # pyarrow raises several types for malformed files
